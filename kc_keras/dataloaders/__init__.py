@@ -1,0 +1,1 @@
+"""dataloaders package."""

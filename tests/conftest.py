@@ -1,0 +1,32 @@
+"""Shared pytest fixtures: quiet TensorFlow, the Omniglot path, tmp model dirs."""
+
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def omniglot_dir() -> pathlib.Path:
+  """Where the shared Omniglot copy lives (env KC_OMNIGLOT_DIR overrides)."""
+  return pathlib.Path(
+      os.environ.get(
+          "KC_OMNIGLOT_DIR", REPO_ROOT.parent / "shared" / "data" / "omniglot"
+      )
+  )
+
+
+@pytest.fixture
+def omniglot_path() -> pathlib.Path:
+  path = omniglot_dir()
+  if not (path / "images_background.npz").exists():
+    pytest.skip(
+        f"Omniglot not found at {path}: it lives in ../shared/data/omniglot "
+        "beside the repository (set KC_OMNIGLOT_DIR to point elsewhere)."
+    )
+  return path
