@@ -7,7 +7,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from absl import flags  # noqa: E402
 import pytest  # noqa: E402
+
+# absltest-style helpers (create_tempdir, get_temp_dir) read absl flags, which
+# pytest never parses.
+flags.FLAGS.mark_as_parsed()
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,202 @@
+"""Model configs: backbone, head, self-paced scaling."""
+
+import dataclasses
+from typing import Optional, Tuple
+
+import keras
+from official.modeling import hyperparams
+
+from kc_keras.modeling import heads
+from kc_keras.modeling.layers import self_paced
+
+BACKBONE_TYPES = ("small_cnn", "resnet50", "mobilenet_v3_small",
+                  "efficientnet_v2_b0")
+# One source of truth for the choices: the layers that implement them.
+HEAD_TYPES = heads.HEAD_TYPES
+SELF_PACED_MODES = self_paced.MODES
+SELF_PACED_INITS = self_paced.INITS
+
+
+@dataclasses.dataclass
+class BackboneConfig(hyperparams.Config):
+  """Feature extractor: images [B, H, W, C] in [0, 1] -> features [B, s_b].
+
+  Attributes:
+    type: one of BACKBONE_TYPES ('small_cnn' or a keras.applications net).
+    filters: small_cnn output channels per block (s_b = filters[-1]).
+    convs_per_block: small_cnn conv-BN-ReLU layers per block.
+    kernel_size: small_cnn conv kernel size.
+    batch_norm_momentum: small_cnn BatchNormalization momentum.
+    dropout: dropout rate on the pooled features (all types).
+  """
+  type: str = "small_cnn"
+  filters: Tuple[int, ...] = (64, 128, 256)
+  convs_per_block: int = 1
+  kernel_size: int = 3
+  batch_norm_momentum: float = 0.99
+  dropout: float = 0.0
+
+  def validate(self, prefix: str = "model.backbone"):
+    """Raises ValueError naming the full key path of a bad field."""
+    if self.type not in BACKBONE_TYPES:
+      raise ValueError(
+          f"{prefix}.type must be one of {BACKBONE_TYPES}, got {self.type!r}."
+      )
+    filters = list(self.filters or ())
+    if not filters or any(int(f) < 1 for f in filters):
+      raise ValueError(
+          f"{prefix}.filters must be a non-empty list of positive ints, got "
+          f"{self.filters!r}."
+      )
+    if self.convs_per_block < 1:
+      raise ValueError(
+          f"{prefix}.convs_per_block must be >= 1, got {self.convs_per_block}."
+      )
+    if self.kernel_size < 1:
+      raise ValueError(
+          f"{prefix}.kernel_size must be >= 1, got {self.kernel_size}."
+      )
+    if not 0.0 <= self.batch_norm_momentum < 1.0:
+      raise ValueError(
+          f"{prefix}.batch_norm_momentum must be in [0, 1), got "
+          f"{self.batch_norm_momentum}."
+      )
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(
+          f"{prefix}.dropout must be in [0, 1), got {self.dropout}."
+      )
+
+
+@dataclasses.dataclass
+class HeadConfig(hyperparams.Config):
+  """Classification head (METHOD.md section 2).
+
+  Attributes:
+    head_type: 'fc_fc' (baseline), 'fc_sc' (FC(s1)-SC(s2), with
+      `shared_units` x for variant (d)) or 'sc_sc'.
+    s1: first hidden layer units (per vertical for 'sc_sc').
+    s2: second hidden layer units (per vertical for SC heads).
+    shared_units: x in [0, s2], 'fc_sc' only.
+    activation: hidden activation name.
+    dropout: dropout rate after each hidden layer.
+    chunk_size: SC classifier chunk size; None picks one automatically.
+    classifier_bias_init: 'prior' (logits start at log(p/(1-p)), p = 1/N) or
+      'zeros'.
+  """
+  head_type: str = "fc_sc"
+  s1: int = 4096
+  s2: int = 512
+  shared_units: int = 0
+  activation: str = "relu"
+  dropout: float = 0.0
+  chunk_size: Optional[int] = None
+  classifier_bias_init: str = "prior"
+
+  def validate(self, prefix: str = "model.head"):
+    """Raises ValueError naming the full key path of a bad field."""
+    if self.head_type not in HEAD_TYPES:
+      raise ValueError(
+          f"{prefix}.head_type must be one of {HEAD_TYPES}, got "
+          f"{self.head_type!r}."
+      )
+    for key in ("s1", "s2"):
+      if getattr(self, key) < 1:
+        raise ValueError(
+            f"{prefix}.{key} must be >= 1, got {getattr(self, key)}."
+        )
+    if not 0 <= self.shared_units <= self.s2:
+      raise ValueError(
+          f"{prefix}.shared_units must be in [0, {prefix}.s2={self.s2}], got "
+          f"{self.shared_units}."
+      )
+    if self.shared_units and self.head_type != "fc_sc":
+      raise ValueError(
+          f"{prefix}.shared_units={self.shared_units} needs {prefix}.head_type "
+          f"'fc_sc', got {self.head_type!r}."
+      )
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(
+          f"{prefix}.dropout must be in [0, 1), got {self.dropout}."
+      )
+    if self.chunk_size is not None and self.chunk_size < 1:
+      raise ValueError(
+          f"{prefix}.chunk_size must be None (auto) or >= 1, got "
+          f"{self.chunk_size}."
+      )
+    if self.classifier_bias_init not in heads.CLASSIFIER_BIAS_INITS:
+      raise ValueError(
+          f"{prefix}.classifier_bias_init must be one of "
+          f"{heads.CLASSIFIER_BIAS_INITS}, got {self.classifier_bias_init!r}."
+      )
+    try:
+      keras.activations.get(self.activation)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          f"{prefix}.activation {self.activation!r} is not a Keras activation."
+      ) from e
+
+
+@dataclasses.dataclass
+class SelfPacedConfig(hyperparams.Config):
+  """Self-paced per-vertical scaling (METHOD.md section 3).
+
+  Attributes:
+    mode: 'none', 'fixed' (sqrt(N_v)), 'vertical' (paper's best) or 'class'.
+    init: 'sqrt_nv' -> N(sqrt(N_v), init_stddev) or 'constant' ->
+      N(init_value, init_stddev).
+    init_value: mean of the 'constant' initialisation.
+    init_stddev: stddev of the initialisation.
+    epsilon: added to the squared per-vertical norm.
+  """
+  mode: str = "vertical"
+  init: str = "sqrt_nv"
+  init_value: float = 10.0
+  init_stddev: float = 1e-3
+  epsilon: float = 1e-12
+
+  def validate(self, prefix: str = "model.self_paced"):
+    """Raises ValueError naming the full key path of a bad field."""
+    if self.mode not in SELF_PACED_MODES:
+      raise ValueError(
+          f"{prefix}.mode must be one of {SELF_PACED_MODES}, got {self.mode!r}."
+      )
+    if self.init not in SELF_PACED_INITS:
+      raise ValueError(
+          f"{prefix}.init must be one of {SELF_PACED_INITS}, got {self.init!r}."
+      )
+    if self.init_stddev < 0:
+      raise ValueError(
+          f"{prefix}.init_stddev must be >= 0, got {self.init_stddev}."
+      )
+    if self.epsilon <= 0:
+      raise ValueError(f"{prefix}.epsilon must be > 0, got {self.epsilon}.")
+
+
+@dataclasses.dataclass
+class ModelConfig(hyperparams.Config):
+  """The classifier network: backbone + head + self-paced scaling.
+
+  Attributes:
+    backbone: the feature extractor.
+    head: the classification head.
+    self_paced: the per-vertical logit scaling.
+  """
+  backbone: BackboneConfig = dataclasses.field(default_factory=BackboneConfig)
+  head: HeadConfig = dataclasses.field(default_factory=HeadConfig)
+  self_paced: SelfPacedConfig = dataclasses.field(
+      default_factory=SelfPacedConfig
+  )
+
+  def validate(self, prefix: str = "model"):
+    """Validates every sub-config; errors name the full key path.
+
+    Args:
+      prefix: key path of this config inside the experiment.
+
+    Raises:
+      ValueError: naming the first bad field, e.g. 'model.head.shared_units'.
+    """
+    super().validate()
+    self.backbone.validate(f"{prefix}.backbone")
+    self.head.validate(f"{prefix}.head")
+    self.self_paced.validate(f"{prefix}.self_paced")

@@ -1,0 +1,124 @@
+"""Image folder trees `root/<vertical>/<class>/<image>` (jpg/png), one per split."""
+
+import os
+from typing import Optional
+
+import numpy as np
+import tensorflow as tf
+
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import sources
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+class FolderSource(sources.ExampleSource):
+  """Labelled images from folder trees.
+
+  The hierarchy is `hierarchy_file` when set, else derived from `train_dir`
+  (`Hierarchy.from_folder_tree`). Files are listed in sorted
+  (vertical, class, file name) order; `example_id` is the position in that list.
+  Single-label: `label_ids = [class id, -1, ...]`.
+
+  Args:
+    config: a `FolderConfig`.
+    max_labels: `L`.
+
+  Raises:
+    hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy, or
+      filed under another vertical than the hierarchy's (naming it).
+    ValueError: a split without a directory or without images.
+  """
+
+  name = "folder"
+
+  def __init__(self, config, max_labels: int = 1):
+    config.validate()
+    self._config = config
+    self._max_labels = int(max_labels)
+    if config.hierarchy_file:
+      self._hierarchy = hierarchy_lib.Hierarchy.load(config.hierarchy_file)
+    else:
+      self._hierarchy = hierarchy_lib.Hierarchy.from_folder_tree(config.train_dir)
+    self._ids = {n: i for i, n in enumerate(self._hierarchy.class_names)}
+    self._files = {}
+
+  @property
+  def hierarchy(self) -> hierarchy_lib.Hierarchy:
+    return self._hierarchy
+
+  @property
+  def image_shape(self) -> tuple:
+    return (self._config.image_size, self._config.image_size, self._config.channels)
+
+  def _root(self, split: str) -> str:
+    root = (self._config.train_dir if self.check_split(split) == "train"
+            else self._config.eval_dir)
+    if not root:
+      raise ValueError(f"folder source has no directory for split {split!r}")
+    if not os.path.isdir(root):
+      raise ValueError(f"folder for split {split!r} not found: {root}")
+    return root
+
+  def files(self, split: str) -> list[tuple[str, int]]:
+    """Sorted `(path, class id)` of `split`."""
+    if split in self._files:
+      return self._files[split]
+    root = self._root(split)
+    h, out = self._hierarchy, []
+    for vname in sorted(os.listdir(root)):
+      vdir = os.path.join(root, vname)
+      if not os.path.isdir(vdir):
+        continue
+      for cname in sorted(os.listdir(vdir)):
+        cdir = os.path.join(vdir, cname)
+        if not os.path.isdir(cdir):
+          continue
+        if cname not in self._ids:
+          raise hierarchy_lib.HierarchyError(
+              f"class {cname!r} in {cdir} ({split}) is not in the hierarchy")
+        cid = self._ids[cname]
+        expected = h.vertical_names[h.class_to_vertical[cid]]
+        if vname != expected:
+          raise hierarchy_lib.HierarchyError(
+              f"class {cname!r} is under vertical {vname!r} in {root} but the "
+              f"hierarchy puts it in {expected!r}")
+        for fname in sorted(os.listdir(cdir)):
+          if fname.lower().endswith(IMAGE_EXTENSIONS):
+            out.append((os.path.join(cdir, fname), cid))
+    if not out:
+      raise ValueError(f"no {IMAGE_EXTENSIONS} images under {root}")
+    self._files[split] = out
+    return out
+
+  def num_examples(self, split: str) -> Optional[int]:
+    return len(self.files(split))
+
+  def fingerprint(self, split: str) -> str:
+    """Relative paths, sizes and mtimes of the files + labels + hierarchy."""
+    root = self._root(split)
+    entries = []
+    for path, cid in self.files(split):
+      st = os.stat(path)
+      entries.append([os.path.relpath(path, root), cid, st.st_size, st.st_mtime_ns])
+    return sources.digest(
+        source=self.name, files=entries, hierarchy=self._hierarchy.fingerprint,
+        image_size=self._config.image_size, channels=self._config.channels,
+        max_labels=self._max_labels)
+
+  def raw_dataset(self, split: str) -> tf.data.Dataset:
+    files = self.files(split)
+    labels = np.full((len(files), self._max_labels), -1, np.int32)
+    labels[:, 0] = [cid for _, cid in files]
+    return tf.data.Dataset.from_tensor_slices({
+        "example_id": np.arange(len(files), dtype=np.int64),
+        "label_ids": labels,
+        "path": [p for p, _ in files],
+    })
+
+  def decode(self, element: dict) -> dict:
+    out = dict(element)
+    encoded = tf.io.read_file(out.pop("path"))
+    out["image"] = sources.decode_and_resize(
+        encoded, self._config.image_size, self._config.channels)
+    return out

@@ -1,0 +1,137 @@
+"""Model-garden classification TFRecords plus a hierarchy file."""
+
+import os
+from typing import Iterable, Optional
+
+import tensorflow as tf
+
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import labels as labels_lib
+from kc_keras.dataloaders import sources
+
+IMAGE_KEY = "image/encoded"
+LABEL_KEY = "image/class/label"
+
+
+def encode_example(image_bytes: bytes, label_ids, image_key: str = IMAGE_KEY,
+                   label_key: str = LABEL_KEY) -> bytes:
+  """A serialized `tf.train.Example` with the encoded image and int64 label id(s).
+
+  Args:
+    image_bytes: encoded jpg/png.
+    label_ids: one int or a sequence of ints (multi-label).
+
+  Returns:
+    The serialized example.
+
+  Raises:
+    ValueError: a negative label id.
+  """
+  ids = [int(label_ids)] if isinstance(label_ids, int) else [int(x) for x in label_ids]
+  if any(i < 0 for i in ids):
+    raise ValueError(f"label ids must be >= 0, got {ids}")
+  example = tf.train.Example(features=tf.train.Features(feature={
+      image_key: tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_bytes])),
+      label_key: tf.train.Feature(int64_list=tf.train.Int64List(value=ids)),
+  }))
+  return example.SerializeToString()
+
+
+def write_tfrecord(path: str, examples: Iterable[tuple]) -> int:
+  """Writes `(image_bytes, label_ids)` pairs to `path`; returns the count."""
+  count = 0
+  with tf.io.TFRecordWriter(os.fspath(path)) as writer:
+    for image_bytes, label_ids in examples:
+      writer.write(encode_example(image_bytes, label_ids))
+      count += 1
+  return count
+
+
+class TFRecordSource(sources.ExampleSource):
+  """Reads sorted files matching each split's pattern(s), in file then record order.
+
+  `example_id` = record position within the split. Variable-length labels become
+  `label_ids [L]` padded with -1 (more than `L` labels, or an id outside the
+  hierarchy, fails at run time with a message naming the ids).
+
+  Args:
+    config: a `TFRecordConfig`.
+    max_labels: `L`.
+
+  Raises:
+    ValueError: a split pattern matching no file.
+  """
+
+  name = "tfrecord"
+
+  def __init__(self, config, max_labels: int = 1):
+    config.validate()
+    self._config = config
+    self._max_labels = int(max_labels)
+    self._hierarchy = hierarchy_lib.Hierarchy.load(config.hierarchy_file)
+    self._counts = {}
+
+  @property
+  def hierarchy(self) -> hierarchy_lib.Hierarchy:
+    return self._hierarchy
+
+  @property
+  def image_shape(self) -> tuple:
+    return (self._config.image_size, self._config.image_size, self._config.channels)
+
+  def files(self, split: str) -> list[str]:
+    pattern = (self._config.train_pattern if self.check_split(split) == "train"
+               else self._config.eval_pattern)
+    if not pattern:
+      raise ValueError(f"tfrecord source has no pattern for split {split!r}")
+    files = sorted({f for p in pattern.split(",") if p.strip()
+                    for f in tf.io.gfile.glob(p.strip())})
+    if not files:
+      raise ValueError(f"tfrecord pattern {pattern!r} ({split}) matches no file")
+    return files
+
+  def num_examples(self, split: str) -> Optional[int]:
+    if split not in self._counts:
+      self._counts[split] = int(
+          tf.data.TFRecordDataset(self.files(split)).reduce(
+              tf.constant(0, tf.int64), lambda n, _: n + 1))
+    return self._counts[split]
+
+  def fingerprint(self, split: str) -> str:
+    """File names, sizes and mtimes + hierarchy (contents are not re-hashed)."""
+    entries = []
+    for path in self.files(split):
+      st = tf.io.gfile.stat(path)
+      entries.append([os.path.basename(path), st.length, st.mtime_nsec])
+    return sources.digest(
+        source=self.name, files=entries, hierarchy=self._hierarchy.fingerprint,
+        image_size=self._config.image_size, channels=self._config.channels,
+        max_labels=self._max_labels)
+
+  def raw_dataset(self, split: str) -> tf.data.Dataset:
+    c = self._config
+    n_classes = self._hierarchy.num_classes
+    spec = {
+        c.image_key: tf.io.FixedLenFeature([], tf.string),
+        c.label_key: tf.io.VarLenFeature(tf.int64),
+    }
+    max_labels = self._max_labels
+
+    def parse(index, record):
+      parsed = tf.io.parse_single_example(record, spec)
+      ids = tf.cast(tf.sparse.to_dense(parsed[c.label_key]), tf.int32)
+      ids = labels_lib.assert_label_ids(
+          ids, n_classes, source=f"{c.label_key} ({split}, hierarchy of {n_classes})")
+      return {
+          "example_id": index,
+          "label_ids": labels_lib.pad_label_ids(ids, max_labels, source=c.label_key),
+          "encoded": parsed[c.image_key],
+      }
+
+    return tf.data.TFRecordDataset(self.files(split)).enumerate().map(parse)
+
+  def decode(self, element: dict) -> dict:
+    out = dict(element)
+    out["image"] = sources.decode_and_resize(
+        out.pop("encoded"), self._config.image_size, self._config.channels)
+    return out

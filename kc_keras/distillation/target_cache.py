@@ -1,0 +1,265 @@
+"""Offline soft-target cache: sharded TFRecords plus a binding manifest."""
+
+import hashlib
+import json
+import os
+import uuid
+
+import numpy as np
+import tensorflow as tf
+
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+# Manifest fields that bind a cache to what produced it.
+BINDING_FIELDS = ("dataset_fingerprint", "hierarchy_fingerprint",
+                  "teacher_fingerprints", "top_k", "max_teachers_per_example")
+_HASH_CHUNK_BYTES = 1 << 20
+
+
+class TargetCacheError(ValueError):
+  """A target cache that cannot be used (incomplete, corrupt, malformed)."""
+
+
+class TargetCacheMismatchError(TargetCacheError):
+  """A complete cache written for other data, hierarchy, teachers, K or T."""
+
+
+def _sha256(path):
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(path, "rb") as f:
+    while True:
+      chunk = f.read(_HASH_CHUNK_BYTES)
+      if not chunk:
+        break
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _normalise_teachers(fingerprints):
+  return {int(v): str(fp) for v, fp in dict(fingerprints).items()}
+
+
+def _normalise(field, value):
+  if field == "teacher_fingerprints":
+    return _normalise_teachers(value)
+  if field in ("top_k", "max_teachers_per_example", "num_examples"):
+    return int(value)
+  return str(value)
+
+
+def _example(example_id, ids, probs):
+  feature = {
+      "example_id": tf.train.Feature(
+          int64_list=tf.train.Int64List(value=[int(example_id)])),
+      "target_ids": tf.train.Feature(
+          int64_list=tf.train.Int64List(value=ids.tolist())),
+      "target_probs": tf.train.Feature(
+          float_list=tf.train.FloatList(value=probs.tolist())),
+  }
+  return tf.train.Example(
+      features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write_target_cache(cache_dir, batches, *, manifest_fields,
+                       shard_size=10000):
+  """Writes an offline soft-target cache, atomically replacing `cache_dir`.
+
+  Records are written in the order given (the dataset's raw order) into
+  `shard-NNNNN.tfrecord` files of `shard_size` examples inside a temporary
+  sibling directory; `manifest.json` is written last, then the directory is
+  renamed to `cache_dir`. An existing cache at `cache_dir` is moved aside only
+  once the new one is complete and deleted after the rename. A directory with
+  no manifest is never read as a cache (see `load_target_cache`).
+
+  Args:
+    cache_dir: destination directory.
+    batches: iterable of (example_id [b], target_ids [b, T*K],
+      target_probs [b, T*K]) (numpy or tensors).
+    manifest_fields: dict with every key of BINDING_FIELDS:
+      dataset_fingerprint (str), hierarchy_fingerprint (str),
+      teacher_fingerprints ({vertical id: str}), top_k (K),
+      max_teachers_per_example (T).
+    shard_size: examples per shard file (>= 1).
+
+  Returns:
+    The manifest dict that was written.
+
+  Raises:
+    ValueError: on missing/unknown manifest fields, a bad shard size, or a
+      batch whose shapes do not match (b, T*K).
+  """
+  missing = [f for f in BINDING_FIELDS if f not in manifest_fields]
+  unknown = [f for f in manifest_fields if f not in BINDING_FIELDS]
+  if missing or unknown:
+    raise ValueError(
+        f"manifest_fields: missing {missing}, unknown {unknown}; expected "
+        f"exactly {list(BINDING_FIELDS)}.")
+  if not isinstance(shard_size, int) or shard_size < 1:
+    raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}.")
+  fields = {f: _normalise(f, manifest_fields[f]) for f in BINDING_FIELDS}
+  width = fields["top_k"] * fields["max_teachers_per_example"]
+
+  cache_dir = os.path.normpath(cache_dir)
+  parent = os.path.dirname(cache_dir) or "."
+  tf.io.gfile.makedirs(parent)
+  token = uuid.uuid4().hex
+  tmp_dir = f"{cache_dir}.tmp-{token}"
+  tf.io.gfile.makedirs(tmp_dir)
+  try:
+    shards = []
+    writer, shard_count = None, 0
+    num_examples = 0
+
+    def close_shard():
+      writer.close()
+      name = shards[-1]["file"]
+      shards[-1]["num_examples"] = shard_count
+      shards[-1]["sha256"] = _sha256(os.path.join(tmp_dir, name))
+
+    for batch_index, batch in enumerate(batches):
+      example_ids, ids, probs = (np.asarray(x) for x in batch)
+      b = example_ids.shape[0] if example_ids.ndim else -1
+      if (example_ids.ndim != 1 or ids.shape != (b, width) or
+          probs.shape != (b, width)):
+        raise ValueError(
+            f"Batch {batch_index}: expected example_id [b], target_ids and "
+            f"target_probs [b, {width}] (T*K), got {example_ids.shape}, "
+            f"{ids.shape}, {probs.shape}.")
+      for i in range(b):
+        if writer is None or shard_count == shard_size:
+          if writer is not None:
+            close_shard()
+          name = f"shard-{len(shards):05d}.tfrecord"
+          shards.append({"file": name})
+          writer = tf.io.TFRecordWriter(os.path.join(tmp_dir, name))
+          shard_count = 0
+        writer.write(_example(example_ids[i], ids[i], probs[i]))
+        shard_count += 1
+        num_examples += 1
+    if writer is not None:
+      close_shard()
+
+    teachers = sorted(fields["teacher_fingerprints"].items())
+    manifest = {"format_version": FORMAT_VERSION, **fields,
+                "teacher_fingerprints": {str(v): fp for v, fp in teachers},
+                "num_examples": num_examples, "shards": shards}
+    with tf.io.gfile.GFile(os.path.join(tmp_dir, MANIFEST_NAME), "w") as f:
+      f.write(json.dumps(manifest, indent=2, sort_keys=True))
+
+    old_dir = None
+    if tf.io.gfile.exists(cache_dir):
+      old_dir = f"{cache_dir}.old-{token}"
+      tf.io.gfile.rename(cache_dir, old_dir)
+    tf.io.gfile.rename(tmp_dir, cache_dir)
+    if old_dir is not None:
+      tf.io.gfile.rmtree(old_dir)
+  except BaseException:
+    if tf.io.gfile.exists(tmp_dir):
+      tf.io.gfile.rmtree(tmp_dir)
+    raise
+  return manifest
+
+
+def read_manifest(cache_dir):
+  """Reads `cache_dir/manifest.json`.
+
+  Args:
+    cache_dir: a cache directory.
+
+  Returns:
+    The manifest dict.
+
+  Raises:
+    TargetCacheError: if the manifest is missing ("incomplete cache") or
+      unreadable.
+  """
+  path = os.path.join(cache_dir, MANIFEST_NAME)
+  if not tf.io.gfile.exists(path):
+    raise TargetCacheError(
+        f"Incomplete cache at {cache_dir!r}: no {MANIFEST_NAME} (the writer "
+        "did not finish); rebuild the cache.")
+  try:
+    with tf.io.gfile.GFile(path, "r") as f:
+      return json.loads(f.read())
+  except ValueError as e:
+    raise TargetCacheError(f"Unreadable manifest {path!r}: {e}") from e
+
+
+def check_manifest(manifest, expected, cache_dir="<cache>"):
+  """Compares a manifest with the expected binding fields.
+
+  Args:
+    manifest: dict from `read_manifest`.
+    expected: dict with any subset of BINDING_FIELDS (and num_examples).
+    cache_dir: for error messages.
+
+  Raises:
+    ValueError: if `expected` names an unknown field.
+    TargetCacheMismatchError: listing every differing field as
+      "field: cached=... expected=...".
+  """
+  allowed = BINDING_FIELDS + ("num_examples",)
+  unknown = [f for f in expected if f not in allowed]
+  if unknown:
+    raise ValueError(
+        f"expected has unknown field(s) {unknown}; allowed: {list(allowed)}.")
+  diffs = []
+  for field in allowed:
+    if field not in expected:
+      continue
+    want = _normalise(field, expected[field])
+    got = manifest.get(field)
+    got = None if got is None else _normalise(field, got)
+    if got != want:
+      diffs.append(f"{field}: cached={got!r} expected={want!r}")
+  if diffs:
+    raise TargetCacheMismatchError(
+        f"Target cache {cache_dir!r} does not match: " + "; ".join(diffs))
+
+
+def load_target_cache(cache_dir, *, expected, verify_checksums=True):
+  """Opens a checked target cache as a dataset in the written order.
+
+  Args:
+    cache_dir: a directory written by `write_target_cache`.
+    expected: dict of binding fields to check (see `check_manifest`).
+    verify_checksums: recompute every shard's sha256 (reads the cache once).
+
+  Returns:
+    tf.data.Dataset of {'example_id': int64 [], 'target_ids': int32 [T*K],
+    'target_probs': float32 [T*K]}.
+
+  Raises:
+    TargetCacheError: incomplete cache, a missing shard or a shard whose
+      checksum differs (named).
+    TargetCacheMismatchError: the cache was written for something else.
+  """
+  manifest = read_manifest(cache_dir)
+  check_manifest(manifest, expected, cache_dir)
+  width = int(manifest["top_k"]) * int(manifest["max_teachers_per_example"])
+  files = []
+  for shard in manifest["shards"]:
+    path = os.path.join(cache_dir, shard["file"])
+    if not tf.io.gfile.exists(path):
+      raise TargetCacheError(f"Cache shard {path!r} is missing.")
+    if verify_checksums:
+      digest = _sha256(path)
+      if digest != shard["sha256"]:
+        raise TargetCacheError(
+            f"Cache shard {path!r} is corrupt: sha256 {digest} != manifest "
+            f"{shard['sha256']}.")
+    files.append(path)
+
+  spec = {
+      "example_id": tf.io.FixedLenFeature([], tf.int64),
+      "target_ids": tf.io.FixedLenFeature([width], tf.int64),
+      "target_probs": tf.io.FixedLenFeature([width], tf.float32),
+  }
+
+  def parse(record):
+    parsed = tf.io.parse_single_example(record, spec)
+    parsed["target_ids"] = tf.cast(parsed["target_ids"], tf.int32)
+    return parsed
+
+  return tf.data.TFRecordDataset(tf.constant(files, tf.string)).map(
+      parse, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -1,0 +1,115 @@
+"""Per-example multi-label sigmoid (or softmax) cross-entropy."""
+
+import keras
+import tensorflow as tf
+
+LOSS_TYPES = ("sigmoid", "softmax")
+
+
+@keras.saving.register_keras_serializable(package="kc_keras")
+class SigmoidCrossEntropy(keras.losses.Loss):
+  """Cross-entropy between dense targets `z` [B, N] and logits `x` [B, N].
+
+  `loss_type='sigmoid'` (the paper's loss, Gao et al. 2017, "Knowledge
+  Concentration: Learning 100K Object Classifiers in a Single CNN",
+  arXiv:1711.07607, section 3.1) treats every class as an independent binary
+  problem, so hierarchical multi-labels and soft targets are both valid:
+
+    l_i = -sum_j [ z_ij log s(x_ij) + (1 - z_ij) log(1 - s(x_ij)) ]
+        =  sum_j [ max(x_ij, 0) - x_ij z_ij + log(1 + exp(-|x_ij|)) ]
+
+  (the second, numerically stable form is what is computed). It is linear in
+  `z`, so the loss of a blended target equals the blend of the losses.
+
+  `loss_type='softmax'` is the single-label alternative:
+
+    l_i = -sum_j q_ij log softmax(x_i)_j,   q_ij = z_ij / sum_j z_ij
+
+  i.e. the target row is renormalised to a distribution first; a row whose
+  targets are all zero has q = 0 and contributes a loss of 0.
+
+  Targets and logits are cast to float32 before the loss (mixed precision
+  students emit float16 logits, whose log-sum-exp would lose precision at
+  100K classes). With the default `reduction=None` the call returns the
+  per-example loss [B]; reduce it over the GLOBAL batch with
+  `tf.nn.compute_average_loss(per_example, global_batch_size=...)`.
+
+  Args:
+    loss_type: 'sigmoid' or 'softmax'.
+    name: loss name.
+    reduction: Keras reduction; keep None to get per-example values.
+    dtype: computation dtype; must be float32 (kept as an argument so the
+      Keras base class can round-trip it).
+
+  Raises:
+    ValueError: on an unknown `loss_type` or a non-float32 dtype.
+
+  Example:
+    >>> loss = SigmoidCrossEntropy('sigmoid')
+    >>> per_example = loss(targets, logits)   # [B]
+  """
+
+  def __init__(self,
+               loss_type="sigmoid",
+               name="sigmoid_cross_entropy",
+               reduction=None,
+               dtype="float32"):
+    if loss_type not in LOSS_TYPES:
+      raise ValueError(
+          f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
+    if dtype not in ("float32", None):
+      raise ValueError(
+          f"SigmoidCrossEntropy computes in float32; got dtype={dtype!r}.")
+    super().__init__(name=name, reduction=reduction, dtype="float32")
+    self.loss_type = loss_type
+
+  def call(self, y_true, y_pred):
+    """Returns the per-example loss [B] (see the class docstring).
+
+    Args:
+      y_true: dense targets [B, N] in [0, 1].
+      y_pred: logits [B, N].
+
+    Returns:
+      float32 [B].
+    """
+    return per_example_cross_entropy(y_true, y_pred, self.loss_type)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({"loss_type": self.loss_type})
+    return config
+
+
+def per_example_cross_entropy(targets, logits, loss_type="sigmoid"):
+  """Per-example cross-entropy in float32; the function form of the loss.
+
+  Args:
+    targets: dense targets [B, N].
+    logits: logits [B, N], any float dtype.
+    loss_type: 'sigmoid' (sum over classes of the binary CE) or 'softmax'
+      (CE against the renormalised target row).
+
+  Returns:
+    float32 [B].
+
+  Raises:
+    ValueError: on an unknown `loss_type` or mismatched static shapes.
+  """
+  if loss_type not in LOSS_TYPES:
+    raise ValueError(
+        f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
+  logits = tf.cast(logits, tf.float32)
+  targets = tf.cast(targets, tf.float32)
+  if not targets.shape.is_compatible_with(logits.shape):
+    raise ValueError(
+        f"targets shape {targets.shape} does not match logits shape "
+        f"{logits.shape}.")
+  if loss_type == "sigmoid":
+    return tf.reduce_sum(
+        tf.nn.sigmoid_cross_entropy_with_logits(labels=targets, logits=logits),
+        axis=-1)
+  row_sum = tf.reduce_sum(targets, axis=-1, keepdims=True)
+  normalised = tf.math.divide_no_nan(targets, row_sum)
+  return tf.nn.softmax_cross_entropy_with_logits(
+      labels=normalised, logits=logits)

@@ -1,0 +1,155 @@
+"""Self-paced per-vertical logit scaling: y_v = gamma_v * x_v / ||x_v||."""
+
+from typing import Optional, Sequence
+
+import keras
+from keras import ops
+import numpy as np
+
+from kc_keras.modeling.layers import structurally_connected
+
+MODES = ("none", "fixed", "vertical", "class")
+INITS = ("sqrt_nv", "constant")
+
+
+@keras.saving.register_keras_serializable(package="kc_keras")
+class SelfPacedScale(keras.layers.Layer):
+  """Per-vertical L2 normalisation of logits times a scale gamma.
+
+  For each example and vertical v with logit sub-vector x_v (v's classes):
+    y_v = gamma * x_v / sqrt(||x_v||^2 + epsilon)
+  where gamma depends on `mode`:
+    'none':     identity, y = x (no weights);
+    'fixed':    gamma_v = sqrt(N_v), a constant (no weights);
+    'vertical': one learned gamma_v per vertical (weight [M]);
+    'class':    one learned gamma_c per class (weight [N]).
+  Learned gammas start at N(mean, init_stddev) with mean sqrt(N_v(c)) for
+  `init='sqrt_nv'` or `init_value` for `init='constant'`. Norms are computed
+  in float32 as (x * x) @ onehot[N, M]: no loop over verticals.
+
+  Args:
+    class_to_vertical: sequence of N ints, the vertical of each class.
+    mode: one of 'none', 'fixed', 'vertical', 'class'.
+    init: 'sqrt_nv' or 'constant' (learned modes only).
+    init_value: mean of the 'constant' initialisation.
+    init_stddev: stddev of the initialisation noise.
+    epsilon: added to the squared norm so a zero vector maps to zero.
+    seed: optional int seed of the initialisation noise.
+    **kwargs: base Layer arguments (name defaults to 'self_paced_scale').
+
+  Raises:
+    ValueError: for an unknown mode or init, a negative stddev or a
+      non-positive epsilon.
+
+  Reference:
+    Gao et al., "Knowledge Concentration", arXiv:1711.07607, section 3.3.
+  """
+
+  def __init__(
+      self,
+      class_to_vertical: Sequence[int],
+      mode: str = "vertical",
+      init: str = "sqrt_nv",
+      init_value: float = 10.0,
+      init_stddev: float = 1e-3,
+      epsilon: float = 1e-12,
+      seed: Optional[int] = None,
+      **kwargs,
+  ):
+    kwargs.setdefault("name", "self_paced_scale")
+    super().__init__(**kwargs)
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    if init not in INITS:
+      raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if init_stddev < 0:
+      raise ValueError(f"init_stddev must be >= 0, got {init_stddev}.")
+    if epsilon <= 0:
+      raise ValueError(f"epsilon must be > 0, got {epsilon}.")
+    c2v = structurally_connected.validate_class_to_vertical(class_to_vertical)
+    self.class_to_vertical = [int(v) for v in c2v]
+    self.num_classes = c2v.size
+    self.num_verticals = int(c2v.max()) + 1
+    self.mode = mode
+    self.init = init
+    self.init_value = float(init_value)
+    self.init_stddev = float(init_stddev)
+    self.epsilon = float(epsilon)
+    self.seed = seed
+    self._c2v = c2v.astype(np.int32)
+    sizes = np.bincount(c2v, minlength=self.num_verticals)
+    self._sqrt_sizes = np.sqrt(sizes).astype(np.float32)
+    self._one_hot = np.eye(self.num_verticals, dtype=np.float32)[c2v]
+
+  def _initial_mean(self) -> np.ndarray:
+    if self.init == "constant":
+      size = self.num_verticals if self.mode == "vertical" else self.num_classes
+      return np.full((size,), self.init_value, np.float32)
+    if self.mode == "vertical":
+      return self._sqrt_sizes
+    return self._sqrt_sizes[self._c2v]
+
+  def build(self, input_shape):
+    if input_shape[-1] != self.num_classes:
+      raise ValueError(
+          f"{self.name}: input must be [B, N={self.num_classes}], got "
+          f"{input_shape}."
+      )
+    self.gamma = None
+    if self.mode not in ("vertical", "class"):
+      return
+    mean = self._initial_mean()
+    noise = keras.initializers.RandomNormal(
+        mean=0.0, stddev=self.init_stddev, seed=self.seed
+    )
+
+    def initializer(shape, dtype=None):
+      return ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)
+
+    # Keras' default synchronization/aggregation, as for any Dense kernel: a
+    # MirroredStrategy mirrors gamma and the optimizer applies the all-reduced
+    # gradient, so replicas stay in sync.
+    self.gamma = self.add_weight(
+        name="gamma",
+        shape=mean.shape,
+        initializer=initializer,
+        dtype="float32",
+        trainable=True,
+    )
+
+  def call(self, inputs):
+    if self.mode == "none":
+      return inputs
+    # Norms in float32 even under mixed precision: squared logits overflow
+    # float16 quickly.
+    x = ops.cast(inputs, "float32")
+    sq_norms = ops.matmul(ops.square(x), self._one_hot)
+    inv_norm = ops.rsqrt(sq_norms + self.epsilon)
+    if self.mode == "class":
+      scale = ops.take(inv_norm, self._c2v, axis=1) * ops.cast(
+          self.gamma, "float32"
+      )
+    else:
+      # Scale per vertical [B, M] before expanding to classes, so the
+      # gradient of gamma_v is dense (no N-row IndexedSlices for M weights).
+      gamma = (self._sqrt_sizes if self.mode == "fixed"
+               else ops.cast(self.gamma, "float32"))
+      scale = ops.take(inv_norm * gamma, self._c2v, axis=1)
+    outputs = x * scale
+    return ops.cast(outputs, self.compute_dtype)
+
+  def compute_output_shape(self, input_shape):
+    return input_shape
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "class_to_vertical": list(self.class_to_vertical),
+        "mode": self.mode,
+        "init": self.init,
+        "init_value": self.init_value,
+        "init_stddev": self.init_stddev,
+        "epsilon": self.epsilon,
+        "seed": self.seed,
+    })
+    return config

@@ -1,0 +1,398 @@
+"""Structurally connected layers: per-vertical blocks and the SC classifier."""
+
+import math
+from typing import Optional, Sequence
+
+import keras
+from keras import ops
+import numpy as np
+
+# Auto chunk size targets about this many chunks per average vertical, so
+# padding stays small while each chunk is a reasonably large matmul.
+DEFAULT_CHUNKS_PER_VERTICAL = 8
+
+
+def validate_class_to_vertical(class_to_vertical) -> np.ndarray:
+  """Checks a class -> vertical map and returns it as an int64 array.
+
+  Args:
+    class_to_vertical: sequence of N non-negative ints, `class_to_vertical[c]`
+      is the vertical of class c. The number of verticals is `max + 1`.
+
+  Returns:
+    np.int64 array of shape [N].
+
+  Raises:
+    ValueError: if the map is empty, not 1-D, not integer or has a negative
+      entry (the first offending class is named).
+  """
+  array = np.asarray(class_to_vertical)
+  if array.ndim != 1 or array.size == 0:
+    raise ValueError(
+        "class_to_vertical must be a non-empty 1-D sequence of ints, got "
+        f"shape {array.shape}."
+    )
+  if not np.issubdtype(array.dtype, np.integer):
+    if not np.all(np.mod(array, 1) == 0):
+      raise ValueError(
+          f"class_to_vertical must hold integers, got dtype {array.dtype}."
+      )
+  array = array.astype(np.int64)
+  negative = np.flatnonzero(array < 0)
+  if negative.size:
+    c = int(negative[0])
+    raise ValueError(
+        f"class_to_vertical[{c}] = {int(array[c])} is negative; vertical ids "
+        "must be 0..M-1."
+    )
+  return array
+
+
+def auto_chunk_size(
+    class_to_vertical,
+    chunks_per_vertical: int = DEFAULT_CHUNKS_PER_VERTICAL,
+) -> int:
+  """Picks the SC classifier chunk size C from the vertical sizes.
+
+  C = 2^round(log2(N / (chunks_per_vertical * M))), at least 1 and at most the
+  smallest power of two >= the largest vertical size (a larger C only pads).
+
+  Args:
+    class_to_vertical: sequence of N ints (the class -> vertical map).
+    chunks_per_vertical: wanted number of chunks of an average vertical.
+
+  Returns:
+    The chunk size C (a power of two).
+
+  Raises:
+    ValueError: if `chunks_per_vertical` < 1 or the map is invalid.
+  """
+  if chunks_per_vertical < 1:
+    raise ValueError(
+        f"chunks_per_vertical must be >= 1, got {chunks_per_vertical}."
+    )
+  c2v = validate_class_to_vertical(class_to_vertical)
+  num_classes = c2v.size
+  num_verticals = int(c2v.max()) + 1
+  target = max(num_classes / (chunks_per_vertical * num_verticals), 1.0)
+  size = 2 ** int(round(math.log2(target)))
+  largest = int(np.bincount(c2v).max())
+  cap = 2 ** int(math.ceil(math.log2(largest)))
+  return int(max(1, min(size, cap)))
+
+
+def chunk_layout(class_to_vertical, chunk_size: int):
+  """Precomputes the padded chunk layout used by the SC classifier.
+
+  Each vertical's classes (in class-id order) are cut into ceil(N_v / C)
+  chunks of C slots; the last chunk of a vertical is padded. K chunks in all.
+
+  Args:
+    class_to_vertical: sequence of N ints (the class -> vertical map).
+    chunk_size: C, slots per chunk.
+
+  Returns:
+    A tuple `(gather_index, chunk_vertical, class_position)`:
+      gather_index: int32 [K*C], the class (kernel row) in each slot; padding
+        slots hold the first class of the chunk's vertical (any valid row).
+      chunk_vertical: int32 [K], the vertical of each chunk.
+      class_position: int32 [N], the slot of each class in the flat [K*C].
+
+  Raises:
+    ValueError: if `chunk_size` < 1 or the map is invalid.
+  """
+  if int(chunk_size) != chunk_size or chunk_size < 1:
+    raise ValueError(f"chunk_size must be a positive int, got {chunk_size}.")
+  chunk_size = int(chunk_size)
+  c2v = validate_class_to_vertical(class_to_vertical)
+  num_classes = c2v.size
+  num_verticals = int(c2v.max()) + 1
+  sizes = np.bincount(c2v, minlength=num_verticals)
+  chunks = -(-sizes // chunk_size)
+  first_chunk = np.cumsum(chunks) - chunks
+  first_class = np.cumsum(sizes) - sizes
+  order = np.argsort(c2v, kind="stable")
+  ranks = np.arange(num_classes) - first_class[c2v[order]]
+  class_position = np.empty(num_classes, dtype=np.int64)
+  class_position[order] = first_chunk[c2v[order]] * chunk_size + ranks
+  chunk_vertical = np.repeat(np.arange(num_verticals), chunks)
+  # Padding slots read the first class of their vertical: a valid row whose
+  # products are computed but never gathered into the logits.
+  gather_index = np.repeat(order[first_class[chunk_vertical]], chunk_size)
+  gather_index[class_position] = np.arange(num_classes)
+  return (
+      gather_index.astype(np.int32),
+      chunk_vertical.astype(np.int32),
+      class_position.astype(np.int32),
+  )
+
+
+def dense_masked_reference(h, kernel, bias, class_to_vertical) -> np.ndarray:
+  """Naive SC classifier through an explicit masked N x (M*s2) matrix (numpy).
+
+  logits = reshape(h, [B, M*s2]) @ D^T + b, with D[c, v(c)*s2:(v(c)+1)*s2] =
+  W[c] and zero elsewhere. Memory O(N*M*s2): for tests and benchmarks only.
+
+  Args:
+    h: float array [B, M, s2], per-vertical block activations.
+    kernel: float array [N, s2], the classifier kernel W in class-id order.
+    bias: float array [N] or None.
+    class_to_vertical: sequence of N ints.
+
+  Returns:
+    float64 array [B, N] of logits.
+  """
+  h = np.asarray(h, dtype=np.float64)
+  kernel = np.asarray(kernel, dtype=np.float64)
+  c2v = validate_class_to_vertical(class_to_vertical)
+  batch, num_verticals, units = h.shape
+  dense = np.zeros((c2v.size, num_verticals * units))
+  for c, v in enumerate(c2v):
+    dense[c, v * units:(v + 1) * units] = kernel[c]
+  logits = h.reshape(batch, num_verticals * units) @ dense.T
+  if bias is not None:
+    logits = logits + np.asarray(bias, dtype=np.float64)
+  return logits
+
+
+@keras.saving.register_keras_serializable(package="kc_keras")
+class VerticalBlockDense(keras.layers.Layer):
+  """One dense block of `units` per vertical, computed by a single einsum.
+
+  For input x of shape [B, D] (every block sees the same input) or [B, M, D]
+  (block m sees x[:, m]), with x shared units:
+    shared[b, m, :]   = x_m[b] @ K_s            (K_s: [D, x], same for all m)
+    own[b, m, :]      = x_m[b] @ K[m]           (K: [M, D, U - x])
+    out[b, m, :]      = act(concat(shared, own) + concat(b_s, b[m]))
+  Output [B, M, U]. Weights (bias omitted): D*x + M*D*(U - x).
+
+  Args:
+    num_verticals: M, the number of blocks.
+    units: U, units per block.
+    shared_units: x in [0, U], units shared by all verticals.
+    activation: activation name or callable (None: linear).
+    use_bias: whether to add biases.
+    kernel_initializer: initializer for both kernels.
+    bias_initializer: initializer for both biases.
+    **kwargs: base Layer arguments (name defaults to 'kc_sc_block').
+
+  Raises:
+    ValueError: if M < 1, U < 1 or x is outside [0, U].
+  """
+
+  def __init__(
+      self,
+      num_verticals: int,
+      units: int,
+      shared_units: int = 0,
+      activation=None,
+      use_bias: bool = True,
+      kernel_initializer="glorot_uniform",
+      bias_initializer="zeros",
+      **kwargs,
+  ):
+    kwargs.setdefault("name", "kc_sc_block")
+    super().__init__(**kwargs)
+    if num_verticals < 1:
+      raise ValueError(f"num_verticals must be >= 1, got {num_verticals}.")
+    if units < 1:
+      raise ValueError(f"units must be >= 1, got {units}.")
+    if not 0 <= shared_units <= units:
+      raise ValueError(
+          f"shared_units must be in [0, units={units}], got {shared_units}."
+      )
+    self.num_verticals = int(num_verticals)
+    self.units = int(units)
+    self.shared_units = int(shared_units)
+    self.activation = keras.activations.get(activation)
+    self.use_bias = use_bias
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.bias_initializer = keras.initializers.get(bias_initializer)
+
+  def build(self, input_shape):
+    if len(input_shape) == 3:
+      if input_shape[1] != self.num_verticals:
+        raise ValueError(
+            f"{self.name}: a 3-D input must be [B, M={self.num_verticals}, D],"
+            f" got {input_shape}."
+        )
+    elif len(input_shape) != 2:
+      raise ValueError(
+          f"{self.name}: input must be [B, D] or [B, M, D], got {input_shape}."
+      )
+    in_dim = input_shape[-1]
+    own_units = self.units - self.shared_units
+    self.kernel = None
+    self.bias = None
+    self.shared_kernel = None
+    self.shared_bias = None
+    if own_units:
+      self.kernel = self.add_weight(
+          name="kernel",
+          shape=(self.num_verticals, in_dim, own_units),
+          initializer=self.kernel_initializer,
+      )
+      if self.use_bias:
+        self.bias = self.add_weight(
+            name="bias",
+            shape=(self.num_verticals, own_units),
+            initializer=self.bias_initializer,
+        )
+    if self.shared_units:
+      self.shared_kernel = self.add_weight(
+          name="shared_kernel",
+          shape=(in_dim, self.shared_units),
+          initializer=self.kernel_initializer,
+      )
+      if self.use_bias:
+        self.shared_bias = self.add_weight(
+            name="shared_bias",
+            shape=(self.shared_units,),
+            initializer=self.bias_initializer,
+        )
+
+  def call(self, inputs):
+    rank3 = len(inputs.shape) == 3
+    parts = []
+    if self.shared_units:
+      shared = ops.matmul(inputs, self.shared_kernel)
+      if self.use_bias:
+        shared = shared + self.shared_bias
+      if not rank3:
+        shared = ops.repeat(
+            ops.expand_dims(shared, 1), self.num_verticals, axis=1
+        )
+      parts.append(shared)
+    if self.units - self.shared_units:
+      equation = "bmd,mdu->bmu" if rank3 else "bd,mdu->bmu"
+      own = ops.einsum(equation, inputs, self.kernel)
+      if self.use_bias:
+        own = own + self.bias
+      parts.append(own)
+    outputs = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
+    return self.activation(outputs)
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.num_verticals, self.units)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "num_verticals": self.num_verticals,
+        "units": self.units,
+        "shared_units": self.shared_units,
+        "activation": keras.activations.serialize(self.activation),
+        "use_bias": self.use_bias,
+        "kernel_initializer": keras.initializers.serialize(
+            self.kernel_initializer
+        ),
+        "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+    })
+    return config
+
+
+@keras.saving.register_keras_serializable(package="kc_keras")
+class StructurallyConnectedClassifier(keras.layers.Layer):
+  """Classifier where class c sees only its vertical's block.
+
+  logit[b, c] = h[b, v(c), :] . W[c] + bias[c], W: [N, s2] in class-id order
+  (exactly s2*N kernel weights). Computed as one padded batched matmul:
+    W_chunks = gather(W, gather_index)            -> [K, C, s2]
+    h_chunks = gather(h, chunk_vertical, axis=1)  -> [B, K, s2]
+    flat     = einsum('bks,kcs->bkc')             -> [B, K*C]
+    logits   = gather(flat, class_position) + bias -> [B, N]
+  No loop over verticals and no N x (M*s2) matrix; cost B*K*C*s2 multiply-adds
+  with K*C = N plus per-vertical padding (< C per vertical).
+
+  Args:
+    class_to_vertical: sequence of N ints, the vertical of each class.
+    chunk_size: C, classes per chunk; None picks `auto_chunk_size`.
+    use_bias: whether to add a per-class bias.
+    kernel_initializer: initializer of W.
+    bias_initializer: initializer of the bias.
+    **kwargs: base Layer arguments (name defaults to 'kc_sc_classifier').
+
+  Raises:
+    ValueError: for an invalid map or chunk size, or an input that is not
+      [B, M, s2].
+  """
+
+  def __init__(
+      self,
+      class_to_vertical: Sequence[int],
+      chunk_size: Optional[int] = None,
+      use_bias: bool = True,
+      kernel_initializer="glorot_uniform",
+      bias_initializer="zeros",
+      **kwargs,
+  ):
+    kwargs.setdefault("name", "kc_sc_classifier")
+    super().__init__(**kwargs)
+    c2v = validate_class_to_vertical(class_to_vertical)
+    self.class_to_vertical = [int(v) for v in c2v]
+    self.num_classes = c2v.size
+    self.num_verticals = int(c2v.max()) + 1
+    self.chunk_size = chunk_size
+    self.resolved_chunk_size = (
+        auto_chunk_size(c2v) if chunk_size is None else chunk_size
+    )
+    self.use_bias = use_bias
+    self.kernel_initializer = keras.initializers.get(kernel_initializer)
+    self.bias_initializer = keras.initializers.get(bias_initializer)
+    # Plain numpy constants (not weights): they derive from class_to_vertical,
+    # which get_config already carries.
+    (self._gather_index, self._chunk_vertical,
+     self._class_position) = chunk_layout(c2v, self.resolved_chunk_size)
+    self.num_chunks = int(self._chunk_vertical.size)
+
+  def build(self, input_shape):
+    if len(input_shape) != 3 or input_shape[1] != self.num_verticals:
+      raise ValueError(
+          f"{self.name}: input must be [B, M={self.num_verticals}, s2], got "
+          f"{input_shape}."
+      )
+    units = input_shape[-1]
+    self.kernel = self.add_weight(
+        name="kernel",
+        shape=(self.num_classes, units),
+        initializer=self.kernel_initializer,
+    )
+    self.bias = None
+    if self.use_bias:
+      self.bias = self.add_weight(
+          name="bias",
+          shape=(self.num_classes,),
+          initializer=self.bias_initializer,
+      )
+
+  def call(self, inputs):
+    units = inputs.shape[-1]
+    w_chunks = ops.reshape(
+        ops.take(self.kernel, self._gather_index, axis=0),
+        (self.num_chunks, self.resolved_chunk_size, units),
+    )
+    h_chunks = ops.take(inputs, self._chunk_vertical, axis=1)
+    flat = ops.einsum("bks,kcs->bkc", h_chunks, w_chunks)
+    flat = ops.reshape(
+        flat, (-1, self.num_chunks * self.resolved_chunk_size)
+    )
+    logits = ops.take(flat, self._class_position, axis=1)
+    if self.use_bias:
+      logits = logits + self.bias
+    return logits
+
+  def compute_output_shape(self, input_shape):
+    return (input_shape[0], self.num_classes)
+
+  def get_config(self):
+    config = super().get_config()
+    config.update({
+        "class_to_vertical": list(self.class_to_vertical),
+        "chunk_size": self.chunk_size,
+        "use_bias": self.use_bias,
+        "kernel_initializer": keras.initializers.serialize(
+            self.kernel_initializer
+        ),
+        "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+    })
+    return config

@@ -1,0 +1,95 @@
+"""Parses the experiment config the model-garden way and dispatches a mode."""
+
+import os
+from typing import Optional, Sequence
+
+from absl import logging
+from official.core import exp_factory
+from official.modeling import hyperparams
+
+from kc_keras.configs import experiments  # noqa: F401  (registers kc_*)
+from kc_keras.configs import kc_config
+from kc_keras.training import modes
+from kc_keras.utils import files
+
+PARAMS_FILE = "params.yaml"
+
+
+def parse_configuration(flags_obj) -> kc_config.ExperimentConfig:
+  """Registered defaults, then each --config_file, then --params_override.
+
+  Every override is strict (an unknown key is an error); the result is
+  validated and locked, as in `official.core.train_utils`.
+
+  Args:
+    flags_obj: an object with `experiment`, `config_file`, `params_override`
+      and `tpu` attributes (absl FLAGS or a namespace).
+
+  Returns:
+    The locked `ExperimentConfig`.
+
+  Raises:
+    ValueError: unknown experiment or key, wrong type, failed validation.
+  """
+  params = experiments.get_experiment(flags_obj.experiment)
+  for config_file in flags_obj.config_file or []:
+    params = hyperparams.override_params_dict(params, config_file,
+                                              is_strict=True)
+  if getattr(flags_obj, "tpu", None):
+    params.override({"runtime": {"tpu": flags_obj.tpu}}, is_strict=True)
+  if flags_obj.params_override:
+    params = hyperparams.override_params_dict(
+        params, flags_obj.params_override, is_strict=True)
+  params.validate()
+  params.lock()
+  return params
+
+
+def save_params(params: kc_config.ExperimentConfig, model_dir: str) -> str:
+  """Writes the final config to `model_dir/params.yaml` atomically."""
+  import yaml  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(model_dir, PARAMS_FILE)
+  files.atomic_write_text(
+      path, yaml.safe_dump(params.as_dict(), default_flow_style=False)
+  )
+  return path
+
+
+MODES = ("train", "eval", "train_and_eval", "train_specialists",
+         "cache_targets", "eval_specialists")
+
+
+def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
+        checkpoint_path: Optional[str] = None,
+        verticals: Optional[Sequence[int]] = None):
+  """Runs one of `MODES`.
+
+  Args:
+    params: the locked experiment config.
+    mode: what to run.
+    model_dir: the run directory.
+    checkpoint_path: checkpoint to evaluate (`eval`), default the latest.
+    verticals: teachers to train (`train_specialists`), default config/all.
+
+  Returns:
+    The mode's result (`TrainResult`, metrics or manifest dict, or a tuple
+    for `train_and_eval`).
+  """
+  os.makedirs(model_dir, exist_ok=True)
+  save_params(params, model_dir)
+  logging.info("Experiment config written to %s", model_dir)
+  if mode == "train":
+    return modes.train(params, model_dir)
+  if mode == "eval":
+    return modes.evaluate(params, model_dir, checkpoint_path)
+  if mode == "train_and_eval":
+    result = modes.train(params, model_dir)
+    return result, modes.evaluate(params, model_dir, checkpoint_path)
+  if mode == "train_specialists":
+    return modes.train_specialists(params, model_dir, verticals=verticals)
+  if mode == "cache_targets":
+    return modes.cache_targets(params, model_dir)
+  if mode == "eval_specialists":
+    return modes.evaluate_specialists(params, model_dir)
+  raise ValueError(f"Unknown mode {mode!r}.")

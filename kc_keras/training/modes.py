@@ -1,0 +1,306 @@
+"""One function per `--mode` of the trainer: train, eval, specialists, target cache."""
+
+import json
+import os
+from typing import Dict, Optional
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from kc_keras.configs import kc_config
+from kc_keras.dataloaders import factory
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import pipeline
+from kc_keras.distillation import target_cache
+from kc_keras.distillation import teacher_bank as teacher_bank_lib
+from kc_keras.training import controller as controller_lib
+from kc_keras.training import evaluate as evaluate_lib
+from kc_keras.training import model_builder
+from kc_keras.training import optimizers
+from kc_keras.training import specialists
+from kc_keras.training import strategy as strategy_lib
+from kc_keras.utils import files
+
+HIERARCHY_FILE = "hierarchy.json"
+EVAL_METRICS_FILE = "eval_metrics.json"
+SPECIALISTS_METRICS_FILE = "eval_specialists_metrics.json"
+TRAIN_SUMMARY_FILE = "train_summary.json"
+
+
+def check_model_dir_hierarchy(
+    model_dir: str, hierarchy: hierarchy_lib.Hierarchy
+) -> None:
+  """Records the hierarchy in `model_dir`, or checks it matches the recorded one.
+
+  A checkpoint's output columns mean the classes of the hierarchy it was
+  trained with; resuming or evaluating it against another would silently
+  mislabel every prediction.
+
+  Raises:
+    hierarchy_lib.HierarchyError: when `model_dir` holds another hierarchy.
+  """
+  path = os.path.join(model_dir, HIERARCHY_FILE)
+  if os.path.exists(path):
+    recorded = hierarchy_lib.Hierarchy.load(path)
+    if recorded.fingerprint != hierarchy.fingerprint:
+      raise hierarchy_lib.HierarchyError(
+          f"{model_dir} was trained with another hierarchy "
+          f"({recorded.num_classes} classes, {recorded.num_verticals} "
+          f"verticals, fingerprint {recorded.fingerprint[:12]}) than the "
+          f"data's ({hierarchy.num_classes} classes, "
+          f"{hierarchy.num_verticals} verticals, fingerprint "
+          f"{hierarchy.fingerprint[:12]}); use a new --model_dir."
+      )
+  else:
+    hierarchy.save(path)
+
+
+class Session:
+  """What every mode needs: strategy, data source, hierarchy (built once)."""
+
+  def __init__(self, params: kc_config.ExperimentConfig, model_dir: str):
+    self.params = params
+    self.model_dir = model_dir
+    strategy_lib.set_precision_policy(params.runtime)
+    keras.utils.set_random_seed(params.runtime.seed)
+    self.strategy = strategy_lib.build_strategy(params.runtime)
+    self.source = factory.build_source(params.task.data)
+    self.hierarchy = self.source.hierarchy
+    os.makedirs(model_dir, exist_ok=True)
+
+  def build_model(self, teacher_bank=None) -> keras.Model:
+    """Builds and compiles the experiment's model under the strategy scope."""
+    params = self.params
+    with self.strategy.scope():
+      model = model_builder.build_kc_model(
+          params.task,
+          self.hierarchy,
+          self.source.image_shape,
+          global_batch_size=params.task.train_batch_size,
+          teacher_bank=teacher_bank,
+      )
+      optimizer = optimizers.build_optimizer(
+          params.trainer.optimizer, params.trainer.train_steps
+      )
+      model.compile(optimizer=optimizer, jit_compile=False)
+      model_builder.build_variables(model, self.source.image_shape)
+      optimizer.build(model.trainable_variables)
+    return model
+
+  def eval_dataset(self) -> tf.data.Dataset:
+    return pipeline.build_dataset(
+        self.source,
+        "eval",
+        self.params.task.data,
+        training=False,
+        global_batch_size=self.params.task.eval_batch_size,
+    )
+
+
+def train(params: kc_config.ExperimentConfig, model_dir: str,
+          verbose: bool = True) -> controller_lib.TrainResult:
+  """Trains the experiment's model to `trainer.train_steps`, resuming if possible.
+
+  Args:
+    params: the validated experiment config.
+    model_dir: checkpoints, summaries, hierarchy and reports.
+    verbose: show a progress bar.
+
+  Returns:
+    The controller's `TrainResult`.
+  """
+  session = Session(params, model_dir)
+  check_model_dir_hierarchy(model_dir, session.hierarchy)
+  source = params.task.distillation.target_source
+  bank = None
+  if source == "online":
+    bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
+  model = session.build_model(teacher_bank=bank)
+  expected = cache_binding(session, model_dir) if source == "cache" else None
+
+  def dataset_fn(input_context, start_batch):
+    extra = None
+    if expected is not None:
+      extra = target_cache.load_target_cache(
+          params.task.distillation.cache_dir, expected=expected,
+          verify_checksums=params.task.distillation.verify_cache_checksums)
+    return pipeline.build_dataset(
+        session.source,
+        "train",
+        params.task.data,
+        training=True,
+        global_batch_size=params.task.train_batch_size,
+        input_context=input_context,
+        extra=extra,
+        start_batch=start_batch,
+    )
+
+  controller = controller_lib.TrainController(
+      model=model,
+      strategy=session.strategy,
+      dataset_fn=dataset_fn,
+      config=params.trainer,
+      model_dir=model_dir,
+      global_batch_size=params.task.train_batch_size,
+      jit_compile=params.runtime.jit_compile,
+  )
+  result = controller.train(verbose=verbose)
+  files.atomic_write_json(
+      os.path.join(model_dir, TRAIN_SUMMARY_FILE),
+      dict(step=result.step, logs=result.logs,
+           steps_per_second=result.steps_per_second,
+           examples_per_second=result.examples_per_second),
+  )
+  logging.info("Training done at step %d: %s", result.step, result.logs)
+  return result
+
+
+def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
+             checkpoint_path: Optional[str] = None) -> Dict:
+  """Evaluates the latest (or the given) checkpoint on the eval split.
+
+  Writes `eval_metrics.json` (atomically) and TensorBoard scalars under
+  `model_dir/eval`.
+
+  Args:
+    params: the validated experiment config.
+    model_dir: the training directory.
+    checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
+
+  Returns:
+    The metrics dict (top1, top5, mpvap, per-vertical results, parameters).
+  """
+  session = Session(params, model_dir)
+  check_model_dir_hierarchy(model_dir, session.hierarchy)
+  model = session.build_model()
+  restored = controller_lib.restore_model_weights(
+      model, checkpoint_path or model_dir
+  )
+
+  @tf.function
+  def score_fn(images, features):
+    del features
+    return model(images, training=False)
+
+  metrics = evaluate_lib.evaluate_scores(
+      score_fn,
+      session.eval_dataset(),
+      session.hierarchy,
+      steps=params.trainer.validation_steps,
+  )
+  metrics["checkpoint"] = restored
+  metrics["step"] = controller_lib.checkpoint_step(restored)
+  metrics["params"] = model_builder.parameter_report(model)
+  files.atomic_write_json(os.path.join(model_dir, EVAL_METRICS_FILE), metrics)
+  writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+  with writer.as_default(step=metrics["step"]):
+    for name in ("top1", "top5", "mpvap"):
+      tf.summary.scalar(name, metrics[name])
+  writer.flush()
+  logging.info("Eval metrics: %s", json.dumps(
+      {k: metrics[k] for k in ("top1", "top5", "mpvap", "num_examples")}))
+  return metrics
+
+
+def cache_binding(session: Session, model_dir: str) -> Dict:
+  """What a target cache must match: data, hierarchy, teachers, K and T."""
+  params = session.params
+  teachers_dir = specialists.teachers_dir_of(params, model_dir)
+  return dict(
+      dataset_fingerprint=session.source.fingerprint("train"),
+      hierarchy_fingerprint=session.hierarchy.fingerprint,
+      teacher_fingerprints=specialists.manifest_fingerprints(teachers_dir),
+      top_k=params.task.distillation.top_k,
+      max_teachers_per_example=params.task.distillation.max_teachers_per_example,
+  )
+
+
+def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
+                      verticals=None, verbose: bool = True) -> Dict:
+  """Trains one teacher per vertical (or the given subset); returns the manifest."""
+  session = Session(params, model_dir)
+  build_generalist = None
+  init_dir = params.task.specialists.init_checkpoint
+  if init_dir:
+    generalist_params = _load_params_of(init_dir)
+
+    def build_generalist():
+      return model_builder.build_kc_model(
+          generalist_params.task, session.hierarchy, session.source.image_shape,
+          global_batch_size=generalist_params.task.train_batch_size)
+
+  return specialists.train_specialists(
+      session, model_dir, verticals=verticals,
+      build_generalist=build_generalist, verbose=verbose)
+
+
+def _load_params_of(run_dir: str) -> kc_config.ExperimentConfig:
+  """The `params.yaml` of another run, read into a config of the same schema."""
+  import yaml  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(run_dir, "params.yaml")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: task.specialists.init_checkpoint must be the "
+        f"model_dir of a trained generalist.")
+  other = kc_config.ExperimentConfig()
+  with open(path) as f:
+    other.override(yaml.safe_load(f), is_strict=True)
+  return other
+
+
+def cache_targets(params: kc_config.ExperimentConfig, model_dir: str) -> Dict:
+  """Writes the offline soft-target cache of the training split.
+
+  Every training example, un-augmented and in the source's raw order, passes
+  through its own vertical's teacher; the top-K (ids, probabilities) are
+  written with a manifest that binds them to the data, hierarchy, teachers
+  and K (see `distillation.target_cache`).
+
+  Returns:
+    The cache manifest.
+  """
+  session = Session(params, model_dir)
+  distillation = params.task.distillation
+  if not distillation.cache_dir:
+    raise ValueError("task.distillation.cache_dir must be set to cache targets.")
+  bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
+  dataset = pipeline.build_dataset(
+      session.source, "train", params.task.data, training=False,
+      global_batch_size=params.task.eval_batch_size)
+  return target_cache.write_target_cache(
+      distillation.cache_dir,
+      teacher_bank_lib.soft_target_batches(bank, dataset),
+      manifest_fields=cache_binding(session, model_dir),
+      shard_size=distillation.cache_shard_size,
+  )
+
+
+def evaluate_specialists(params: kc_config.ExperimentConfig,
+                         model_dir: str) -> Dict:
+  """Evaluates the specialists as a set (the paper's upper bound).
+
+  Each eval image is scored only by the teacher of its own vertical (scores
+  over that vertical's classes, nothing elsewhere): top-1 is therefore
+  top-1 given the true vertical, and mpvap is directly comparable with the
+  student's, since AP_v only ranks the classes of vertical v.
+
+  Returns:
+    The metrics dict, also written to `eval_specialists_metrics.json`.
+  """
+  session = Session(params, model_dir)
+  bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
+  score_fn = tf.function(
+      lambda images, features: bank.specialist_scores(
+          images, features["label_ids"]))
+  metrics = evaluate_lib.evaluate_scores(
+      score_fn, session.eval_dataset(), session.hierarchy,
+      steps=params.trainer.validation_steps)
+  metrics["params"] = {
+      "total": int(sum(t.count_params() for t in bank.teachers.values())),
+      "num_teachers": len(bank.teachers),
+  }
+  files.atomic_write_json(os.path.join(model_dir, SPECIALISTS_METRICS_FILE),
+                          metrics)
+  return metrics

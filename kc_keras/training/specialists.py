@@ -1,0 +1,293 @@
+"""Specialist teachers: training one per vertical, saving them, and loading them as a bank."""
+
+import glob
+import json
+import os
+from typing import Dict, Optional, Sequence
+
+from absl import logging
+import keras
+import tensorflow as tf
+
+from kc_keras.configs import kc_config
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import pipeline
+from kc_keras.distillation import teacher_bank as teacher_bank_lib
+from kc_keras.modeling.models import distiller
+from kc_keras.training import controller as controller_lib
+from kc_keras.training import model_builder
+from kc_keras.training import optimizers
+from kc_keras.utils import files
+
+TEACHER_MODEL_FILE = "teacher.keras"
+TEACHER_INFO_FILE = "teacher.json"
+MANIFEST_FILE = "teachers_manifest.json"
+
+
+class TeacherError(ValueError):
+  """A teacher artefact is missing, stale, or belongs to another vertical."""
+
+
+def teachers_dir_of(params: kc_config.ExperimentConfig, model_dir: str) -> str:
+  """`task.distillation.teachers_dir`, or `<model_dir>/teachers` when empty."""
+  return params.task.distillation.teachers_dir or os.path.join(
+      model_dir, "teachers")
+
+
+def teacher_dir(teachers_dir: str, vertical: int) -> str:
+  return os.path.join(teachers_dir, f"vertical_{vertical:05d}")
+
+
+def _copy_backbone_from_generalist(network: keras.Model, generalist_dir: str,
+                                   build_generalist) -> None:
+  """Initialises `network.backbone` from a trained generalist (Hinton et al. 2015).
+
+  Args:
+    network: the teacher network (built).
+    generalist_dir: a generalist `model_dir` (checkpoints + params).
+    build_generalist: `() -> keras.Model`, the generalist's KC model, built.
+
+  Raises:
+    TeacherError: when the two backbones differ in structure.
+  """
+  generalist = build_generalist()
+  controller_lib.restore_model_weights(generalist, generalist_dir)
+  source_weights = generalist.student.backbone.get_weights()
+  target = network.backbone
+  shapes_src = [w.shape for w in source_weights]
+  shapes_dst = [tuple(w.shape) for w in target.weights]
+  if [tuple(s) for s in shapes_src] != shapes_dst:
+    raise TeacherError(
+        f"task.specialists.model.backbone does not match the backbone of the "
+        f"generalist in {generalist_dir} (weight shapes {shapes_dst} vs "
+        f"{[tuple(s) for s in shapes_src]}); make them equal to initialise "
+        f"from it.")
+  target.set_weights(source_weights)
+
+
+def train_one_specialist(session, vertical: int, teachers_dir: str,
+                         build_generalist=None, verbose: bool = False) -> Dict:
+  """Trains, saves and describes the teacher of one vertical.
+
+  The teacher is a network over the vertical's classes only (local ids),
+  trained with sigmoid cross-entropy on hard labels on the vertical's images
+  (plus `negatives_fraction` of other verticals' images with no positive).
+
+  Args:
+    session: a `modes.Session`.
+    vertical: vertical id.
+    teachers_dir: root of all teachers.
+    build_generalist: see `_copy_backbone_from_generalist`; None = scratch.
+    verbose: progress bar.
+
+  Returns:
+    The teacher's info dict (also written to `teacher.json`).
+  """
+  params = session.params
+  spec = params.task.specialists
+  hierarchy = session.hierarchy
+  sub_hierarchy = hierarchy.subset(vertical)
+  out_dir = teacher_dir(teachers_dir, vertical)
+  train_dir = os.path.join(out_dir, "train")
+  os.makedirs(train_dir, exist_ok=True)
+  batch_size = spec.train_batch_size
+  with session.strategy.scope():
+    network = model_builder.build_network(spec.model, sub_hierarchy,
+                                          session.source.image_shape)
+    model = distiller.KnowledgeConcentrationModel(
+        student=network,
+        class_to_vertical=list(sub_hierarchy.class_to_vertical),
+        alpha=0.0,
+        loss_type="sigmoid",
+        top_k=1,
+        target_source="labels",
+        global_batch_size=batch_size,
+    )
+    model.compile(optimizer=optimizers.build_optimizer(
+        spec.trainer.optimizer, spec.trainer.train_steps))
+    model_builder.build_variables(model, session.source.image_shape)
+    fresh = tf.train.latest_checkpoint(train_dir) is None
+    if build_generalist is not None and fresh:
+      _copy_backbone_from_generalist(network, spec.init_checkpoint,
+                                     build_generalist)
+    if spec.freeze_backbone:
+      network.backbone.trainable = False
+    model.optimizer.build(model.trainable_variables)
+
+  def dataset_fn(input_context, start_batch):
+    return pipeline.build_dataset(
+        session.source, "train", params.task.data, training=True,
+        global_batch_size=batch_size, input_context=input_context,
+        vertical=vertical, negatives_fraction=spec.negatives_fraction,
+        start_batch=start_batch)
+
+  controller = controller_lib.TrainController(
+      model=model, strategy=session.strategy, dataset_fn=dataset_fn,
+      config=spec.trainer, model_dir=train_dir, global_batch_size=batch_size,
+      jit_compile=params.runtime.jit_compile)
+  result = controller.train(verbose=verbose)
+
+  model_path = os.path.join(out_dir, TEACHER_MODEL_FILE)
+  tmp_path = model_path + ".tmp.keras"
+  network.save(tmp_path)
+  os.replace(tmp_path, model_path)
+  info = {
+      "vertical_id": int(vertical),
+      "vertical_name": hierarchy.vertical_names[vertical],
+      "class_ids": [int(c) for c in hierarchy.classes_of(vertical)],
+      "hierarchy_fingerprint": hierarchy.fingerprint,
+      "fingerprint": teacher_bank_lib.model_fingerprint(network),
+      "train_steps": result.step,
+      "final_logs": result.logs,
+      "params": int(network.count_params()),
+  }
+  files.atomic_write_json(os.path.join(out_dir, TEACHER_INFO_FILE), info)
+  return info
+
+
+def write_manifest(teachers_dir: str) -> Dict:
+  """Rebuilds `teachers_manifest.json` from every complete `teacher.json`.
+
+  Built from the per-teacher files rather than appended to, so that workers
+  training disjoint vertical subsets in parallel never overwrite each other.
+  """
+  teachers = {}
+  for path in sorted(glob.glob(os.path.join(teachers_dir, "vertical_*",
+                                            TEACHER_INFO_FILE))):
+    with open(path) as f:
+      info = json.load(f)
+    teachers[str(info["vertical_id"])] = {
+        "dir": os.path.basename(os.path.dirname(path)),
+        "vertical_name": info["vertical_name"],
+        "fingerprint": info["fingerprint"],
+        "num_classes": len(info["class_ids"]),
+        "params": info["params"],
+    }
+  hierarchies = set()
+  for path in glob.glob(os.path.join(teachers_dir, "vertical_*",
+                                     TEACHER_INFO_FILE)):
+    with open(path) as f:
+      hierarchies.add(json.load(f)["hierarchy_fingerprint"])
+  manifest = {"teachers": teachers,
+              "hierarchy_fingerprints": sorted(hierarchies)}
+  files.atomic_write_json(os.path.join(teachers_dir, MANIFEST_FILE), manifest)
+  return manifest
+
+
+def train_specialists(session, model_dir: str,
+                      verticals: Optional[Sequence[int]] = None,
+                      build_generalist=None, verbose: bool = True) -> Dict:
+  """Trains the teachers of `verticals` (default: config, else all).
+
+  A vertical whose `teacher.json` exists for the same hierarchy is skipped, so
+  a restarted job continues where it stopped.
+
+  Returns:
+    The teachers manifest.
+  """
+  params = session.params
+  hierarchy = session.hierarchy
+  teachers_dir = teachers_dir_of(params, model_dir)
+  wanted = list(verticals or params.task.specialists.verticals or
+                range(hierarchy.num_verticals))
+  bad = [v for v in wanted if not 0 <= v < hierarchy.num_verticals]
+  if bad:
+    raise TeacherError(
+        f"Vertical ids {bad} are outside 0..{hierarchy.num_verticals - 1}.")
+  for index, vertical in enumerate(wanted):
+    info_path = os.path.join(teacher_dir(teachers_dir, vertical),
+                             TEACHER_INFO_FILE)
+    if os.path.exists(info_path):
+      with open(info_path) as f:
+        info = json.load(f)
+      if info["hierarchy_fingerprint"] == hierarchy.fingerprint:
+        logging.info("Teacher of vertical %d exists; skipped.", vertical)
+        continue
+      raise TeacherError(
+          f"{info_path} was trained for another hierarchy; remove "
+          f"{teacher_dir(teachers_dir, vertical)} or use another teachers_dir.")
+    if verbose:
+      print(f"[{index + 1}/{len(wanted)}] specialist for vertical {vertical} "
+            f"({hierarchy.vertical_names[vertical]}, "
+            f"{hierarchy.vertical_sizes[vertical]} classes)")
+    train_one_specialist(session, vertical, teachers_dir, build_generalist,
+                         verbose=verbose)
+  return write_manifest(teachers_dir)
+
+
+def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
+                  verticals: Optional[Sequence[int]] = None
+                  ) -> Dict[int, keras.Model]:
+  """Loads the saved teachers and checks each against its record.
+
+  Raises:
+    TeacherError: a missing teacher, a teacher of another vertical or
+      hierarchy, or weights whose fingerprint differs from `teacher.json`
+      (a stale or overwritten file).
+  """
+  wanted = list(range(hierarchy.num_verticals) if verticals is None
+                else verticals)
+  teachers = {}
+  missing = []
+  for vertical in wanted:
+    directory = teacher_dir(teachers_dir, vertical)
+    info_path = os.path.join(directory, TEACHER_INFO_FILE)
+    model_path = os.path.join(directory, TEACHER_MODEL_FILE)
+    if not (os.path.exists(info_path) and os.path.exists(model_path)):
+      missing.append(vertical)
+      continue
+    with open(info_path) as f:
+      info = json.load(f)
+    expected_classes = [int(c) for c in hierarchy.classes_of(vertical)]
+    if (info["vertical_id"] != vertical or
+        info["class_ids"] != expected_classes):
+      raise TeacherError(
+          f"{info_path} is the teacher of vertical {info['vertical_id']} "
+          f"({info['vertical_name']!r}, {len(info['class_ids'])} classes), "
+          f"not of vertical {vertical} "
+          f"({hierarchy.vertical_names[vertical]!r}, "
+          f"{len(expected_classes)} classes).")
+    model = keras.saving.load_model(model_path, compile=False)
+    fingerprint = teacher_bank_lib.model_fingerprint(model)
+    if fingerprint != info["fingerprint"]:
+      raise TeacherError(
+          f"{model_path} does not match {info_path}: weights fingerprint "
+          f"{fingerprint[:12]} vs recorded {info['fingerprint'][:12]} (the "
+          f"file was replaced after training); retrain this teacher.")
+    teachers[vertical] = model
+  if missing:
+    raise TeacherError(
+        f"No teacher for vertical(s) {missing} in {teachers_dir} "
+        f"(e.g. {[hierarchy.vertical_names[v] for v in missing[:5]]}); run "
+        f"--mode=train_specialists for them first.")
+  return teachers
+
+
+def load_teacher_bank(params: kc_config.ExperimentConfig, model_dir: str,
+                      hierarchy: hierarchy_lib.Hierarchy
+                      ) -> teacher_bank_lib.TeacherBank:
+  """The frozen teachers of every vertical, ready for online or cached targets."""
+  teachers = load_teachers(teachers_dir_of(params, model_dir), hierarchy)
+  return teacher_bank_lib.TeacherBank(
+      teachers,
+      class_to_vertical=list(hierarchy.class_to_vertical),
+      top_k=params.task.distillation.top_k,
+      max_teachers_per_example=params.task.distillation.max_teachers_per_example,
+      vertical_names=list(hierarchy.vertical_names),
+  )
+
+
+def manifest_fingerprints(teachers_dir: str) -> Dict[int, str]:
+  """{vertical id: weights fingerprint} from `teachers_manifest.json`.
+
+  Raises:
+    TeacherError: when the manifest is missing.
+  """
+  path = os.path.join(teachers_dir, MANIFEST_FILE)
+  if not os.path.exists(path):
+    raise TeacherError(
+        f"No {MANIFEST_FILE} in {teachers_dir}: train the specialists first "
+        f"(--mode=train_specialists).")
+  with open(path) as f:
+    manifest = json.load(f)
+  return {int(v): t["fingerprint"] for v, t in manifest["teachers"].items()}

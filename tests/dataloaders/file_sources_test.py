@@ -1,0 +1,128 @@
+"""Tests for the folder and TFRecord sources on tiny local images."""
+
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from kc_keras.configs.data import DataConfig, FolderConfig, TFRecordConfig
+from kc_keras.dataloaders import factory
+from kc_keras.dataloaders import pipeline
+from kc_keras.dataloaders.hierarchy import Hierarchy, HierarchyError
+from kc_keras.dataloaders.sources import folder, tfrecord
+
+# (vertical, class) -> grey value used for every pixel of its images.
+_TREE = {("birds", "crow"): 40, ("birds", "wren"): 80, ("cars", "audi"): 160}
+
+
+def _png(value, size=6, channels=3):
+  return tf.io.encode_png(tf.fill([size, size, channels], tf.constant(value, tf.uint8))).numpy()
+
+
+def _jpeg(value, size=6):
+  return tf.io.encode_jpeg(tf.fill([size, size, 3], tf.constant(value, tf.uint8)),
+                           quality=100).numpy()
+
+
+def _write_tree(root, per_class=2):
+  for (v, c), value in _TREE.items():
+    os.makedirs(os.path.join(root, v, c), exist_ok=True)
+    for i in range(per_class):
+      data = _png(value) if i % 2 == 0 else _jpeg(value)
+      ext = "png" if i % 2 == 0 else "jpg"
+      with open(os.path.join(root, v, c, f"img{i}.{ext}"), "wb") as f:
+        f.write(data)
+
+
+class FolderSourceTest(tf.test.TestCase):
+
+  def test_end_to_end(self):
+    root = self.get_temp_dir()
+    _write_tree(os.path.join(root, "train"), per_class=2)
+    _write_tree(os.path.join(root, "eval"), per_class=1)
+    cfg = DataConfig(source="folder")
+    cfg.override({"folder": {"train_dir": os.path.join(root, "train"),
+                             "eval_dir": os.path.join(root, "eval"), "image_size": 4}})
+    src = factory.build_source(cfg)
+    self.assertIsInstance(src, folder.FolderSource)
+    self.assertEqual(src.hierarchy.class_names, ("crow", "wren", "audi"))
+    self.assertEqual(src.num_examples("train"), 6)
+    self.assertEqual(src.num_examples("eval"), 3)
+    images, features = next(iter(pipeline.build_dataset(
+        src, "train", cfg, training=False, global_batch_size=6)))
+    self.assertEqual(images.shape, (6, 4, 4, 3))
+    self.assertAllEqual(features["label_ids"][:, 0], [0, 0, 1, 1, 2, 2])
+    expected = np.repeat([40, 40, 80, 80, 160, 160], 48).reshape(6, 4, 4, 3) / 255.0
+    self.assertAllClose(images, expected, atol=2 / 255)
+    self.assertLen(src.fingerprint("train"), 64)
+    self.assertNotEqual(src.fingerprint("train"), src.fingerprint("eval"))
+
+  def test_unknown_eval_class(self):
+    root = self.get_temp_dir()
+    _write_tree(os.path.join(root, "train"))
+    os.makedirs(os.path.join(root, "eval", "birds", "owl"))
+    with open(os.path.join(root, "eval", "birds", "owl", "a.png"), "wb") as f:
+      f.write(_png(1))
+    src = folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
+                                           eval_dir=os.path.join(root, "eval")))
+    with self.assertRaisesRegex(HierarchyError, "class 'owl'.*not in the hierarchy"):
+      src.raw_dataset("eval")
+
+  def test_hierarchy_file_vertical_mismatch(self):
+    root = self.get_temp_dir()
+    _write_tree(os.path.join(root, "train"))
+    hfile = os.path.join(root, "h.json")
+    Hierarchy(("crow", "wren", "audi"), ("birds", "cars"), (0, 1, 1)).save(hfile)
+    src = folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
+                                           hierarchy_file=hfile))
+    with self.assertRaisesRegex(HierarchyError, "class 'wren' is under vertical 'birds'"):
+      src.num_examples("train")
+
+
+class TFRecordSourceTest(tf.test.TestCase):
+
+  def _setup(self, labels):
+    root = self.get_temp_dir()
+    hfile = os.path.join(root, "h.csv")
+    Hierarchy(("crow", "wren", "audi"), ("birds", "cars"), (0, 0, 1)).save(hfile)
+    for shard, part in enumerate([labels[:2], labels[2:]]):
+      tfrecord.write_tfrecord(os.path.join(root, f"train-{shard}.tfrecord"),
+                              [(_png(10 * i + 10, channels=1), lab) for i, lab in part])
+    return root, hfile
+
+  def test_end_to_end_multi_label(self):
+    root, hfile = self._setup([(0, 2), (1, [0, 1]), (2, [2]), (3, 1)])
+    cfg = DataConfig(source="tfrecord", max_labels_per_example=2)
+    cfg.override({"tfrecord": {"train_pattern": os.path.join(root, "train-*.tfrecord"),
+                               "hierarchy_file": hfile, "image_size": 6, "channels": 1}})
+    src = factory.build_source(cfg)
+    self.assertEqual(src.num_examples("train"), 4)
+    images, features = next(iter(pipeline.build_dataset(
+        src, "train", cfg, training=False, global_batch_size=4)))
+    self.assertAllEqual(features["example_id"], [0, 1, 2, 3])
+    self.assertAllEqual(features["label_ids"], [[2, -1], [0, 1], [2, -1], [1, -1]])
+    self.assertAllClose(images[:, 0, 0, 0], np.array([10, 20, 30, 40]) / 255.0)
+    self.assertEqual(images.shape, (4, 6, 6, 1))
+
+  def test_label_outside_hierarchy(self):
+    root, hfile = self._setup([(0, 2), (1, 7), (2, 0), (3, 0)])
+    src = tfrecord.TFRecordSource(TFRecordConfig(
+        train_pattern=os.path.join(root, "train-*"), hierarchy_file=hfile))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"outside 0..2.*\b7\b"):
+      list(src.raw_dataset("train"))
+
+  def test_too_many_labels_and_encode_checks(self):
+    root, hfile = self._setup([(0, [0, 1]), (1, 1), (2, 0), (3, 0)])
+    src = tfrecord.TFRecordSource(TFRecordConfig(
+        train_pattern=os.path.join(root, "train-*"), hierarchy_file=hfile))
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "more labels than"):
+      list(src.raw_dataset("train"))
+    with self.assertRaisesRegex(ValueError, "must be >= 0"):
+      tfrecord.encode_example(b"x", [-3])
+    with self.assertRaisesRegex(ValueError, "matches no file"):
+      tfrecord.TFRecordSource(TFRecordConfig(
+          train_pattern=os.path.join(root, "nope-*"), hierarchy_file=hfile)).files("train")
+
+
+if __name__ == "__main__":
+  tf.test.main()

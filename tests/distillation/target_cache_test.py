@@ -1,0 +1,127 @@
+"""Tests for the offline soft-target cache: round trip, binding, atomicity."""
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from kc_keras.distillation import target_cache as tc
+
+FIELDS = {
+    "dataset_fingerprint": "data-1",
+    "hierarchy_fingerprint": "hier-1",
+    "teacher_fingerprints": {0: "t0", 1: "t1"},
+    "top_k": 2,
+    "max_teachers_per_example": 1,
+}
+
+
+def _batches(num_examples=7, batch=2, offset=0):
+  for start in range(0, num_examples, batch):
+    ids = np.arange(start, min(start + batch, num_examples))
+    yield (ids.astype(np.int64),
+           np.stack([ids, -np.ones_like(ids)], axis=1).astype(np.int32),
+           np.stack([ids / 10.0 + offset, np.zeros(len(ids))],
+                    axis=1).astype(np.float32))
+
+
+def _read(dataset):
+  return [{k: v.numpy() for k, v in ex.items()} for ex in dataset]
+
+
+class TargetCacheTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    root = tempfile.mkdtemp()
+    self.addCleanup(shutil.rmtree, root, ignore_errors=True)
+    self.cache_dir = os.path.join(root, "cache")
+
+  def test_round_trip_in_order_with_shards(self):
+    manifest = tc.write_target_cache(self.cache_dir, _batches(),
+                                     manifest_fields=FIELDS, shard_size=3)
+    self.assertEqual(manifest["num_examples"], 7)
+    self.assertEqual([s["num_examples"] for s in manifest["shards"]],
+                     [3, 3, 1])
+    rows = _read(tc.load_target_cache(self.cache_dir, expected=FIELDS))
+    self.assertEqual([r["example_id"] for r in rows], list(range(7)))
+    self.assertAllEqual(rows[4]["target_ids"], [4, -1])
+    self.assertAllClose(rows[4]["target_probs"], [0.4, 0.0])
+    self.assertEqual(rows[4]["target_ids"].dtype, np.int32)
+    # Only the finished cache is left beside it.
+    self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+  def test_mismatch_lists_every_differing_field(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    expected = dict(FIELDS, dataset_fingerprint="data-2", top_k=3,
+                    teacher_fingerprints={0: "t0", 1: "other"})
+    with self.assertRaises(tc.TargetCacheMismatchError) as ctx:
+      tc.load_target_cache(self.cache_dir, expected=expected)
+    message = str(ctx.exception)
+    self.assertIn("dataset_fingerprint: cached='data-1' expected='data-2'",
+                  message)
+    self.assertIn("top_k: cached=2 expected=3", message)
+    self.assertIn("teacher_fingerprints: cached={0: 't0', 1: 't1'} "
+                  "expected={0: 't0', 1: 'other'}", message)
+    self.assertNotIn("hierarchy_fingerprint", message)
+    self.assertIsInstance(ctx.exception, ValueError)
+
+  def test_incomplete_cache_is_refused(self):
+    tf.io.gfile.makedirs(self.cache_dir)
+    with self.assertRaisesRegex(tc.TargetCacheError, "Incomplete cache"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
+
+  def test_corrupt_shard_is_named(self):
+    manifest = tc.write_target_cache(self.cache_dir, _batches(),
+                                     manifest_fields=FIELDS, shard_size=4)
+    shard = os.path.join(self.cache_dir, manifest["shards"][1]["file"])
+    with open(shard, "ab") as f:
+      f.write(b"x")
+    with self.assertRaisesRegex(tc.TargetCacheError, "shard-00001.tfrecord"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
+
+  def test_replaces_only_after_new_cache_is_complete(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+
+    def failing():
+      yield next(_batches(offset=1.0))
+      raise RuntimeError("teacher crashed")
+
+    with self.assertRaisesRegex(RuntimeError, "teacher crashed"):
+      tc.write_target_cache(self.cache_dir, failing(), manifest_fields=FIELDS)
+    rows = _read(tc.load_target_cache(self.cache_dir, expected=FIELDS))
+    self.assertLen(rows, 7)
+    self.assertAllClose(rows[1]["target_probs"], [0.1, 0.0])
+    self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+    tc.write_target_cache(self.cache_dir, _batches(3, offset=0.5),
+                          manifest_fields=FIELDS)
+    rows = _read(tc.load_target_cache(self.cache_dir, expected=FIELDS))
+    self.assertLen(rows, 3)
+    self.assertAllClose(rows[1]["target_probs"], [0.6, 0.0])
+    with open(os.path.join(self.cache_dir, tc.MANIFEST_NAME)) as f:
+      self.assertEqual(json.load(f)["teacher_fingerprints"],
+                       {"0": "t0", "1": "t1"})
+
+  def test_bad_args(self):
+    with self.assertRaisesRegex(ValueError, r"missing \['top_k'\]"):
+      tc.write_target_cache(
+          self.cache_dir, _batches(),
+          manifest_fields={k: v for k, v in FIELDS.items() if k != "top_k"})
+    with self.assertRaisesRegex(ValueError, r"\[b, 4\]"):
+      tc.write_target_cache(self.cache_dir, _batches(),
+                            manifest_fields=dict(FIELDS, top_k=4))
+    self.assertFalse(tf.io.gfile.exists(self.cache_dir))
+    with self.assertRaisesRegex(ValueError, "shard_size"):
+      tc.write_target_cache(self.cache_dir, _batches(),
+                            manifest_fields=FIELDS, shard_size=0)
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    with self.assertRaisesRegex(ValueError, "unknown field"):
+      tc.load_target_cache(self.cache_dir, expected={"topk": 2})
+
+
+if __name__ == "__main__":
+  tf.test.main()

@@ -1,0 +1,152 @@
+"""Tests for SelfPacedScale against y_v = gamma_v * x_v / ||x_v|| per mode."""
+
+from absl.testing import parameterized
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kc_keras.modeling.layers import self_paced
+
+# Sizes N_v = 3, 1, 4 with classes interleaved.
+C2V = [0, 2, 1, 0, 2, 2, 0, 2]
+EPS = 1e-12
+
+
+def reference(x, gamma_per_class, c2v):
+  """Loop over examples and verticals: gamma * x_v / sqrt(||x_v||^2 + eps)."""
+  c2v = np.asarray(c2v)
+  out = np.zeros_like(x, dtype=np.float64)
+  for b in range(x.shape[0]):
+    for v in range(c2v.max() + 1):
+      idx = np.flatnonzero(c2v == v)
+      norm = np.sqrt(np.sum(x[b, idx].astype(np.float64) ** 2) + EPS)
+      out[b, idx] = gamma_per_class[idx] * x[b, idx] / norm
+  return out
+
+
+class SelfPacedScaleTest(tf.test.TestCase, parameterized.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    self.x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+
+  def test_none_is_identity(self):
+    layer = self_paced.SelfPacedScale(C2V, mode="none")
+    self.assertAllEqual(layer(self.x), self.x)
+    self.assertEmpty(layer.weights)
+
+  def test_fixed(self):
+    layer = self_paced.SelfPacedScale(C2V, mode="fixed")
+    out = layer(self.x)
+    self.assertEmpty(layer.trainable_weights)
+    gamma = np.sqrt(np.array([3.0, 1.0, 4.0]))[C2V]
+    self.assertAllClose(out, reference(self.x, gamma, C2V), atol=1e-6)
+    # Hand check: the single class of vertical 1 becomes sign(x) * sqrt(1).
+    self.assertAllClose(out[:, 2], np.sign(self.x[:, 2]), atol=1e-6)
+
+  @parameterized.parameters(("vertical", 3), ("class", 8))
+  def test_learned_modes(self, mode, size):
+    layer = self_paced.SelfPacedScale(C2V, mode=mode)
+    out = layer(self.x)
+    self.assertLen(layer.trainable_weights, 1)
+    self.assertEqual(layer.gamma.shape, (size,))
+    gamma = layer.gamma.numpy()
+    per_class = gamma[C2V] if mode == "vertical" else gamma
+    self.assertAllClose(out, reference(self.x, per_class, C2V), atol=1e-5)
+
+  @parameterized.parameters("vertical", "class")
+  def test_sqrt_nv_init(self, mode):
+    layer = self_paced.SelfPacedScale(C2V, mode=mode, init_stddev=1e-3, seed=1)
+    layer.build((None, 8))
+    mean = np.sqrt(np.array([3.0, 1.0, 4.0]))
+    mean = mean if mode == "vertical" else mean[C2V]
+    self.assertAllClose(layer.gamma.numpy(), mean, atol=5e-3)
+    self.assertNotAllClose(layer.gamma.numpy(), mean, atol=1e-9)
+
+  def test_constant_init(self):
+    layer = self_paced.SelfPacedScale(
+        C2V, mode="class", init="constant", init_value=10.0, init_stddev=0.0
+    )
+    layer.build((None, 8))
+    self.assertAllEqual(layer.gamma.numpy(), np.full(8, 10.0))
+
+  def test_zero_vector_maps_to_zero(self):
+    x = np.zeros((1, 8), np.float32)
+    x[0, 1] = 2.0  # vertical 2 non-zero, verticals 0 and 1 all zero.
+    out = self_paced.SelfPacedScale(C2V, mode="fixed")(x).numpy()
+    self.assertTrue(np.all(np.isfinite(out)))
+    self.assertAllClose(out[0], [0, 2.0, 0, 0, 0, 0, 0, 0], atol=1e-6)
+
+  def test_per_vertical_norm_equals_gamma(self):
+    layer = self_paced.SelfPacedScale(C2V, mode="vertical")
+    out = layer(self.x).numpy()
+    gamma = layer.gamma.numpy()
+    for v in range(3):
+      idx = np.flatnonzero(np.asarray(C2V) == v)
+      self.assertAllClose(np.linalg.norm(out[:, idx], axis=1),
+                          np.full(3, gamma[v]), rtol=1e-5)
+
+  def test_gradient_to_gamma(self):
+    # d sum(y) / d gamma_v = sum_b sum_{c in v} x_bc / ||x_bv||.
+    layer = self_paced.SelfPacedScale(C2V, mode="vertical")
+    layer.build((None, 8))
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(self.x))
+    grad = tape.gradient(loss, layer.gamma).numpy()
+    expected = reference(self.x, np.ones(8), C2V)
+    expected = [expected[:, np.asarray(C2V) == v].sum() for v in range(3)]
+    self.assertAllClose(grad, expected, atol=1e-5)
+
+  def test_float16_input_float32_compute(self):
+    layer = self_paced.SelfPacedScale(C2V, mode="fixed", dtype="float32")
+    x = tf.constant(self.x * 1000.0, tf.float16)  # squares overflow float16.
+    out = layer(x)
+    self.assertEqual(out.dtype, tf.float32)
+    self.assertTrue(np.all(np.isfinite(out.numpy())))
+
+  def test_same_step_with_and_without_strategy(self):
+    def sgd_step(layer, optimizer):
+      with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(self.x) * tf.range(8.0))
+      grads = tape.gradient(loss, layer.trainable_weights)
+      optimizer.apply_gradients(zip(grads, layer.trainable_weights))
+
+    plain = self_paced.SelfPacedScale(C2V, mode="vertical", seed=3)
+    plain.build((None, 8))
+    sgd_step(plain, keras.optimizers.SGD(0.1))
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    with strategy.scope():
+      mirrored = self_paced.SelfPacedScale(C2V, mode="vertical", seed=3)
+      mirrored.build((None, 8))
+      optimizer = keras.optimizers.SGD(0.1)
+    self.assertIsInstance(mirrored.gamma.value, tf.distribute.DistributedValues)
+    strategy.run(tf.function(lambda: sgd_step(mirrored, optimizer)))
+    self.assertAllClose(mirrored.gamma.numpy(), plain.gamma.numpy())
+    self.assertNotAllClose(plain.gamma.numpy(), np.sqrt([3.0, 1.0, 4.0]),
+                           atol=1e-2)
+
+  def test_config_round_trip(self):
+    layer = self_paced.SelfPacedScale(
+        C2V, mode="class", init="constant", init_value=3.0, init_stddev=0.5,
+        seed=4,
+    )
+    config = layer.get_config()
+    self.assertEqual(
+        self_paced.SelfPacedScale.from_config(config).get_config(), config
+    )
+
+  @parameterized.parameters(
+      (dict(mode="node"), "mode"), (dict(init="ones"), "init"),
+      (dict(init_stddev=-1.0), "init_stddev"), (dict(epsilon=0.0), "epsilon"),
+  )
+  def test_bad_args(self, kwargs, message):
+    with self.assertRaisesRegex(ValueError, message):
+      self_paced.SelfPacedScale(C2V, **kwargs)
+
+  def test_bad_input_width(self):
+    with self.assertRaisesRegex(ValueError, "N=8"):
+      self_paced.SelfPacedScale(C2V)(tf.zeros((2, 7)))
+
+
+if __name__ == "__main__":
+  tf.test.main()

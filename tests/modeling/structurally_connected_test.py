@@ -1,0 +1,223 @@
+"""Tests for the structurally connected layers against numpy loop references."""
+
+from absl.testing import parameterized
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kc_keras.modeling.layers import structurally_connected as sc
+
+# Uneven verticals, classes interleaved across verticals: sizes 4, 1, 6.
+UNEVEN = [2, 0, 2, 1, 0, 2, 2, 0, 2, 0, 2]
+
+
+def loop_reference(h, kernel, bias, class_to_vertical):
+  """logit[b, c] = h[b, v(c)] . W[c] + bias[c], one class at a time."""
+  out = np.zeros((h.shape[0], len(class_to_vertical)))
+  for b in range(h.shape[0]):
+    for c, v in enumerate(class_to_vertical):
+      out[b, c] = np.dot(h[b, v], kernel[c]) + bias[c]
+  return out
+
+
+class ChunkLayoutTest(tf.test.TestCase, parameterized.TestCase):
+
+  def test_hand_computed_layout(self):
+    gather_index, chunk_vertical, position = sc.chunk_layout(
+        [0, 0, 1, 2, 2, 2, 1, 0, 2], chunk_size=2
+    )
+    # v0: classes 0,1,7 -> chunks [0,1],[7,pad]; v1: [2,6]; v2: [3,4],[5,8].
+    self.assertAllEqual(gather_index, [0, 1, 7, 0, 2, 6, 3, 4, 5, 8])
+    self.assertAllEqual(chunk_vertical, [0, 0, 1, 2, 2])
+    self.assertAllEqual(position, [0, 1, 4, 6, 7, 8, 5, 2, 9])
+
+  @parameterized.parameters(1, 2, 3, 4, 6, 7, 16)
+  def test_layout_round_trip(self, chunk_size):
+    gather_index, chunk_vertical, position = sc.chunk_layout(UNEVEN, chunk_size)
+    self.assertAllEqual(gather_index[position], np.arange(len(UNEVEN)))
+    slot_vertical = np.repeat(chunk_vertical, chunk_size)
+    self.assertAllEqual(slot_vertical[position], UNEVEN)
+    # Padding slots read a row of their own vertical.
+    self.assertAllEqual(np.asarray(UNEVEN)[gather_index], slot_vertical)
+    self.assertLen(set(position.tolist()), len(UNEVEN))
+
+  def test_auto_chunk_size(self):
+    c2v = np.repeat(np.arange(20), 5000)  # N = 100K, M = 20
+    self.assertEqual(sc.auto_chunk_size(c2v), 512)  # 100K / 160 = 625
+    self.assertEqual(sc.auto_chunk_size([0, 1, 1, 2]), 1)
+    self.assertEqual(sc.auto_chunk_size(np.repeat([0, 1], [3, 200])), 16)
+
+  @parameterized.parameters(
+      ([], "non-empty"), ([0, -1], r"class_to_vertical\[1\] = -1"),
+      ([[0, 1]], "1-D"), ([0.5, 1], "integers"),
+  )
+  def test_bad_map(self, c2v, message):
+    with self.assertRaisesRegex(ValueError, message):
+      sc.validate_class_to_vertical(c2v)
+
+  def test_bad_chunk_size(self):
+    with self.assertRaisesRegex(ValueError, "chunk_size must be a positive"):
+      sc.chunk_layout([0, 1], 0)
+
+
+class StructurallyConnectedClassifierTest(tf.test.TestCase,
+                                          parameterized.TestCase):
+
+  @parameterized.named_parameters(
+      ("auto", UNEVEN, None),
+      ("divides", [0, 0, 1, 1, 1, 1, 2, 2], 2),
+      ("does_not_divide", UNEVEN, 4),
+      ("one", UNEVEN, 1),
+      ("larger_than_verticals", UNEVEN, 8),
+      ("empty_vertical", [0, 3, 3, 0, 1], 2),
+  )
+  def test_matches_references(self, c2v, chunk_size):
+    rng = np.random.default_rng(0)
+    num_verticals, units = max(c2v) + 1, 5
+    layer = sc.StructurallyConnectedClassifier(
+        c2v, chunk_size=chunk_size, bias_initializer="random_normal"
+    )
+    h = rng.normal(size=(3, num_verticals, units)).astype(np.float32)
+    out = layer(h)
+    self.assertEqual(layer.name, "kc_sc_classifier")
+    self.assertEqual(out.shape, (3, len(c2v)))
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    self.assertEqual(kernel.shape, (len(c2v), units))
+    expected = loop_reference(h, kernel, bias, c2v)
+    self.assertAllClose(out, expected, atol=1e-5)
+    self.assertAllClose(
+        sc.dense_masked_reference(h, kernel, bias, c2v), expected, atol=1e-5
+    )
+
+  def test_param_count_and_gradients(self):
+    layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=4)
+    h = tf.random.normal((2, 3, 7))
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(h) ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    self.assertEqual(layer.count_params(), 7 * len(UNEVEN) + len(UNEVEN))
+    for w, g in zip(layer.trainable_weights, grads):
+      g = tf.convert_to_tensor(g)
+      self.assertEqual(g.shape, w.shape)
+      self.assertGreater(float(tf.reduce_sum(tf.abs(g))), 0.0)
+
+  def test_gradient_matches_dense(self):
+    # d sum(logits * r) / dW[c] = sum_b r[b, c] h[b, v(c)]; padding adds none.
+    rng = np.random.default_rng(1)
+    layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=4)
+    h = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    r = rng.normal(size=(2, len(UNEVEN))).astype(np.float32)
+    layer.build(h.shape)
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(h) * r)
+    grad = tf.convert_to_tensor(tape.gradient(loss, layer.kernel))
+    expected = np.einsum("bc,bcs->cs", r, h[:, UNEVEN, :])
+    self.assertAllClose(grad, expected, atol=1e-5)
+
+  def test_config_round_trip(self):
+    layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=3,
+                                               use_bias=False)
+    clone = sc.StructurallyConnectedClassifier.from_config(layer.get_config())
+    self.assertEqual(clone.class_to_vertical, UNEVEN)
+    self.assertEqual(clone.chunk_size, 3)
+    self.assertFalse(clone.use_bias)
+
+  def test_bad_input_rank(self):
+    layer = sc.StructurallyConnectedClassifier([0, 1, 1])
+    with self.assertRaisesRegex(ValueError, "M=2"):
+      layer(tf.zeros((2, 3, 4)))
+
+  @pytest.mark.slow
+  def test_100k_classes_forward_backward(self):
+    # N = 100K, M = 20, s2 = 512: never forms [N, M*s2] or [B, N, s2].
+    rng = np.random.default_rng(0)
+    c2v = rng.integers(0, 20, size=100_000)
+    layer = sc.StructurallyConnectedClassifier(c2v)
+    h = tf.random.normal((4, 20, 512))
+    with tf.GradientTape() as tape:
+      logits = layer(h)
+      loss = tf.reduce_sum(logits ** 2)
+    grad = tf.convert_to_tensor(tape.gradient(loss, layer.kernel))
+    self.assertEqual(logits.shape, (4, 100_000))
+    self.assertEqual(grad.shape, (100_000, 512))
+    cols = rng.choice(100_000, size=50, replace=False)
+    expected = np.einsum(
+        "bcs,cs->bc", h.numpy()[:, c2v[cols]], layer.kernel.numpy()[cols]
+    )
+    self.assertAllClose(logits.numpy()[:, cols], expected, atol=1e-3)
+
+
+class VerticalBlockDenseTest(tf.test.TestCase, parameterized.TestCase):
+
+  def _reference(self, x, layer):
+    """Per-vertical loop: concat(x_m K_s + b_s, x_m K[m] + b[m])."""
+    m_count = layer.num_verticals
+    xs = x if x.ndim == 3 else np.repeat(x[:, None], m_count, axis=1)
+    out = []
+    for m in range(m_count):
+      parts = []
+      if layer.shared_units:
+        parts.append(xs[:, m] @ layer.shared_kernel.numpy()
+                     + layer.shared_bias.numpy())
+      if layer.units - layer.shared_units:
+        parts.append(xs[:, m] @ layer.kernel.numpy()[m]
+                     + layer.bias.numpy()[m])
+      out.append(np.concatenate(parts, axis=-1))
+    return np.maximum(np.stack(out, axis=1), 0.0)
+
+  @parameterized.named_parameters(
+      ("2d_no_shared", 2, 0), ("2d_shared", 2, 2), ("3d_no_shared", 3, 0),
+      ("3d_shared", 3, 3), ("2d_all_shared", 2, 5), ("3d_all_shared", 3, 5),
+  )
+  def test_matches_reference(self, rank, shared_units):
+    rng = np.random.default_rng(0)
+    shape = (2, 6) if rank == 2 else (2, 3, 6)
+    x = rng.normal(size=shape).astype(np.float32)
+    layer = sc.VerticalBlockDense(
+        3, 5, shared_units=shared_units, activation="relu",
+        bias_initializer="random_normal",
+    )
+    out = layer(x)
+    self.assertEqual(layer.name, "kc_sc_block")
+    self.assertEqual(out.shape, (2, 3, 5))
+    self.assertAllClose(out, self._reference(x, layer), atol=1e-5)
+    # Kernel weights: D*x + M*D*(U - x).
+    kernels = sum(int(np.prod(w.shape)) for w in layer.weights
+                  if "kernel" in w.name)
+    self.assertEqual(kernels, 6 * shared_units + 3 * 6 * (5 - shared_units))
+
+  def test_gradients_reach_all_weights(self):
+    layer = sc.VerticalBlockDense(3, 4, shared_units=1, activation="tanh")
+    x = tf.random.normal((2, 5))
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_sum(layer(x) ** 2)
+    grads = tape.gradient(loss, layer.trainable_weights)
+    self.assertLen(grads, 4)
+    for g in grads:
+      self.assertGreater(float(tf.reduce_sum(tf.abs(g))), 0.0)
+
+  def test_config_round_trip(self):
+    layer = sc.VerticalBlockDense(3, 4, shared_units=2, activation="relu",
+                                  name="blk")
+    config = layer.get_config()
+    clone = sc.VerticalBlockDense.from_config(config)
+    self.assertEqual(clone.get_config(), config)
+
+  @parameterized.parameters(
+      (dict(num_verticals=0, units=4), "num_verticals"),
+      (dict(num_verticals=2, units=0), "units"),
+      (dict(num_verticals=2, units=4, shared_units=5), "shared_units"),
+  )
+  def test_bad_args(self, kwargs, message):
+    with self.assertRaisesRegex(ValueError, message):
+      sc.VerticalBlockDense(**kwargs)
+
+  def test_bad_input(self):
+    with self.assertRaisesRegex(ValueError, "M=3"):
+      sc.VerticalBlockDense(3, 4)(tf.zeros((2, 2, 5)))
+    with self.assertRaisesRegex(ValueError, r"\[B, D\] or \[B, M, D\]"):
+      sc.VerticalBlockDense(3, 4)(tf.zeros((2, 2, 2, 5)))
+
+
+if __name__ == "__main__":
+  tf.test.main()
