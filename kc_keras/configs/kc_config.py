@@ -11,6 +11,8 @@ from kc_keras.configs import model as model_cfg
 from kc_keras.configs import runtime as runtime_cfg
 from kc_keras.configs import trainer as trainer_cfg
 
+FREEZE_MODES = ("none", "backbone", "backbone_and_hidden")
+
 
 @dataclasses.dataclass
 class SpecialistsConfig(hyperparams.Config):
@@ -21,10 +23,11 @@ class SpecialistsConfig(hyperparams.Config):
       so that a cluster can train disjoint subsets in parallel.
     model: the teacher network (may be larger than the student); its head is
       built over the vertical's classes only.
-    init_checkpoint: a generalist checkpoint whose backbone initialises every
-      teacher (Hinton et al. 2015); '' trains from scratch.
-    freeze_backbone: keep the initialised backbone frozen and train only the
-      head (cheap specialists on shared features).
+    init_checkpoint: the model_dir of a trained generalist whose backbone (and
+      head hidden layers, when their shapes match) initialise every teacher
+      (Hinton et al. 2015); '' trains from scratch.
+    freeze: 'none', 'backbone' or 'backbone_and_hidden': what stays fixed at
+      the generalist's values (cheap specialists on shared features).
     negatives_fraction: fraction of other verticals' images kept, with no
       positive label, as negatives for the sigmoid loss.
     train_batch_size: global batch size of each teacher's training.
@@ -39,7 +42,7 @@ class SpecialistsConfig(hyperparams.Config):
       default_factory=model_cfg.ModelConfig
   )
   init_checkpoint: str = ""
-  freeze_backbone: bool = False
+  freeze: str = "none"
   negatives_fraction: float = 0.0
   train_batch_size: int = 64
   trainer: trainer_cfg.TrainerConfig = dataclasses.field(
@@ -54,11 +57,16 @@ class SpecialistsConfig(hyperparams.Config):
           "task.specialists.negatives_fraction="
           f"{self.negatives_fraction} must be in [0, 1]."
       )
-    if self.freeze_backbone and not self.init_checkpoint:
+    if self.freeze not in FREEZE_MODES:
       raise ValueError(
-          "task.specialists.freeze_backbone=True needs "
-          "task.specialists.init_checkpoint (a frozen random backbone "
-          "cannot specialise)."
+          f"task.specialists.freeze={self.freeze!r} is not one of "
+          f"{FREEZE_MODES}."
+      )
+    if self.freeze != "none" and not self.init_checkpoint:
+      raise ValueError(
+          f"task.specialists.freeze={self.freeze!r} needs "
+          "task.specialists.init_checkpoint (frozen random layers cannot "
+          "specialise)."
       )
     if self.train_batch_size < 1:
       raise ValueError(

@@ -13,6 +13,7 @@ BACKBONE_TYPES = ("small_cnn", "resnet50", "mobilenet_v3_small",
                   "efficientnet_v2_b0")
 # One source of truth for the choices: the layers that implement them.
 HEAD_TYPES = heads.HEAD_TYPES
+POOLINGS = ("avg", "flatten")
 SELF_PACED_MODES = self_paced.MODES
 SELF_PACED_INITS = self_paced.INITS
 
@@ -28,6 +29,8 @@ class BackboneConfig(hyperparams.Config):
     kernel_size: small_cnn conv kernel size.
     batch_norm_momentum: small_cnn BatchNormalization momentum.
     dropout: dropout rate on the pooled features (all types).
+    pooling: small_cnn features: 'avg' (global average pool) or 'flatten'
+      (max-pool the last block and flatten: keeps spatial layout).
   """
   type: str = "small_cnn"
   filters: Tuple[int, ...] = (64, 128, 256)
@@ -35,6 +38,7 @@ class BackboneConfig(hyperparams.Config):
   kernel_size: int = 3
   batch_norm_momentum: float = 0.99
   dropout: float = 0.0
+  pooling: str = "avg"
 
   def validate(self, prefix: str = "model.backbone"):
     """Raises ValueError naming the full key path of a bad field."""
@@ -147,12 +151,15 @@ class SelfPacedConfig(hyperparams.Config):
     init_value: mean of the 'constant' initialisation.
     init_stddev: stddev of the initialisation.
     epsilon: added to the squared per-vertical norm.
+    learning_rate_multiplier: gamma moves this many times faster than other
+      weights (the weight stores gamma / m); 1.0 is the paper.
   """
   mode: str = "vertical"
   init: str = "sqrt_nv"
   init_value: float = 10.0
   init_stddev: float = 1e-3
   epsilon: float = 1e-12
+  learning_rate_multiplier: float = 1.0
 
   def validate(self, prefix: str = "model.self_paced"):
     """Raises ValueError naming the full key path of a bad field."""
@@ -170,6 +177,10 @@ class SelfPacedConfig(hyperparams.Config):
       )
     if self.epsilon <= 0:
       raise ValueError(f"{prefix}.epsilon must be > 0, got {self.epsilon}.")
+    if self.learning_rate_multiplier <= 0:
+      raise ValueError(
+          f"{prefix}.learning_rate_multiplier must be > 0, got "
+          f"{self.learning_rate_multiplier}.")
 
 
 @dataclasses.dataclass

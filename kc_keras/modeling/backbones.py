@@ -39,7 +39,12 @@ def _to_three_channels(x, channels: int):
 
 
 def _small_cnn(inputs, config: model_config.BackboneConfig):
-  """conv-BN-ReLU blocks, max-pool between blocks, global average pool."""
+  """conv-BN-ReLU blocks, max-pool between blocks, then `config.pooling`.
+
+  'avg' is a global average pool (s_b = filters[-1]); 'flatten' max-pools the
+  last block too and flattens it, keeping where the strokes are (s_b =
+  filters[-1] * ceil(H / 2^len(filters))^2), which matters for characters.
+  """
   # Centre [0, 1] to [-1, 1]; BN after each conv handles the rest.
   x = keras.layers.Rescaling(2.0, offset=-1.0, name="input_scaling")(inputs)
   filters = [int(f) for f in config.filters]
@@ -57,6 +62,10 @@ def _small_cnn(inputs, config: model_config.BackboneConfig):
       x = keras.layers.MaxPooling2D(
           POOL_SIZE, padding="same", name=f"block{i}_pool"
       )(x)
+  if config.pooling == "flatten":
+    x = keras.layers.MaxPooling2D(
+        POOL_SIZE, padding="same", name=f"block{len(filters) - 1}_pool")(x)
+    return keras.layers.Flatten(name="flatten")(x)
   return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
 
 

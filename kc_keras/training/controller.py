@@ -79,7 +79,6 @@ class TrainController:
         directory=model_dir,
         max_to_keep=config.max_to_keep,
         step_counter=self.global_step,
-        checkpoint_interval=config.checkpoint_interval,
     )
     self._summary_writer = tf.summary.create_file_writer(
         os.path.join(model_dir, "train")
@@ -164,7 +163,8 @@ class TrainController:
         tf.summary.scalar(
             "learning_rate", float(self.model.optimizer.learning_rate)
         )
-      self.manager.save(checkpoint_number=step, check_interval=True)
+      if step % self.config.checkpoint_interval == 0:
+        self.manager.save(checkpoint_number=step, check_interval=False)
       progbar.update(step, values=sorted(logs.items()))
     latest = self.manager.latest_checkpoint
     if latest is None or not latest.endswith(f"-{step}"):

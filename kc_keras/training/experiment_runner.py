@@ -15,7 +15,9 @@ from kc_keras.utils import files
 PARAMS_FILE = "params.yaml"
 
 
-def parse_configuration(flags_obj) -> kc_config.ExperimentConfig:
+def parse_configuration(
+    flags_obj, extra_overrides: Sequence[dict] = ()
+) -> kc_config.ExperimentConfig:
   """Registered defaults, then each --config_file, then --params_override.
 
   Every override is strict (an unknown key is an error); the result is
@@ -24,6 +26,8 @@ def parse_configuration(flags_obj) -> kc_config.ExperimentConfig:
   Args:
     flags_obj: an object with `experiment`, `config_file`, `params_override`
       and `tpu` attributes (absl FLAGS or a namespace).
+    extra_overrides: dicts applied after the config files and before
+      `params_override` (a pipeline's per-stage settings).
 
   Returns:
     The locked `ExperimentConfig`.
@@ -35,6 +39,8 @@ def parse_configuration(flags_obj) -> kc_config.ExperimentConfig:
   for config_file in flags_obj.config_file or []:
     params = hyperparams.override_params_dict(params, config_file,
                                               is_strict=True)
+  for overrides in extra_overrides:
+    params.override(overrides, is_strict=True)
   if getattr(flags_obj, "tpu", None):
     params.override({"runtime": {"tpu": flags_obj.tpu}}, is_strict=True)
   if flags_obj.params_override:

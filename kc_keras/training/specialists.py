@@ -38,31 +38,54 @@ def teacher_dir(teachers_dir: str, vertical: int) -> str:
   return os.path.join(teachers_dir, f"vertical_{vertical:05d}")
 
 
-def _copy_backbone_from_generalist(network: keras.Model, generalist_dir: str,
-                                   build_generalist) -> None:
-  """Initialises `network.backbone` from a trained generalist (Hinton et al. 2015).
+def _matching_weights(source: keras.Layer, target: keras.Layer) -> bool:
+  return [tuple(w.shape) for w in source.weights] == [
+      tuple(w.shape) for w in target.weights]
+
+
+def init_from_generalist(network: keras.Model, generalist: keras.Model,
+                         freeze: str, generalist_dir: str) -> None:
+  """Initialises a teacher from a trained generalist (Hinton et al. 2015).
+
+  The backbone is always copied; the head's hidden layers are copied too
+  when their shapes match (the classifier, over other classes, never is).
+  `freeze` then fixes 'backbone' or 'backbone_and_hidden' so that only the
+  rest learns the vertical: with few images per class this keeps the
+  teacher from overfitting what the generalist already learned well.
 
   Args:
     network: the teacher network (built).
-    generalist_dir: a generalist `model_dir` (checkpoints + params).
-    build_generalist: `() -> keras.Model`, the generalist's KC model, built.
+    generalist: the generalist network with its weights restored.
+    freeze: 'none', 'backbone' or 'backbone_and_hidden'.
+    generalist_dir: for error messages.
 
   Raises:
-    TeacherError: when the two backbones differ in structure.
+    TeacherError: when the backbones (or, for 'backbone_and_hidden', the
+      hidden layers) differ in structure.
   """
-  generalist = build_generalist()
-  controller_lib.restore_model_weights(generalist, generalist_dir)
-  source_weights = generalist.student.backbone.get_weights()
-  target = network.backbone
-  shapes_src = [w.shape for w in source_weights]
-  shapes_dst = [tuple(w.shape) for w in target.weights]
-  if [tuple(s) for s in shapes_src] != shapes_dst:
+  if not _matching_weights(generalist.backbone, network.backbone):
     raise TeacherError(
         f"task.specialists.model.backbone does not match the backbone of the "
-        f"generalist in {generalist_dir} (weight shapes {shapes_dst} vs "
-        f"{[tuple(s) for s in shapes_src]}); make them equal to initialise "
+        f"generalist in {generalist_dir}; make them equal to initialise "
         f"from it.")
-  target.set_weights(source_weights)
+  network.backbone.set_weights(generalist.backbone.get_weights())
+  hidden = [(getattr(generalist.head, n), getattr(network.head, n))
+            for n in ("hidden1", "hidden2")]
+  hidden_match = (generalist.head.head_type == network.head.head_type and
+                  all(_matching_weights(a, b) for a, b in hidden))
+  if hidden_match:
+    for source, target in hidden:
+      target.set_weights(source.get_weights())
+  elif freeze == "backbone_and_hidden":
+    raise TeacherError(
+        f"task.specialists.freeze='backbone_and_hidden' needs the teacher's "
+        f"head hidden layers to match the generalist's in {generalist_dir} "
+        f"(same head_type, s1, s2).")
+  if freeze in ("backbone", "backbone_and_hidden"):
+    network.backbone.trainable = False
+  if freeze == "backbone_and_hidden":
+    for _, target in hidden:
+      target.trainable = False
 
 
 def train_one_specialist(session, vertical: int, teachers_dir: str,
@@ -77,7 +100,8 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     session: a `modes.Session`.
     vertical: vertical id.
     teachers_dir: root of all teachers.
-    build_generalist: see `_copy_backbone_from_generalist`; None = scratch.
+    build_generalist: `() -> KC model` of the generalist to initialise from
+      (`task.specialists.init_checkpoint`); None trains from scratch.
     verbose: progress bar.
 
   Returns:
@@ -106,12 +130,13 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     model.compile(optimizer=optimizers.build_optimizer(
         spec.trainer.optimizer, spec.trainer.train_steps))
     model_builder.build_variables(model, session.source.image_shape)
-    fresh = tf.train.latest_checkpoint(train_dir) is None
-    if build_generalist is not None and fresh:
-      _copy_backbone_from_generalist(network, spec.init_checkpoint,
-                                     build_generalist)
-    if spec.freeze_backbone:
-      network.backbone.trainable = False
+    if build_generalist is not None:
+      generalist = build_generalist()
+      controller_lib.restore_model_weights(generalist, spec.init_checkpoint)
+      # A resumed teacher gets its own weights back from its checkpoint; the
+      # copy only matters for a fresh one, and decides what is frozen.
+      init_from_generalist(network, generalist.student, spec.freeze,
+                           spec.init_checkpoint)
     model.optimizer.build(model.trainable_variables)
 
   def dataset_fn(input_context, start_batch):

@@ -27,6 +27,14 @@ class SelfPacedScale(keras.layers.Layer):
   `init='sqrt_nv'` or `init_value` for `init='constant'`. Norms are computed
   in float32 as (x * x) @ onehot[N, M]: no loop over verticals.
 
+  Since ||y_v|| = gamma_v, a vertical's logits can only reach magnitudes of
+  about gamma_v / sqrt(N_v): with a sigmoid loss over all N classes, pushing
+  the classes of the other verticals to "no" needs gamma_v to grow well past
+  its sqrt(N_v) start. The paper had ~30M steps for that; a short schedule
+  does not, so `learning_rate_multiplier` m stores gamma / m as the weight:
+  an optimizer step then moves gamma m times as far (our choice, m = 1 is
+  the paper).
+
   Args:
     class_to_vertical: sequence of N ints, the vertical of each class.
     mode: one of 'none', 'fixed', 'vertical', 'class'.
@@ -35,6 +43,7 @@ class SelfPacedScale(keras.layers.Layer):
     init_stddev: stddev of the initialisation noise.
     epsilon: added to the squared norm so a zero vector maps to zero.
     seed: optional int seed of the initialisation noise.
+    learning_rate_multiplier: m > 0; the weight holds gamma / m.
     **kwargs: base Layer arguments (name defaults to 'self_paced_scale').
 
   Raises:
@@ -54,6 +63,7 @@ class SelfPacedScale(keras.layers.Layer):
       init_stddev: float = 1e-3,
       epsilon: float = 1e-12,
       seed: Optional[int] = None,
+      learning_rate_multiplier: float = 1.0,
       **kwargs,
   ):
     kwargs.setdefault("name", "self_paced_scale")
@@ -66,6 +76,10 @@ class SelfPacedScale(keras.layers.Layer):
       raise ValueError(f"init_stddev must be >= 0, got {init_stddev}.")
     if epsilon <= 0:
       raise ValueError(f"epsilon must be > 0, got {epsilon}.")
+    if learning_rate_multiplier <= 0:
+      raise ValueError(
+          f"learning_rate_multiplier must be > 0, got {learning_rate_multiplier}.")
+    self.learning_rate_multiplier = float(learning_rate_multiplier)
     c2v = structurally_connected.validate_class_to_vertical(class_to_vertical)
     self.class_to_vertical = [int(v) for v in c2v]
     self.num_classes = c2v.size
@@ -103,8 +117,10 @@ class SelfPacedScale(keras.layers.Layer):
         mean=0.0, stddev=self.init_stddev, seed=self.seed
     )
 
+    multiplier = self.learning_rate_multiplier
+
     def initializer(shape, dtype=None):
-      return ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)
+      return (ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)) / multiplier
 
     # Keras' default synchronization/aggregation, as for any Dense kernel: a
     # MirroredStrategy mirrors gamma and the optimizer applies the all-reduced
@@ -117,6 +133,12 @@ class SelfPacedScale(keras.layers.Layer):
         trainable=True,
     )
 
+  def scale_values(self):
+    """gamma as used in the formula ([M] or [N]), or None without weights."""
+    if self.gamma is None:
+      return None
+    return ops.cast(self.gamma, "float32") * self.learning_rate_multiplier
+
   def call(self, inputs):
     if self.mode == "none":
       return inputs
@@ -126,14 +148,12 @@ class SelfPacedScale(keras.layers.Layer):
     sq_norms = ops.matmul(ops.square(x), self._one_hot)
     inv_norm = ops.rsqrt(sq_norms + self.epsilon)
     if self.mode == "class":
-      scale = ops.take(inv_norm, self._c2v, axis=1) * ops.cast(
-          self.gamma, "float32"
-      )
+      scale = ops.take(inv_norm, self._c2v, axis=1) * self.scale_values()
     else:
       # Scale per vertical [B, M] before expanding to classes, so the
       # gradient of gamma_v is dense (no N-row IndexedSlices for M weights).
       gamma = (self._sqrt_sizes if self.mode == "fixed"
-               else ops.cast(self.gamma, "float32"))
+               else self.scale_values())
       scale = ops.take(inv_norm * gamma, self._c2v, axis=1)
     outputs = x * scale
     return ops.cast(outputs, self.compute_dtype)
@@ -151,5 +171,6 @@ class SelfPacedScale(keras.layers.Layer):
         "init_stddev": self.init_stddev,
         "epsilon": self.epsilon,
         "seed": self.seed,
+        "learning_rate_multiplier": self.learning_rate_multiplier,
     })
     return config

@@ -230,7 +230,7 @@ class VerticalBlockDense(keras.layers.Layer):
       self.kernel = self.add_weight(
           name="kernel",
           shape=(self.num_verticals, in_dim, own_units),
-          initializer=self.kernel_initializer,
+          initializer=self._per_block_initializer,
       )
       if self.use_bias:
         self.bias = self.add_weight(
@@ -250,6 +250,17 @@ class VerticalBlockDense(keras.layers.Layer):
             shape=(self.shared_units,),
             initializer=self.bias_initializer,
         )
+
+  def _per_block_initializer(self, shape, dtype=None):
+    """Initialises each vertical's [D, U] block as its own Dense kernel.
+
+    Keras reads a 3-D shape as a convolution kernel and would count M into
+    both fans, scaling a Glorot/He initialisation down by sqrt(M); every block
+    is a separate D -> U layer, so its fans are D and U.
+    """
+    blocks = [self.kernel_initializer(shape[1:], dtype=dtype)
+              for _ in range(shape[0])]
+    return ops.stack(blocks, axis=0)
 
   def call(self, inputs):
     rank3 = len(inputs.shape) == 3

@@ -156,6 +156,7 @@ def build_classifier(
       self_paced=dict(
           mode=sp.mode, init=sp.init, init_value=sp.init_value,
           init_stddev=sp.init_stddev, epsilon=sp.epsilon,
+          learning_rate_multiplier=sp.learning_rate_multiplier,
       ),
       name=name,
   )

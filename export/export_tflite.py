@@ -1,0 +1,43 @@
+"""Converts an exported SavedModel to TFLite with its label files (absl binary)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from export import export_tflite_lib  # noqa: E402
+
+flags.DEFINE_string("saved_model_dir", None,
+                    "A version directory written by export.export_saved_model.")
+flags.DEFINE_string("output", None, "The .tflite file to write.")
+flags.DEFINE_enum("quantization", "none", list(export_tflite_lib.QUANTIZATIONS),
+                  "none | fp16 | dynamic (int8 weights) | int8 (full integer) | "
+                  "int16x8 (int16 activations, int8 weights).")
+flags.DEFINE_integer("representative_examples", 100,
+                     "Training images calibrating int8/int16x8.")
+flags.DEFINE_string("experiment", None,
+                    "int8/int16x8: the experiment whose TRAINING split "
+                    "calibrates (default: params.yaml saved with the export).")
+flags.DEFINE_multi_string("config_file", None, "int8/int16x8: YAML overrides.")
+flags.DEFINE_string("params_override", None, "int8/int16x8: last override.")
+flags.mark_flags_as_required(["saved_model_dir", "output"])
+
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  params = None
+  if FLAGS.experiment:
+    from kc_keras.training import experiment_runner  # pylint: disable=g-import-not-at-top
+    params = experiment_runner.parse_configuration(FLAGS)
+  result = export_tflite_lib.export_tflite(
+      FLAGS.saved_model_dir, FLAGS.output, FLAGS.quantization, params=params,
+      representative_examples=FLAGS.representative_examples)
+  print(f"{result['model']} ({result['bytes']} bytes), labels: "
+        f"{result['labels']}, verticals: {result['verticals']}")
+
+
+if __name__ == "__main__":
+  app.run(main)

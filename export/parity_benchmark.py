@@ -1,0 +1,55 @@
+"""Measures export parity (Keras vs SavedModel vs TFLite variants) and prints a markdown table."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from export import export_saved_model_lib  # noqa: E402
+from export import export_tflite_lib  # noqa: E402
+from export import parity_lib  # noqa: E402
+from kc_keras.training import experiment_runner  # noqa: E402
+
+flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
+flags.DEFINE_multi_string("config_file", None, "YAML overrides.")
+flags.DEFINE_string("params_override", None, "Last override.")
+flags.DEFINE_string("checkpoint_path", None, "ckpt-N prefix or model_dir.")
+flags.DEFINE_string("saved_model_dir", None,
+                    "The export of that checkpoint (a version directory).")
+flags.DEFINE_string("tflite_dir", None,
+                    "Where model_<quantization>.tflite are written.")
+flags.DEFINE_list("quantizations", list(export_tflite_lib.QUANTIZATIONS),
+                  "TFLite variants to convert and measure.")
+flags.DEFINE_integer("max_examples", 1000, "Eval images compared.")
+flags.DEFINE_integer("latency_images", 100, "Images timed at batch 1.")
+flags.DEFINE_integer("representative_examples", 200,
+                     "Training images calibrating int8/int16x8.")
+flags.mark_flags_as_required(["experiment", "checkpoint_path",
+                              "saved_model_dir", "tflite_dir"])
+
+FLAGS = flags.FLAGS
+_EVAL_BATCH = 256
+
+
+def main(_):
+  params = experiment_runner.parse_configuration(FLAGS)
+  network, _, _, _ = export_saved_model_lib.load_network(
+      params, FLAGS.checkpoint_path)
+  paths = {}
+  for quantization in FLAGS.quantizations:
+    path = os.path.join(FLAGS.tflite_dir, f"model_{quantization}.tflite")
+    export_tflite_lib.export_tflite(
+        FLAGS.saved_model_dir, path, quantization, params=params,
+        representative_examples=FLAGS.representative_examples)
+    paths[quantization] = path
+  images = parity_lib.eval_images(params, FLAGS.max_examples, _EVAL_BATCH)
+  rows = parity_lib.measure(network, images, FLAGS.saved_model_dir, paths,
+                            FLAGS.latency_images)
+  print(f"{len(images)} eval images")
+  print(parity_lib.markdown_table(rows))
+
+
+if __name__ == "__main__":
+  app.run(main)

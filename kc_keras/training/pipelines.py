@@ -1,0 +1,99 @@
+"""The registered pipelines: the README demo and the paper's ablation rows, in one module."""
+
+from typing import Dict, List
+
+from kc_keras.training.pipeline_lib import Stage
+
+GENERALIST = "generalist FC-FC"
+SPECIALISTS = "specialists"
+FULL_STUDENT = "FC-SC + D + S (vertical)"
+
+# The student variants of the paper's ablation table (METHOD.md section 5):
+# every row has the same backbone, data and schedule; only the head and the
+# self-paced scaling differ.
+STUDENT_ROWS = (
+    ("FC-FC + D", {"head_type": "fc_fc"}, "none"),
+    ("SC-SC + D", {"head_type": "sc_sc"}, "none"),
+    ("FC-SC + D", {"head_type": "fc_sc"}, "none"),
+    (FULL_STUDENT, {"head_type": "fc_sc"}, "vertical"),
+    ("FC-SC + D + S (class)", {"head_type": "fc_sc"}, "class"),
+)
+
+
+def _paths(generalist_dir: str) -> Dict:
+  return {"task": {
+      "specialists": {"init_checkpoint": "{workdir}/" + generalist_dir},
+      "distillation": {"teachers_dir": "{workdir}/teachers",
+                       "cache_dir": "{workdir}/target_cache"},
+  }}
+
+
+def _teacher_stages(student_experiment: str, generalist_dir: str
+                    ) -> List[Stage]:
+  paths = _paths(generalist_dir)
+  return [
+      Stage("specialists (train)", student_experiment, "train_specialists",
+            "specialists", paths, row_of=SPECIALISTS),
+      Stage(SPECIALISTS, student_experiment, "eval_specialists",
+            "specialists", paths, report=True),
+      Stage("soft targets (cache)", student_experiment, "cache_targets",
+            "specialists", paths),
+  ]
+
+
+def _student_stage(name: str, student_experiment: str, head: Dict,
+                   self_paced: str, generalist_dir: str) -> Stage:
+  overrides = _paths(generalist_dir)
+  overrides["task"]["model"] = {"head": head,
+                                "self_paced": {"mode": self_paced}}
+  slug = "".join(c if c.isalnum() else " " for c in name.lower()).split()
+  model_dir = "_".join(["student"] + slug)
+  return Stage(name, student_experiment, "train_and_eval", model_dir,
+               overrides, report=True)
+
+
+def demo() -> List[Stage]:
+  """README command 1: generalist, specialists, soft targets, the full student."""
+  return ([Stage(GENERALIST, "kc_generalist_demo", "train_and_eval",
+                 "generalist", report=True)] +
+          _teacher_stages("kc_student_demo", "generalist") +
+          [_student_stage(FULL_STUDENT, "kc_student_demo",
+                          {"head_type": "fc_sc"}, "vertical", "generalist")])
+
+
+def ablation(generalist_experiment: str, trunk_experiment: str,
+             student_experiment: str) -> List[Stage]:
+  """The paper's rows: generalist, five students, specialists (upper bound).
+
+  The teachers start from a "trunk" generalist trained longer than the
+  student-size generalist row (its cost is added to the specialists' row).
+  """
+  stages = [
+      Stage(GENERALIST, generalist_experiment, "train_and_eval", "generalist",
+            report=True),
+      Stage("teacher trunk", trunk_experiment, "train", "trunk",
+            row_of=SPECIALISTS),
+  ]
+  stages += _teacher_stages(student_experiment, "trunk")
+  stages += [_student_stage(name, student_experiment, head, self_paced, "trunk")
+             for name, head, self_paced in STUDENT_ROWS]
+  return stages
+
+
+PIPELINES = {
+    "demo": demo,
+    "ablation_omniglot": lambda: ablation(
+        "kc_generalist_omniglot", "kc_trunk_omniglot", "kc_student_omniglot"),
+}
+
+
+def get_pipeline(name: str) -> List[Stage]:
+  """The stages of the registered pipeline `name`.
+
+  Raises:
+    ValueError: for an unknown name, listing the registered ones.
+  """
+  if name not in PIPELINES:
+    raise ValueError(
+        f"Unknown pipeline {name!r}; registered: {', '.join(sorted(PIPELINES))}.")
+  return PIPELINES[name]()

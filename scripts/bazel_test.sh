@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the test suite through Bazel, offline, from a fresh clone:
+# installs Debian's bazel-bootstrap (Bazel 4.2.3) when missing, sets up .venv
+# (scripts/setup_env.sh), then `bazel test //...`.
+#   scripts/bazel_test.sh          fast tests (--test_tag_filters=-slow)
+#   scripts/bazel_test.sh all      every test, slow ones included
+#   scripts/bazel_test.sh build    only `bazel build //...` (what CI needs at least)
+# Extra arguments after the first go to bazel. BAZEL_FLAGS (default: --config=lowcpu,
+# one core) is prepended to them; set it empty on a dedicated machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v bazel >/dev/null 2>&1 || ! bazel --version >/dev/null 2>&1; then
+  echo "Installing bazel-bootstrap (Debian's Bazel 4.2.3)..."
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q
+  $SUDO apt-get install -y -q bazel-bootstrap
+fi
+scripts/setup_env.sh
+
+mode="${1:-fast}"
+[ $# -gt 0 ] && shift
+read -r -a flags <<< "${BAZEL_FLAGS---config=lowcpu}"
+case "$mode" in
+  fast)  exec bazel test "${flags[@]}" --test_tag_filters=-slow "$@" //... ;;
+  all)   exec bazel test "${flags[@]}" "$@" //... ;;
+  build) exec bazel build "${flags[@]}" "$@" //... ;;
+  *) echo "usage: $0 [fast|all|build] [bazel flags...]; got '$mode'" >&2; exit 2 ;;
+esac

@@ -1,0 +1,217 @@
+"""Every module under kc_keras/ and export/ and every .py under tests/ has a Bazel target."""
+
+import ast
+import os
+import pathlib
+import textwrap
+
+from absl.testing import absltest
+from absl.testing import parameterized
+
+# realpath: under `bazel test` this file is a runfiles symlink into the checkout, and the
+# check must read the checkout's BUILD files, not the runfiles subset.
+REPO_ROOT = pathlib.Path(os.path.realpath(__file__)).parents[1]
+
+BUILD_FILE_NAMES = ("BUILD", "BUILD.bazel")
+LIBRARY_ROOTS = ("kc_keras", "export")
+TEST_ROOT = "tests"
+# Macros whose source file is `<name>.py` rather than a `srcs` attribute.
+NAME_IS_SOURCE_MACROS = ("kc_py_test",)
+SKIPPED_DIR_NAMES = ("__pycache__",)
+
+
+class BuildFileError(ValueError):
+  """A BUILD file that cannot be read as Starlark (names the file)."""
+
+
+def _label_to_path(label: str, package: str) -> str:
+  """Repository-relative path of a source label.
+
+  Args:
+    label: `"x.py"`, `":x.py"` or `"//pkg:x.py"`.
+    package: the declaring BUILD file's directory, repository-relative ("" at the root).
+
+  Returns:
+    `package/x.py` (or `pkg/x.py` for an absolute label).
+  """
+  if label.startswith("//"):
+    package, _, label = label[2:].partition(":")
+  label = label.lstrip(":")
+  return f"{package}/{label}" if package else label
+
+
+def declared_sources(root: pathlib.Path) -> set:
+  """Source files named by the rules of every BUILD file under `root`.
+
+  A rule's sources are its `srcs` list of string labels; for the macros in
+  `NAME_IS_SOURCE_MACROS` the source is `<name>.py`.
+
+  Args:
+    root: repository root.
+
+  Returns:
+    Set of repository-relative POSIX paths.
+
+  Raises:
+    BuildFileError: a BUILD file is not valid Starlark/Python syntax.
+  """
+  found = set()
+  for build_file in _build_files(root):
+    package = build_file.parent.relative_to(root).as_posix()
+    package = "" if package == "." else package
+    try:
+      tree = ast.parse(build_file.read_text(), filename=str(build_file))
+    except SyntaxError as e:
+      raise BuildFileError(f"{build_file}: cannot parse: {e}") from e
+    for call in ast.walk(tree):
+      if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
+        continue
+      attrs = {kw.arg: kw.value for kw in call.keywords if kw.arg}
+      srcs = attrs.get("srcs")
+      if isinstance(srcs, ast.List):
+        found.update(
+            _label_to_path(elt.value, package)
+            for elt in srcs.elts
+            if isinstance(elt, ast.Constant) and isinstance(elt.value, str)
+        )
+      name = attrs.get("name")
+      if call.func.id in NAME_IS_SOURCE_MACROS and isinstance(name, ast.Constant):
+        found.add(_label_to_path(f"{name.value}.py", package))
+  return found
+
+
+def required_sources(root: pathlib.Path) -> set:
+  """Files that must have a target: every .py under LIBRARY_ROOTS and TEST_ROOT.
+
+  Under tests/ that is the test files and their helpers (conftest.py, test doubles),
+  which Bazel must put in runfiles for pytest to find them.
+
+  Args:
+    root: repository root.
+
+  Returns:
+    Set of repository-relative POSIX paths.
+  """
+  required = set()
+  for top in (*LIBRARY_ROOTS, TEST_ROOT):
+    required.update(_relative_files(root, root / top, "*.py"))
+  return required
+
+
+def missing_targets(root: pathlib.Path) -> list:
+  """Sorted paths in `required_sources(root)` that no BUILD file names."""
+  return sorted(required_sources(root) - declared_sources(root))
+
+
+def _build_files(root: pathlib.Path) -> list:
+  files = []
+  for top in (root, *(root / d for d in (*LIBRARY_ROOTS, TEST_ROOT))):
+    for name in BUILD_FILE_NAMES:
+      # The root's own BUILD only: its subtrees other than ours are not checked.
+      pattern = name if top == root else f"**/{name}"
+      files.extend(p for p in top.glob(pattern) if p.is_file())
+  return sorted(set(files))
+
+
+def _relative_files(root: pathlib.Path, top: pathlib.Path, pattern: str) -> set:
+  return {
+      p.relative_to(root).as_posix()
+      for p in top.rglob(pattern)
+      if p.is_file() and not set(p.relative_to(root).parts) & set(SKIPPED_DIR_NAMES)
+  }
+
+
+class BuildTargetsTest(parameterized.TestCase):
+
+  def _tree(self, files: dict) -> pathlib.Path:
+    root = pathlib.Path(self.create_tempdir().full_path)
+    for rel, text in files.items():
+      path = root / rel
+      path.parent.mkdir(parents=True, exist_ok=True)
+      path.write_text(textwrap.dedent(text))
+    return root
+
+  def test_repository_has_a_target_for_every_module_and_test(self):
+    missing = missing_targets(REPO_ROOT)
+    self.assertEqual(
+        missing, [],
+        msg=f"No Bazel target lists {missing}: add one to the BUILD file of its directory.",
+    )
+
+  def test_repository_check_sees_the_real_tree(self):
+    # Guards against a vacuous pass (e.g. REPO_ROOT resolving to a runfiles subset).
+    required = required_sources(REPO_ROOT)
+    self.assertIn("kc_keras/train.py", required)
+    self.assertIn("tests/build_targets_test.py", required)
+
+  def test_complete_tree_has_nothing_missing(self):
+    root = self._tree({
+        "BUILD": "filegroup(name = 'cfg', srcs = glob(['*.yaml']))\n",
+        "kc_keras/__init__.py": "",
+        "kc_keras/a.py": "",
+        "kc_keras/BUILD": """
+            py_library(name = "kc_keras", srcs = ["__init__.py"])
+            py_library(name = "a", srcs = [":a.py"], deps = [":kc_keras"])
+        """,
+        "kc_keras/sub/b.py": "",
+        "kc_keras/sub/BUILD.bazel": "py_binary(name = 'b', srcs = ['//kc_keras/sub:b.py'])\n",
+        "export/__init__.py": "",
+        "export/BUILD": "py_library(name = 'export', srcs = ['__init__.py'])\n",
+        "tests/x/foo_test.py": "",
+        "tests/x/BUILD": """
+            load("//third_party/bazel_offline:pytest.bzl", "kc_py_test")
+            kc_py_test(name = "foo_test", deps = ["//kc_keras:a"])
+        """,
+        "tests/conftest.py": "",
+        "tests/BUILD": "py_library(name = 'conftest', srcs = ['conftest.py'])\n",
+    })
+    self.assertEqual(missing_targets(root), [])
+    self.assertEqual(
+        required_sources(root),
+        {"kc_keras/__init__.py", "kc_keras/a.py", "kc_keras/sub/b.py",
+         "export/__init__.py", "tests/x/foo_test.py", "tests/conftest.py"},
+    )
+
+  @parameterized.named_parameters(
+      ("new_module", "kc_keras/new_module.py", ""),
+      ("module_in_new_package", "kc_keras/newpkg/mod.py", ""),
+      ("exporter", "export/export_tflite.py", ""),
+      ("test_file", "tests/x/bar_test.py", ""),
+      ("test_at_tests_root", "tests/top_test.py", ""),
+      ("test_helper", "tests/x/doubles.py", ""),
+      ("conftest", "tests/x/conftest.py", ""),
+  )
+  def test_untargeted_file_is_reported(self, rel, text):
+    root = self._tree({
+        "kc_keras/a.py": "",
+        "kc_keras/BUILD": "py_library(name = 'a', srcs = ['a.py'])\n",
+        "tests/x/foo_test.py": "",
+        "tests/x/BUILD": "kc_py_test(name = 'foo_test')\n",
+        rel: text,
+    })
+    self.assertEqual(missing_targets(root), [rel])
+
+  def test_same_basename_in_other_package_does_not_count(self):
+    root = self._tree({
+        "kc_keras/a.py": "",
+        "kc_keras/sub/a.py": "",
+        "kc_keras/BUILD": "py_library(name = 'a', srcs = ['a.py'])\n",
+        "kc_keras/sub/BUILD": "py_library(name = 'other', srcs = [])\n",
+    })
+    self.assertEqual(missing_targets(root), ["kc_keras/sub/a.py"])
+
+  def test_pycache_is_ignored(self):
+    root = self._tree({
+        "kc_keras/__pycache__/a.py": "",
+        "kc_keras/BUILD": "",
+    })
+    self.assertEqual(missing_targets(root), [])
+
+  def test_unparsable_build_file_names_the_file(self):
+    root = self._tree({"kc_keras/BUILD": "py_library(name = 'a',\n"})
+    with self.assertRaisesRegex(BuildFileError, r"kc_keras/BUILD"):
+      declared_sources(root)
+
+
+if __name__ == "__main__":
+  absltest.main()

@@ -1,0 +1,69 @@
+"""Fixtures shared by the export tests: one tiny trained run, its export, TFLite files."""
+
+import os
+import types
+
+import numpy as np
+import pytest
+
+from export_test_utils import INT8_CALIBRATION_EXAMPLES
+from export_test_utils import MODEL_NAME
+from export_test_utils import smoke_params
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+  """`(params, model_dir)` of the smoke generalist trained once per session."""
+  from kc_keras.training import modes  # pylint: disable=g-import-not-at-top
+  params = smoke_params()
+  model_dir = str(tmp_path_factory.mktemp("run"))
+  modes.train(params, model_dir, verbose=False)
+  return params, model_dir
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run, tmp_path_factory):
+  """The `ExportResult` of exporting `trained_run` (version 1)."""
+  from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
+  params, model_dir = trained_run
+  export_dir = str(tmp_path_factory.mktemp("export"))
+  return export_saved_model_lib.export_saved_model(
+      params, model_dir, export_dir, model_name=MODEL_NAME)
+
+
+@pytest.fixture(scope="session")
+def reference(trained_run):
+  """The Keras network, the eval images float32 [E, H, W, C] and its logits."""
+  from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
+  from kc_keras.dataloaders import pipeline  # pylint: disable=g-import-not-at-top
+  from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
+  params, model_dir = trained_run
+  network, hierarchy, _, image_shape = export_saved_model_lib.load_network(
+      params, model_dir)
+  source = factory.build_source(params.task.data)
+  dataset = pipeline.build_dataset(source, "eval", params.task.data,
+                                   training=False, global_batch_size=64)
+  images = np.concatenate([b.numpy() for b, _ in dataset])
+  logits = np.asarray(network(images, training=False))
+  return types.SimpleNamespace(network=network, hierarchy=hierarchy,
+                               image_shape=image_shape, images=images,
+                               logits=logits)
+
+
+@pytest.fixture(scope="session")
+def tflite_model(exported, tmp_path_factory):
+  """`tflite_model(quantization)` -> path, each variant converted once."""
+  from export import export_tflite_lib  # pylint: disable=g-import-not-at-top
+  out_dir = tmp_path_factory.mktemp("tflite")
+  cache = {}
+
+  def get(quantization):
+    if quantization not in cache:
+      path = os.path.join(str(out_dir), f"model_{quantization}.tflite")
+      export_tflite_lib.export_tflite(
+          exported.version_dir, path, quantization,
+          representative_examples=INT8_CALIBRATION_EXAMPLES)
+      cache[quantization] = path
+    return cache[quantization]
+
+  return get

@@ -1,0 +1,134 @@
+"""Tests for export.tflite_demo: TF-free import chain, training-equal resize, CLI errors."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+import pytest
+import tensorflow as tf
+
+import export_test_utils as test_utils
+from export import tflite_demo_lib
+from kc_keras.dataloaders import sources
+
+# PIL's float bilinear vs TF's antialiased bilinear on PNGs (measured
+# <= 7e-7 on the cases below: float math on both sides).
+MAX_RESIZE_DIFF = 1e-5
+# JPEG: the decoders differ (TF's libjpeg-turbo fast integer IDCT vs PIL's
+# accurate one); measured <= 0.013 (3.3 grey levels) on the cases below.
+MAX_JPEG_DIFF = 4.0 / 255.0
+SUBPROCESS_TIMEOUT_S = 120
+
+
+def _run(args, **kwargs):
+  return subprocess.run(
+      [sys.executable, *args], capture_output=True, text=True,
+      cwd=str(test_utils.REPO_ROOT), timeout=SUBPROCESS_TIMEOUT_S, **kwargs)
+
+
+@pytest.mark.parametrize("size, channels, target, mode, ext", [
+    ((40, 50), 3, 16, "RGB", "png"),   # downscale, colour
+    ((9, 7), 3, 16, "RGB", "png"),     # upscale
+    ((105, 105), 1, 28, "L", "png"),   # Omniglot-like
+    ((30, 30), 1, 16, "RGB", "png"),   # colour file to grey
+    ((20, 24), 3, 16, "L", "png"),     # grey file to colour
+    ((16, 16), 3, 16, "RGBA", "png"),  # alpha dropped
+    ((300, 200), 3, 32, "RGB", "jpg"),
+    ((105, 105), 1, 28, "L", "jpg"),
+])
+def test_resize_matches_training(tmp_path, size, channels, target, mode, ext):
+  rng = np.random.RandomState(sum(size))
+  depth = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+  pixels = (rng.rand(size[0], size[1], depth) * 255).astype(np.uint8)
+  path = str(tmp_path / f"image.{ext}")
+  Image.fromarray(pixels[..., 0] if depth == 1 else pixels, mode).save(path)
+  ours = tflite_demo_lib.load_image(path, target, channels)
+  with open(path, "rb") as f:
+    theirs = sources.decode_and_resize(tf.constant(f.read()), target,
+                                       channels).numpy()
+  assert ours.shape == theirs.shape == (target, target, channels)
+  tolerance = MAX_JPEG_DIFF if ext == "jpg" else MAX_RESIZE_DIFF
+  if channels == 1 and depth == 3:
+    # Grey conversion: PIL rounds ITU-R 601 luma to 8 bits as libpng does,
+    # with other integer weights: at most one grey level apart.
+    tolerance = 1.0 / 255.0 + MAX_RESIZE_DIFF
+  assert np.abs(ours - theirs).max() <= tolerance
+
+
+def test_no_tensorflow_in_the_import_chain(tflite_model, tmp_path):
+  model = tflite_model("int8")
+  image = str(tmp_path / "x.png")
+  Image.new("RGB", (20, 20), (200, 10, 10)).save(image)
+  code = (
+      "import sys, runpy\n"
+      f"sys.argv = ['tflite_demo', '--model={model}', '{image}']\n"
+      "try:\n"
+      "  runpy.run_module('export.tflite_demo', run_name='__main__')\n"
+      "except SystemExit as e:\n"
+      "  code = e.code\n"
+      "print('TF_LOADED' if any(m == 'tensorflow' or m.startswith("
+      "'tensorflow.') for m in sys.modules) else 'TF_FREE', code)\n")
+  result = _run(["-c", code])
+  assert "TF_FREE 0" in result.stdout, result.stdout + result.stderr
+
+
+def test_cli_prints_top_k_and_agrees_with_saved_model(
+    tflite_model, reference, exported, tmp_path):
+  paths = []
+  for i in range(4):
+    path = str(tmp_path / f"eval{i}.png")
+    with open(path, "wb") as f:
+      f.write(test_utils.encode_png(reference.images[i]))
+    paths.append(path)
+  result = _run(["-m", "export.tflite_demo", f"--model={tflite_model('none')}",
+                 "--top_k=3", *paths])
+  assert result.returncode == 0, result.stderr
+  loaded = tf.saved_model.load(exported.version_dir)
+  encoded = [open(p, "rb").read() for p in paths]
+  served = loaded.signatures["serving_default"](image_bytes=tf.constant(
+      encoded))["top_k_names"].numpy().astype(str)
+  blocks = result.stdout.strip().split("\n")
+  for i, path in enumerate(paths):
+    header = blocks[4 * i]
+    assert header.startswith(path) and header.endswith("ms)")
+    assert blocks[4 * i + 1].split()[1] == served[i, 0]
+
+
+def test_cli_bad_inputs(tflite_model, tmp_path):
+  model = f"--model={tflite_model('int8')}"
+  good = str(tmp_path / "good.jpg")
+  Image.new("RGB", (30, 30), (0, 90, 200)).save(good)
+  truncated = str(tmp_path / "truncated.jpg")
+  with open(good, "rb") as f:
+    data = f.read()
+  with open(truncated, "wb") as f:
+    f.write(data[:len(data) // 3])
+  text = str(tmp_path / "notes.txt")
+  with open(text, "w") as f:
+    f.write("not an image")
+  result = _run(["-m", "export.tflite_demo", model, good, truncated, text])
+  assert result.returncode == 1
+  assert "truncated.jpg: not a decodable image" in result.stderr
+  assert "notes.txt: not a decodable image" in result.stderr
+  assert good in result.stdout
+  assert "Traceback" not in result.stderr
+  result = _run(["-m", "export.tflite_demo", model])
+  assert result.returncode == 2
+  assert "no images given" in result.stderr
+  result = _run(["-m", "export.tflite_demo", f"--model={text}", good])
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_int8_quantization_round_trip(tflite_model):
+  classifier = tflite_demo_lib.TFLiteClassifier(tflite_model("int8"))
+  scale, zero = classifier.input_detail["quantization"]
+  images = np.linspace(0, 1, 16 * 16 * 3, dtype=np.float32).reshape(
+      1, 16, 16, 3)
+  q = classifier._quantize(images)  # pylint: disable=protected-access
+  assert q.dtype == np.int8
+  np.testing.assert_allclose(scale * (q.astype(np.float32) - zero), images,
+                             atol=scale / 2 + 1e-7)
+  with pytest.raises(tflite_demo_lib.DemoError, match=r"\[B, 16, 16, 3\]"):
+    classifier.logits(np.zeros((1, 8, 8, 3), np.float32))
