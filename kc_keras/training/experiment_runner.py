@@ -1,18 +1,12 @@
 """Parses the experiment config the model-garden way and dispatches a mode."""
 
-import os
 from typing import Optional, Sequence
 
-from absl import logging
-from official.core import exp_factory
 from official.modeling import hyperparams
 
 from kc_keras.configs import experiments  # noqa: F401  (registers kc_*)
 from kc_keras.configs import kc_config
 from kc_keras.training import modes
-from kc_keras.utils import files
-
-PARAMS_FILE = "params.yaml"
 
 
 def parse_configuration(
@@ -51,17 +45,6 @@ def parse_configuration(
   return params
 
 
-def save_params(params: kc_config.ExperimentConfig, model_dir: str) -> str:
-  """Writes the final config to `model_dir/params.yaml` atomically."""
-  import yaml  # pylint: disable=g-import-not-at-top
-
-  path = os.path.join(model_dir, PARAMS_FILE)
-  files.atomic_write_text(
-      path, yaml.safe_dump(params.as_dict(), default_flow_style=False)
-  )
-  return path
-
-
 MODES = ("train", "eval", "train_and_eval", "train_specialists",
          "cache_targets", "eval_specialists")
 
@@ -82,9 +65,6 @@ def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
     The mode's result (`TrainResult`, metrics or manifest dict, or a tuple
     for `train_and_eval`).
   """
-  os.makedirs(model_dir, exist_ok=True)
-  save_params(params, model_dir)
-  logging.info("Experiment config written to %s", model_dir)
   if mode == "train":
     return modes.train(params, model_dir)
   if mode == "eval":

@@ -26,6 +26,17 @@ HIERARCHY_FILE = "hierarchy.json"
 EVAL_METRICS_FILE = "eval_metrics.json"
 SPECIALISTS_METRICS_FILE = "eval_specialists_metrics.json"
 TRAIN_SUMMARY_FILE = "train_summary.json"
+PARAMS_FILE = "params.yaml"
+
+
+def save_params(params: kc_config.ExperimentConfig, model_dir: str) -> str:
+  """Writes the final config to `model_dir/params.yaml` atomically."""
+  import yaml  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(model_dir, PARAMS_FILE)
+  files.atomic_write_text(
+      path, yaml.safe_dump(params.as_dict(), default_flow_style=False))
+  return path
 
 
 def check_model_dir_hierarchy(
@@ -68,6 +79,7 @@ class Session:
     self.source = factory.build_source(params.task.data)
     self.hierarchy = self.source.hierarchy
     os.makedirs(model_dir, exist_ok=True)
+    save_params(params, model_dir)
 
   def build_model(self, teacher_bank=None) -> keras.Model:
     """Builds and compiles the experiment's model under the strategy scope."""

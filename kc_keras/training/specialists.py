@@ -7,7 +7,7 @@ from typing import Dict, Optional, Sequence
 
 from absl import logging
 import keras
-import tensorflow as tf
+import numpy as np
 
 from kc_keras.configs import kc_config
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
@@ -15,6 +15,7 @@ from kc_keras.dataloaders import pipeline
 from kc_keras.distillation import teacher_bank as teacher_bank_lib
 from kc_keras.modeling.models import distiller
 from kc_keras.training import controller as controller_lib
+from kc_keras.training import frozen_features
 from kc_keras.training import model_builder
 from kc_keras.training import optimizers
 from kc_keras.utils import files
@@ -89,19 +90,25 @@ def init_from_generalist(network: keras.Model, generalist: keras.Model,
 
 
 def train_one_specialist(session, vertical: int, teachers_dir: str,
-                         build_generalist=None, verbose: bool = False) -> Dict:
+                         generalist: Optional[keras.Model] = None,
+                         features=None, verbose: bool = False) -> Dict:
   """Trains, saves and describes the teacher of one vertical.
 
   The teacher is a network over the vertical's classes only (local ids),
   trained with sigmoid cross-entropy on hard labels on the vertical's images
   (plus `negatives_fraction` of other verticals' images with no positive).
+  With `features` (everything below the classifier frozen), only the
+  classifier is trained, on those precomputed features
+  (`frozen_features`); otherwise the whole step loop runs, with checkpoints.
 
   Args:
     session: a `modes.Session`.
     vertical: vertical id.
     teachers_dir: root of all teachers.
-    build_generalist: `() -> KC model` of the generalist to initialise from
+    generalist: the restored generalist network to initialise from
       (`task.specialists.init_checkpoint`); None trains from scratch.
+    features: `(phi [n, d], label_ids [n, L])` of the training split, for
+      `freeze='backbone_and_hidden'`.
     verbose: progress bar.
 
   Returns:
@@ -113,7 +120,6 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
   sub_hierarchy = hierarchy.subset(vertical)
   out_dir = teacher_dir(teachers_dir, vertical)
   train_dir = os.path.join(out_dir, "train")
-  os.makedirs(train_dir, exist_ok=True)
   batch_size = spec.train_batch_size
   with session.strategy.scope():
     network = model_builder.build_network(spec.model, sub_hierarchy,
@@ -130,28 +136,39 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     model.compile(optimizer=optimizers.build_optimizer(
         spec.trainer.optimizer, spec.trainer.train_steps))
     model_builder.build_variables(model, session.source.image_shape)
-    if build_generalist is not None:
-      generalist = build_generalist()
-      controller_lib.restore_model_weights(generalist, spec.init_checkpoint)
+    if generalist is not None:
       # A resumed teacher gets its own weights back from its checkpoint; the
       # copy only matters for a fresh one, and decides what is frozen.
-      init_from_generalist(network, generalist.student, spec.freeze,
+      init_from_generalist(network, generalist, spec.freeze,
                            spec.init_checkpoint)
     model.optimizer.build(model.trainable_variables)
 
-  def dataset_fn(input_context, start_batch):
-    return pipeline.build_dataset(
-        session.source, "train", params.task.data, training=True,
-        global_batch_size=batch_size, input_context=input_context,
-        vertical=vertical, negatives_fraction=spec.negatives_fraction,
-        start_batch=start_batch)
+  if features is not None:
+    rows, targets = frozen_features.vertical_rows(
+        features[1], np.asarray(hierarchy.class_to_vertical),
+        hierarchy.local_index, vertical, sub_hierarchy.num_classes,
+        spec.negatives_fraction, seed=params.task.data.seed + vertical)
+    logs = frozen_features.train_classifier(
+        network, features[0][rows], targets, spec.trainer, batch_size,
+        seed=params.task.data.seed + vertical)
+    steps = spec.trainer.train_steps
+  else:
+    def dataset_fn(input_context, start_batch):
+      return pipeline.build_dataset(
+          session.source, "train", params.task.data, training=True,
+          global_batch_size=batch_size, input_context=input_context,
+          vertical=vertical, negatives_fraction=spec.negatives_fraction,
+          start_batch=start_batch)
 
-  controller = controller_lib.TrainController(
-      model=model, strategy=session.strategy, dataset_fn=dataset_fn,
-      config=spec.trainer, model_dir=train_dir, global_batch_size=batch_size,
-      jit_compile=params.runtime.jit_compile)
-  result = controller.train(verbose=verbose)
+    os.makedirs(train_dir, exist_ok=True)
+    controller = controller_lib.TrainController(
+        model=model, strategy=session.strategy, dataset_fn=dataset_fn,
+        config=spec.trainer, model_dir=train_dir, global_batch_size=batch_size,
+        jit_compile=params.runtime.jit_compile)
+    result = controller.train(verbose=verbose)
+    logs, steps = result.logs, result.step
 
+  os.makedirs(out_dir, exist_ok=True)
   model_path = os.path.join(out_dir, TEACHER_MODEL_FILE)
   tmp_path = model_path + ".tmp.keras"
   network.save(tmp_path)
@@ -162,8 +179,9 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
       "class_ids": [int(c) for c in hierarchy.classes_of(vertical)],
       "hierarchy_fingerprint": hierarchy.fingerprint,
       "fingerprint": teacher_bank_lib.model_fingerprint(network),
-      "train_steps": result.step,
-      "final_logs": result.logs,
+      "train_steps": steps,
+      "final_logs": logs,
+      "trained_on": "frozen_features" if features is not None else "images",
       "params": int(network.count_params()),
   }
   files.atomic_write_json(os.path.join(out_dir, TEACHER_INFO_FILE), info)
@@ -205,7 +223,9 @@ def train_specialists(session, model_dir: str,
   """Trains the teachers of `verticals` (default: config, else all).
 
   A vertical whose `teacher.json` exists for the same hierarchy is skipped, so
-  a restarted job continues where it stopped.
+  a restarted job continues where it stopped. The generalist of
+  `task.specialists.init_checkpoint` is built and restored once, by
+  `build_generalist` (`() -> KC model`; None trains from scratch).
 
   Returns:
     The teachers manifest.
@@ -219,6 +239,7 @@ def train_specialists(session, model_dir: str,
   if bad:
     raise TeacherError(
         f"Vertical ids {bad} are outside 0..{hierarchy.num_verticals - 1}.")
+  generalist = features = None
   for index, vertical in enumerate(wanted):
     info_path = os.path.join(teacher_dir(teachers_dir, vertical),
                              TEACHER_INFO_FILE)
@@ -235,8 +256,19 @@ def train_specialists(session, model_dir: str,
       print(f"[{index + 1}/{len(wanted)}] specialist for vertical {vertical} "
             f"({hierarchy.vertical_names[vertical]}, "
             f"{hierarchy.vertical_sizes[vertical]} classes)")
-    train_one_specialist(session, vertical, teachers_dir, build_generalist,
-                         verbose=verbose)
+    if build_generalist is not None and generalist is None:
+      generalist = build_generalist()
+      controller_lib.restore_model_weights(
+          generalist, params.task.specialists.init_checkpoint)
+      if params.task.specialists.freeze == "backbone_and_hidden":
+        features = frozen_features.compute_features(
+            generalist.student, pipeline.build_dataset(
+                session.source, "train", params.task.data, training=False,
+                global_batch_size=params.task.eval_batch_size))
+    train_one_specialist(
+        session, vertical, teachers_dir,
+        generalist.student if generalist is not None else None,
+        features=features, verbose=verbose)
   return write_manifest(teachers_dir)
 
 

@@ -11,6 +11,7 @@ import yaml
 
 from kc_keras.configs import experiments
 from kc_keras.training import experiment_runner
+from kc_keras.training import modes
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, "official_configs")
@@ -77,7 +78,7 @@ class ExperimentsTest(tf.test.TestCase, parameterized.TestCase):
     params = experiment_runner.parse_configuration(_flags(
         "kc_generalist_omniglot", params_override="trainer.train_steps=7"))
     model_dir = self.create_tempdir().full_path
-    path = experiment_runner.save_params(params, model_dir)
+    path = modes.save_params(params, model_dir)
     reloaded = experiments.get_experiment("kc_generalist_omniglot")
     reloaded.override(path and yaml.safe_load(open(path)), is_strict=True)
     as_lists = lambda d: json.loads(json.dumps(d))  # tuples -> lists

@@ -1,0 +1,138 @@
+"""End-to-end tests of specialists, the target cache, the student and their guards."""
+
+import json
+import os
+import shutil
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kc_keras.distillation import target_cache
+from kc_keras.training import experiment_runner
+from kc_keras.training import modes
+from kc_keras.training import pipeline_lib
+from kc_keras.training import specialists
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(REPO, "official_configs")
+SMOKE = [os.path.join(CONFIGS, "generalist_demo_smoke.yaml"),
+         os.path.join(CONFIGS, "student_demo_smoke.yaml")]
+
+
+def _params(experiment, root, override=""):
+  paths = (f"task.specialists.init_checkpoint={root}/generalist,"
+           f"task.distillation.teachers_dir={root}/teachers,"
+           f"task.distillation.cache_dir={root}/cache")
+  return experiment_runner.parse_configuration(types.SimpleNamespace(
+      experiment=experiment, config_file=SMOKE if experiment.startswith(
+          "kc_student") else SMOKE[:1],
+      params_override=",".join(p for p in (paths, override) if p), tpu=None))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """Generalist -> specialists -> cache -> student, once for the module."""
+  root = str(tmp_path_factory.mktemp("kc"))
+  modes.train(_params("kc_generalist_demo", root), f"{root}/generalist",
+              verbose=False)
+  student = _params("kc_student_demo", root)
+  manifest = modes.train_specialists(student, f"{root}/specialists",
+                                     verbose=False)
+  cache_manifest = modes.cache_targets(student, f"{root}/specialists")
+  result = modes.train(student, f"{root}/student", verbose=False)
+  return types.SimpleNamespace(root=root, params=student, manifest=manifest,
+                               cache_manifest=cache_manifest, result=result)
+
+
+def test_every_vertical_has_a_recorded_teacher(trained):
+  teachers = trained.manifest["teachers"]
+  assert sorted(int(v) for v in teachers) == [0, 1, 2, 3]
+  info = json.load(open(os.path.join(
+      trained.root, "teachers", "vertical_00002", "teacher.json")))
+  assert info["vertical_id"] == 2
+  assert len(info["class_ids"]) == 10
+  assert info["fingerprint"] == teachers["2"]["fingerprint"]
+
+
+def test_teacher_starts_from_the_generalist_with_frozen_layers(trained):
+  from kc_keras.training import model_builder  # pylint: disable=g-import-not-at-top
+  import keras  # pylint: disable=g-import-not-at-top
+  generalist_params = _params("kc_generalist_demo", trained.root)
+  session = modes.Session(generalist_params, f"{trained.root}/generalist")
+  generalist = session.build_model()
+  from kc_keras.training import controller  # pylint: disable=g-import-not-at-top
+  controller.restore_model_weights(generalist, f"{trained.root}/generalist")
+  teacher = keras.saving.load_model(os.path.join(
+      trained.root, "teachers", "vertical_00001", "teacher.keras"))
+  # freeze: backbone_and_hidden (the smoke default): identical to the trunk.
+  for a, b in zip(generalist.student.backbone.weights,
+                  teacher.backbone.weights):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  np.testing.assert_array_equal(
+      generalist.student.head.hidden1.weights[0].numpy(),
+      teacher.head.hidden1.weights[0].numpy())
+  assert teacher.num_classes == 10
+  del model_builder
+
+
+def test_cache_is_bound_to_teachers_and_k(trained):
+  manifest = trained.cache_manifest
+  assert manifest["num_examples"] == 40 * 10
+  assert manifest["top_k"] == trained.params.task.distillation.top_k
+  session = modes.Session(trained.params, f"{trained.root}/student")
+  expected = modes.cache_binding(session, f"{trained.root}/specialists")
+  expected["top_k"] = 3
+  with pytest.raises(target_cache.TargetCacheMismatchError, match="top_k"):
+    target_cache.load_target_cache(f"{trained.root}/cache", expected=expected)
+
+
+def test_student_trains_on_cached_targets_and_is_evaluated(trained):
+  logs = trained.result.logs
+  assert trained.result.step == trained.params.trainer.train_steps
+  assert logs["soft_target_loss"] > 0  # targets reached the loss
+  metrics = modes.evaluate(trained.params, f"{trained.root}/student")
+  spec = modes.evaluate_specialists(trained.params,
+                                    f"{trained.root}/specialists")
+  for m in (metrics, spec):
+    assert 0.0 <= m["mpvap"] <= 1.0 and m["num_examples"] == 40 * 3
+  assert spec["params"]["num_teachers"] == 4
+  # The specialists' params are four networks; the student is one.
+  assert spec["params"]["total"] > metrics["params"]["total"]
+
+
+def test_stale_or_foreign_teacher_is_refused(trained, tmp_path):
+  teachers_dir = str(tmp_path / "teachers")
+  shutil.copytree(os.path.join(trained.root, "teachers"), teachers_dir)
+  session = modes.Session(trained.params, str(tmp_path))
+  hierarchy = session.hierarchy
+  # A teacher file replaced after training: its fingerprint no longer matches.
+  shutil.copy(os.path.join(teachers_dir, "vertical_00000", "teacher.keras"),
+              os.path.join(teachers_dir, "vertical_00001", "teacher.keras"))
+  with pytest.raises(specialists.TeacherError, match="fingerprint"):
+    specialists.load_teachers(teachers_dir, hierarchy)
+  # A teacher recorded for another vertical.
+  shutil.rmtree(os.path.join(teachers_dir, "vertical_00001"))
+  shutil.copytree(os.path.join(teachers_dir, "vertical_00000"),
+                  os.path.join(teachers_dir, "vertical_00001"))
+  with pytest.raises(specialists.TeacherError, match="not of vertical 1"):
+    specialists.load_teachers(teachers_dir, hierarchy)
+  # A missing teacher names its vertical.
+  shutil.rmtree(os.path.join(teachers_dir, "vertical_00003"))
+  with pytest.raises(specialists.TeacherError, match=r"vertical\(s\) \[3\]"):
+    specialists.load_teachers(teachers_dir, hierarchy, verticals=[3])
+
+
+def test_pipeline_report_helpers():
+  assert pipeline_lib.gap_closed(27.7, 37.9, 68.0) == pytest.approx(
+      0.2531, abs=1e-4)
+  rows = [dict(name=n, params=p, wall_seconds=1.0,
+               metrics=dict(mpvap=a, top1=t, top5=t))
+          for n, p, a, t in (("generalist FC-FC", 10, 0.5, 0.4),
+                             ("specialists", 100, 0.9, 0.8),
+                             ("FC-SC + D + S (vertical)", 5, 0.7, 0.6))]
+  table = pipeline_lib.results_table(rows)
+  assert "| specialists | 90.0 | 80.0 | 80.0 | 100 | 1 |" in table
+  summary = pipeline_lib.summarize(rows)
+  assert "closes 50% of the" in summary and "5.0% of the specialists" in summary
