@@ -209,13 +209,28 @@ class TeacherBank:
           values.append(empty(tf.size(slot_positions)))
           continue
         rows = slot_positions // t
-        logits = self._teachers[v](tf.gather(images, rows), training=False)
-        values.append(per_teacher(v, rows, self._vertical_logits(v, logits)))
+        values.append(per_teacher(v, rows, self._run_teacher(v, images, rows)))
     stitched = [
         tf.dynamic_stitch(indices, [vals[i] for vals in values])
         for i in range(len(values[0]))
     ]
     return slots, stitched
+
+  def _run_teacher(self, v, images, rows):
+    """Teacher v's logits over its classes for `images[rows]`, float32 [r, N_v].
+
+    A vertical absent from the batch skips its teacher altogether: most
+    verticals are absent from any one batch when M is large, and TF's CPU
+    convolution and batch-norm kernels reject an empty batch.
+    """
+    n_v = self._class_ids[v].size
+
+    def run():
+      logits = self._teachers[v](tf.gather(images, rows), training=False)
+      return self._vertical_logits(v, logits)
+
+    return tf.cond(tf.size(rows) > 0, run,
+                   lambda: tf.zeros([0, n_v], tf.float32))
 
   def _vertical_logits(self, v, logits):
     """Teacher logits restricted to vertical v's classes, float32 [r, N_v]."""

@@ -143,3 +143,30 @@ class TeacherBankTest(tf.test.TestCase):
 
 if __name__ == "__main__":
   tf.test.main()
+
+
+class AbsentVerticalTest(tf.test.TestCase):
+
+  def test_conv_teachers_skip_verticals_absent_from_the_batch(self):
+    """With many verticals most are absent from a batch; their conv+BN
+    teachers must not run on an empty batch (TF's CPU kernels reject it)."""
+
+    def conv_teacher(num_classes):
+      inputs = keras.Input([8, 8, 1])
+      x = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inputs)
+      x = keras.layers.BatchNormalization()(x)
+      x = keras.layers.GlobalAveragePooling2D()(x)
+      return keras.Model(inputs, keras.layers.Dense(num_classes)(x))
+
+    c2v = np.repeat(np.arange(5), 3)  # 5 verticals x 3 classes
+    teachers = {v: conv_teacher(3) for v in range(5)}
+    bank = tb.TeacherBank(teachers, c2v, top_k=2)
+    images = tf.random.normal([4, 8, 8, 1], seed=1)
+    labels = tf.constant([[0], [1], [1], [4]])  # verticals 2 and 3 absent
+    ids, probs = tf.function(bank.soft_targets)(images, labels)
+    self.assertAllEqual(tf.reduce_all(ids >= 0, axis=1), [True] * 4)
+    self.assertAllEqual(c2v[ids.numpy()[:, 0]], [0, 0, 0, 1])
+    scores = tf.function(bank.specialist_scores)(images, labels)
+    expected = tf.sigmoid(teachers[1](images[1:2], training=False))
+    self.assertAllClose(scores[1, 3:6], expected[0])
+    self.assertAllClose(probs[:, :1] > 0, np.ones([4, 1], bool))
