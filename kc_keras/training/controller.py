@@ -11,6 +11,8 @@ import keras
 import tensorflow as tf
 
 from kc_keras.configs import trainer as trainer_cfg
+from kc_keras.training import multi_worker
+from kc_keras.training import strategy as strategy_lib
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -51,6 +53,13 @@ class TrainController:
     global_batch_size: examples per step over all replicas (for throughput).
     checkpoint_items: extra trackables to checkpoint with the model.
     jit_compile: compile the per-replica step with XLA.
+    sync_batch_norm: make the model's BatchNormalization layers use
+      global-batch statistics (`strategy.synchronize_batch_norm`), so that
+      the result does not depend on the number of replicas.
+
+  Raises:
+    ValueError: `jit_compile` for a model that cannot be compiled by XLA
+      (`model.supports_jit` False, e.g. online teachers).
   """
 
   def __init__(
@@ -63,7 +72,21 @@ class TrainController:
       global_batch_size: int,
       checkpoint_items: Optional[dict] = None,
       jit_compile: bool = False,
+      sync_batch_norm: bool = True,
   ):
+    if jit_compile and not getattr(model, "supports_jit", True):
+      raise ValueError(
+          f"runtime.jit_compile=True but {model.name} cannot be compiled by "
+          "XLA (online teachers route examples with data-dependent shapes); "
+          "use cached targets or jit_compile=False.")
+    if sync_batch_norm:
+      strategy_lib.synchronize_batch_norm(model)
+    if not model.optimizer.built:
+      # compile() wraps the caller's (built) optimizer in a LossScaleOptimizer
+      # under mixed_float16; its own variables must exist before the step is
+      # traced, or the traced step creates them under a tf.cond.
+      with strategy.scope():
+        model.optimizer.build(model.trainable_variables)
     self.model = model
     self.strategy = strategy
     self.config = config
@@ -74,15 +97,26 @@ class TrainController:
     items = dict(model=model, optimizer=model.optimizer)
     items.update(checkpoint_items or {})
     self.checkpoint = tf.train.Checkpoint(**items)
+    # Every worker restores from the chief's `model_dir`; every worker saves
+    # (a save may run collectives), non-chiefs into a temporary dir.
     self.manager = tf.train.CheckpointManager(
         self.checkpoint,
         directory=model_dir,
         max_to_keep=config.max_to_keep,
         step_counter=self.global_step,
     )
-    self._summary_writer = tf.summary.create_file_writer(
-        os.path.join(model_dir, "train")
-    )
+    self._is_chief = multi_worker.is_chief(strategy)
+    self._write_manager = self.manager
+    if not self._is_chief:
+      self._write_manager = tf.train.CheckpointManager(
+          self.checkpoint,
+          directory=multi_worker.write_dir(model_dir, strategy),
+          max_to_keep=1,
+          step_counter=self.global_step,
+      )
+    self._summary_writer = (
+        tf.summary.create_file_writer(os.path.join(model_dir, "train"))
+        if self._is_chief else tf.summary.create_noop_writer())
     step_fn = model.train_step
     if jit_compile:
       step_fn = tf.function(step_fn, jit_compile=True)
@@ -98,17 +132,34 @@ class TrainController:
 
     return loop_fn
 
-  def _make_iterator(self, start_batch: int):
-    dataset = self.strategy.distribute_datasets_from_function(
-        lambda input_context: self._dataset_fn(input_context, start_batch))
-    return iter(dataset)
+  def _make_iterator(self, start_step: int):
+    static = strategy_lib.needs_static_shapes(self.strategy)
+
+    def dataset_fn(input_context):
+      # One input pipeline feeds num_replicas / num_pipelines replicas, so it
+      # has served that many of its batches per step.
+      per_pipeline = (input_context.num_replicas_in_sync //
+                      input_context.num_input_pipelines)
+      dataset = self._dataset_fn(input_context, start_step * per_pipeline)
+      if static:
+        strategy_lib.check_static_shapes(dataset.element_spec,
+                                         "the training dataset")
+      return dataset
+
+    return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
+  def _save(self, step: int) -> None:
+    self._write_manager.save(checkpoint_number=step, check_interval=False)
+    if not self._is_chief:
+      multi_worker.remove_write_dir(self.model_dir, self.strategy)
 
   def restore(self) -> int:
     """Restores the latest checkpoint in `model_dir`, if any; returns the step."""
     latest = self.manager.latest_checkpoint
     if latest:
       self.checkpoint.restore(latest).assert_existing_objects_matched()
-      logging.info("Restored %s at step %d.", latest, int(self.global_step))
+      logging.info("Restored %s at step %d.", latest,
+                   int(self.global_step.numpy()))
     return int(self.global_step.numpy())
 
   def _read_logs(self) -> Dict[str, float]:
@@ -148,6 +199,7 @@ class TrainController:
     logs: Dict[str, float] = {}
     history: List[Tuple[int, Dict[str, float]]] = []
     start_step, start_time = step, time.time()
+    saved_step = step if self.manager.latest_checkpoint else None
     while step < target:
       num_steps = min(self.config.steps_per_loop, target - step)
       for metric in self.model.metrics:
@@ -161,14 +213,18 @@ class TrainController:
         for name, value in logs.items():
           tf.summary.scalar(name, value)
         tf.summary.scalar(
-            "learning_rate", float(self.model.optimizer.learning_rate)
+            # A constant rate is a (possibly mirrored) variable: read it as
+            # a tensor, which float() alone cannot do under a strategy.
+            "learning_rate",
+            float(tf.convert_to_tensor(self.model.optimizer.learning_rate))
         )
       if step % self.config.checkpoint_interval == 0:
-        self.manager.save(checkpoint_number=step, check_interval=False)
+        self._save(step)
+        saved_step = step
       progbar.update(step, values=sorted(logs.items()))
-    latest = self.manager.latest_checkpoint
-    if latest is None or not latest.endswith(f"-{step}"):
-      self.manager.save(checkpoint_number=step, check_interval=False)
+    # Decided from the step alone, so that every worker saves (or not) alike.
+    if saved_step != step:
+      self._save(step)
     self._summary_writer.flush()
     elapsed = max(time.time() - start_time, 1e-9)
     steps_done = step - start_step

@@ -17,6 +17,7 @@ from kc_keras.distillation import teacher_bank as teacher_bank_lib
 from kc_keras.training import controller as controller_lib
 from kc_keras.training import evaluate as evaluate_lib
 from kc_keras.training import model_builder
+from kc_keras.training import multi_worker
 from kc_keras.training import optimizers
 from kc_keras.training import specialists
 from kc_keras.training import strategy as strategy_lib
@@ -79,7 +80,9 @@ class Session:
     self.source = factory.build_source(params.task.data)
     self.hierarchy = self.source.hierarchy
     os.makedirs(model_dir, exist_ok=True)
-    save_params(params, model_dir)
+    self.is_chief = multi_worker.is_chief(self.strategy)
+    if self.is_chief:
+      save_params(params, model_dir)
 
   def build_model(self, teacher_bank=None) -> keras.Model:
     """Builds and compiles the experiment's model under the strategy scope."""
@@ -123,11 +126,14 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
     The controller's `TrainResult`.
   """
   session = Session(params, model_dir)
-  check_model_dir_hierarchy(model_dir, session.hierarchy)
+  if session.is_chief:
+    check_model_dir_hierarchy(model_dir, session.hierarchy)
   source = params.task.distillation.target_source
   bank = None
   if source == "online":
-    bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
+    with session.strategy.scope():
+      bank = specialists.load_teacher_bank(params, model_dir,
+                                           session.hierarchy)
   model = session.build_model(teacher_bank=bank)
   expected = cache_binding(session, model_dir) if source == "cache" else None
 
@@ -156,8 +162,11 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
       model_dir=model_dir,
       global_batch_size=params.task.train_batch_size,
       jit_compile=params.runtime.jit_compile,
+      sync_batch_norm=params.runtime.sync_batch_norm,
   )
   result = controller.train(verbose=verbose)
+  if not session.is_chief:
+    return result
   files.atomic_write_json(
       os.path.join(model_dir, TRAIN_SUMMARY_FILE),
       dict(step=result.step, logs=result.logs,

@@ -164,7 +164,8 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     controller = controller_lib.TrainController(
         model=model, strategy=session.strategy, dataset_fn=dataset_fn,
         config=spec.trainer, model_dir=train_dir, global_batch_size=batch_size,
-        jit_compile=params.runtime.jit_compile)
+        jit_compile=params.runtime.jit_compile,
+        sync_batch_norm=params.runtime.sync_batch_norm)
     result = controller.train(verbose=verbose)
     logs, steps = result.logs, result.step
 
