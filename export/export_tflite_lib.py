@@ -1,7 +1,6 @@
 """Converts an exported SavedModel's `serve_image` signature to TFLite (float, fp16, dynamic, int8)."""
 
 import os
-import tempfile
 from typing import Callable, Iterable, Iterator, List, Optional
 
 import numpy as np
@@ -9,6 +8,7 @@ import tensorflow as tf
 import yaml
 
 from export import export_saved_model_lib as saved_model_lib
+from kc_keras.utils import files
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int16x8")
 # Variants calibrated on training images (activation ranges).
@@ -17,8 +17,6 @@ LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
 # `serve_image` minus its empty-batch guard (see ServingModule).
 TFLITE_FUNCTION = "tflite_serve_image"
-# Shipped files are world-readable (mkstemp's default is owner-only).
-_FILE_MODE = 0o644
 
 
 class TFLiteExportError(ValueError):
@@ -167,24 +165,6 @@ def _label_lines(saved_model_dir: str) -> List[str]:
   return [labels, verticals]
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
-                             suffix=".tmp", dir=directory)
-  try:
-    os.chmod(tmp, _FILE_MODE)
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def export_tflite(saved_model_dir: str, output: str, quantization: str,
                   params=None, representative_examples: int = 100) -> dict:
   """Converts and writes `output` plus its label files, each atomically.
@@ -216,7 +196,7 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
   labels, verticals = _label_lines(saved_model_dir)
   paths = sidecar_paths(output)
   # Labels first: a model file never appears without its names.
-  _atomic_write(paths["labels"], labels.encode("utf-8"))
-  _atomic_write(paths["verticals"], verticals.encode("utf-8"))
-  _atomic_write(output, model)
+  files.atomic_write_text(paths["labels"], labels)
+  files.atomic_write_text(paths["verticals"], verticals)
+  files.atomic_write_bytes(output, model)
   return dict(model=output, bytes=len(model), **paths)

@@ -52,6 +52,28 @@ def _hard_labels_only(config: kc_config.ExperimentConfig) -> None:
   config.task.distillation.target_source = "labels"
 
 
+def _frozen_trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
+                           run_dir: str, steps: int, steps_per_loop: int,
+                           schedule: str) -> None:
+  """Teachers = the trunk, backbone and hidden layers frozen, plus a classifier.
+
+  The classifier of each vertical is trained on the trunk's features
+  (`training/frozen_features.py`); paths are where the pipeline of `run_dir`
+  puts the trunk, the teachers and the soft-target cache.
+  """
+  specialists = config.task.specialists
+  specialists.model.override(trunk_model)
+  specialists.freeze = "backbone_and_hidden"
+  specialists.train_batch_size = 64
+  specialists.trainer.train_steps = steps
+  specialists.trainer.steps_per_loop = steps_per_loop
+  specialists.trainer.checkpoint_interval = steps
+  specialists.trainer.optimizer.learning_rate = 1e-2
+  specialists.trainer.optimizer.schedule = schedule
+  config.task.distillation.teachers_dir = f"{run_dir}/teachers"
+  config.task.distillation.cache_dir = f"{run_dir}/target_cache"
+
+
 def _student(config: kc_config.ExperimentConfig, s1: int, s2: int) -> None:
   """The paper's best student: FC(s1)-SC(s2) + soft targets + vertical-level S."""
   config.task.model.head.head_type = "fc_sc"
@@ -95,18 +117,10 @@ def kc_student_demo() -> kc_config.ExperimentConfig:
   config = kc_generalist_demo()
   generalist_model = config.task.model.as_dict()
   _student(config, s1=512, s2=256)
-  specialists = config.task.specialists
-  specialists.model.override(generalist_model)
-  specialists.freeze = "backbone_and_hidden"
-  specialists.train_batch_size = 64
-  specialists.trainer.train_steps = 100
-  specialists.trainer.steps_per_loop = 50
-  specialists.trainer.checkpoint_interval = 100
-  specialists.trainer.optimizer.learning_rate = 1e-2
   # Where README command 1 puts them (scripts/run_demo.sh, workdir runs/demo).
-  specialists.init_checkpoint = "runs/demo/generalist"
-  config.task.distillation.teachers_dir = "runs/demo/teachers"
-  config.task.distillation.cache_dir = "runs/demo/target_cache"
+  _frozen_trunk_teachers(config, generalist_model, "runs/demo", steps=100,
+                         steps_per_loop=50, schedule="cosine")
+  config.task.specialists.init_checkpoint = "runs/demo/generalist"
   return config
 
 
@@ -159,18 +173,9 @@ def kc_student_omniglot() -> kc_config.ExperimentConfig:
   config = kc_generalist_omniglot()
   trunk_model = config.task.model.as_dict()
   _student(config, s1=256, s2=256)
-  specialists = config.task.specialists
-  specialists.model.override(trunk_model)
-  specialists.freeze = "backbone_and_hidden"
-  specialists.train_batch_size = 64
-  specialists.trainer.train_steps = 300
-  specialists.trainer.steps_per_loop = 100
-  specialists.trainer.checkpoint_interval = 300
-  specialists.trainer.optimizer.learning_rate = 1e-2
-  specialists.trainer.optimizer.schedule = "constant"
-  specialists.init_checkpoint = "runs/omniglot/trunk"
-  config.task.distillation.teachers_dir = "runs/omniglot/teachers"
-  config.task.distillation.cache_dir = "runs/omniglot/target_cache"
+  _frozen_trunk_teachers(config, trunk_model, "runs/omniglot", steps=300,
+                         steps_per_loop=100, schedule="constant")
+  config.task.specialists.init_checkpoint = "runs/omniglot/trunk"
   return config
 
 

@@ -6,15 +6,20 @@ import tempfile
 from typing import Any
 
 
-def atomic_write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary sibling and `os.replace`.
+FILE_MODE = 0o644
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary sibling and `os.replace`.
 
   Readers see either the previous file or the complete new one, never a
-  truncated mix, because `os.replace` is atomic within one filesystem.
+  truncated mix, because `os.replace` is atomic within one filesystem. The
+  file gets mode 0644 (a temporary file starts at 0600, which would hide it
+  from a serving process running as another user).
 
   Args:
     path: destination file; its directory is created if missing.
-    text: the full content.
+    data: the full content.
   """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -22,8 +27,9 @@ def atomic_write_text(path: str, text: str) -> None:
       prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory
   )
   try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
+    os.chmod(tmp_path, FILE_MODE)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp_path, path)
@@ -31,6 +37,11 @@ def atomic_write_text(path: str, text: str) -> None:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
     raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+  """`atomic_write_bytes` of `text` encoded as UTF-8."""
+  atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
