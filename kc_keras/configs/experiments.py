@@ -53,15 +53,16 @@ def _hard_labels_only(config: kc_config.ExperimentConfig) -> None:
 
 
 def _frozen_trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
-                           run_dir: str, steps: int, steps_per_loop: int,
-                           schedule: str) -> None:
+                           trunk_dir: str, run_dir: str, steps: int,
+                           steps_per_loop: int, schedule: str) -> None:
   """Teachers = the trunk, backbone and hidden layers frozen, plus a classifier.
 
   The classifier of each vertical is trained on the trunk's features
-  (`training/frozen_features.py`); paths are where the pipeline of `run_dir`
-  puts the trunk, the teachers and the soft-target cache.
+  (`training/frozen_features.py`); `trunk_dir` and the paths under `run_dir`
+  are where the pipeline puts the trunk, the teachers and the soft-target cache.
   """
   specialists = config.task.specialists
+  specialists.init_checkpoint = trunk_dir
   specialists.model.override(trunk_model)
   specialists.freeze = "backbone_and_hidden"
   specialists.train_batch_size = 64
@@ -118,9 +119,9 @@ def kc_student_demo() -> kc_config.ExperimentConfig:
   generalist_model = config.task.model.as_dict()
   _student(config, s1=512, s2=256)
   # Where README command 1 puts them (scripts/run_demo.sh, workdir runs/demo).
-  _frozen_trunk_teachers(config, generalist_model, "runs/demo", steps=100,
-                         steps_per_loop=50, schedule="cosine")
-  config.task.specialists.init_checkpoint = "runs/demo/generalist"
+  _frozen_trunk_teachers(config, generalist_model, "runs/demo/generalist",
+                         "runs/demo", steps=100, steps_per_loop=50,
+                         schedule="cosine")
   return config
 
 
@@ -173,9 +174,9 @@ def kc_student_omniglot() -> kc_config.ExperimentConfig:
   config = kc_generalist_omniglot()
   trunk_model = config.task.model.as_dict()
   _student(config, s1=256, s2=256)
-  _frozen_trunk_teachers(config, trunk_model, "runs/omniglot", steps=300,
-                         steps_per_loop=100, schedule="constant")
-  config.task.specialists.init_checkpoint = "runs/omniglot/trunk"
+  _frozen_trunk_teachers(config, trunk_model, "runs/omniglot/trunk",
+                         "runs/omniglot", steps=300, steps_per_loop=100,
+                         schedule="constant")
   return config
 
 

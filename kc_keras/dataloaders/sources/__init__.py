@@ -57,6 +57,23 @@ class ExampleSource(abc.ABC):
     return split
 
 
+class DecodedImageSource(ExampleSource):
+  """Base of the sources that decode stored images (folder, TFRecord, TFDS).
+
+  Subclasses set `self._config` (with `image_size` and `channels`) and
+  `self._hierarchy` in `__init__`.
+  """
+
+  @property
+  def hierarchy(self) -> hierarchy_lib.Hierarchy:
+    return self._hierarchy
+
+  @property
+  def image_shape(self) -> tuple:
+    return (self._config.image_size, self._config.image_size,
+            self._config.channels)
+
+
 def digest(**parts) -> str:
   """sha256 hex of a canonical JSON of `parts` (used by source fingerprints)."""
   text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)

@@ -12,7 +12,7 @@ from kc_keras.dataloaders import sources
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
-class FolderSource(sources.ExampleSource):
+class FolderSource(sources.DecodedImageSource):
   """Labelled images from folder trees.
 
   The hierarchy is `hierarchy_file` when set, else derived from `train_dir`
@@ -42,14 +42,6 @@ class FolderSource(sources.ExampleSource):
       self._hierarchy = hierarchy_lib.Hierarchy.from_folder_tree(config.train_dir)
     self._ids = {n: i for i, n in enumerate(self._hierarchy.class_names)}
     self._files = {}
-
-  @property
-  def hierarchy(self) -> hierarchy_lib.Hierarchy:
-    return self._hierarchy
-
-  @property
-  def image_shape(self) -> tuple:
-    return (self._config.image_size, self._config.image_size, self._config.channels)
 
   def _root(self, split: str) -> str:
     root = (self._config.train_dir if self.check_split(split) == "train"

@@ -11,7 +11,7 @@ from kc_keras.dataloaders import labels as labels_lib
 from kc_keras.dataloaders import sources
 
 
-class TFDSSource(sources.ExampleSource):
+class TFDSSource(sources.DecodedImageSource):
   """TFDS source, shaped like `omniglot` (image, label, alphabet).
 
   Hierarchy: class names = the ClassLabel names of `label_key`, vertical names =
@@ -90,14 +90,6 @@ class TFDSSource(sources.ExampleSource):
           f"their vertical is unknown: {[class_names[i] for i in unseen[:10]]}")
     return hierarchy_lib.Hierarchy(
         tuple(class_names), tuple(vertical_names), tuple(int(v) for v in c2v))
-
-  @property
-  def hierarchy(self) -> hierarchy_lib.Hierarchy:
-    return self._hierarchy
-
-  @property
-  def image_shape(self) -> tuple:
-    return (self._config.image_size, self._config.image_size, self._config.channels)
 
   def _split(self, split: str) -> str:
     return (self._config.train_split if self.check_split(split) == "train"

@@ -47,7 +47,7 @@ def write_tfrecord(path: str, examples: Iterable[tuple]) -> int:
   return count
 
 
-class TFRecordSource(sources.ExampleSource):
+class TFRecordSource(sources.DecodedImageSource):
   """Reads sorted files matching each split's pattern(s), in file then record order.
 
   `example_id` = record position within the split. Variable-length labels become
@@ -70,14 +70,6 @@ class TFRecordSource(sources.ExampleSource):
     self._max_labels = int(max_labels)
     self._hierarchy = hierarchy_lib.Hierarchy.load(config.hierarchy_file)
     self._counts = {}
-
-  @property
-  def hierarchy(self) -> hierarchy_lib.Hierarchy:
-    return self._hierarchy
-
-  @property
-  def image_shape(self) -> tuple:
-    return (self._config.image_size, self._config.image_size, self._config.channels)
 
   def files(self, split: str) -> list[str]:
     pattern = (self._config.train_pattern if self.check_split(split) == "train"
