@@ -14,7 +14,11 @@ flags.DEFINE_string("saved_model_dir", None,
 flags.DEFINE_string("output", None, "The .tflite file to write.")
 flags.DEFINE_enum("quantization", "none", list(export_tflite_lib.QUANTIZATIONS),
                   "none | fp16 | dynamic (int8 weights) | int8 (full integer) | "
+                  "int8_float_head (int8, the logits layer float) | "
                   "int16x8 (int16 activations, int8 weights).")
+flags.DEFINE_list("float_layers", [],
+                  "int8_float_head: more Keras layer names kept float "
+                  "(e.g. input_scaling,block0_conv0).")
 flags.DEFINE_integer("representative_examples", 100,
                      "Training images calibrating int8/int16x8.")
 flags.DEFINE_string("experiment", None,
@@ -34,7 +38,8 @@ def main(_):
     params = experiment_runner.parse_configuration(FLAGS)
   result = export_tflite_lib.export_tflite(
       FLAGS.saved_model_dir, FLAGS.output, FLAGS.quantization, params=params,
-      representative_examples=FLAGS.representative_examples)
+      representative_examples=FLAGS.representative_examples,
+      float_layers=FLAGS.float_layers)
   print(f"{result['model']} ({result['bytes']} bytes), labels: "
         f"{result['labels']}, verticals: {result['verticals']}")
 

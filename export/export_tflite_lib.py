@@ -1,8 +1,10 @@
-"""Converts an exported SavedModel's `serve_image` signature to TFLite (float, fp16, dynamic, int8)."""
+"""Converts an exported SavedModel's `serve_image` signature to TFLite (float, fp16, dynamic, integer)."""
 
 import os
-from typing import Callable, Iterable, Iterator, List, Optional
+import re
+from typing import Callable, Iterable, Iterator, List, Optional, Sequence
 
+from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 import tensorflow as tf
 import yaml
@@ -10,9 +12,15 @@ import yaml
 from export import export_saved_model_lib as saved_model_lib
 from kc_keras.utils import files
 
-QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int16x8")
+QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int8_float_head",
+                 "int16x8")
 # Variants calibrated on training images (activation ranges).
-CALIBRATED = ("int8", "int16x8")
+CALIBRATED = ("int8", "int8_float_head", "int16x8")
+# Layers `int8_float_head` keeps in float (matched as a path segment of the
+# TFLite op output names, Keras call suffixes `_1` allowed): the logits
+# producer. A trained model's logits span a wide range (demo: -59 to +3.3)
+# so one int8 step (0.24) exceeds many top-2 margins; see docs/BENCHMARKS.md.
+FLOAT_HEAD_LAYERS = ("classifier", "self_paced_scale")
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
 # `serve_image` minus its empty-batch guard (see ServingModule).
@@ -78,9 +86,63 @@ def training_images(data_config, num_examples: int) -> Iterator[np.ndarray]:
     yield element["image"].numpy().astype(np.float32)
 
 
+def float_node_names(tensor_names: Sequence[str], output_names: Sequence[str],
+                     float_layers: Sequence[str]) -> List[str]:
+  """The op outputs of a calibrated model that must stay float.
+
+  An op stays float when it produces a model output or when one of its
+  (';'-joined, fused) location names has a path segment equal to a layer of
+  `float_layers`, optionally followed by Keras's call suffix `_<n>`.
+
+  Args:
+    tensor_names: output tensor names of every op of the calibrated model.
+    output_names: tensor names of the model outputs.
+    float_layers: Keras layer names (e.g. "classifier", "block0_conv0").
+
+  Returns:
+    The names to deny-list, in `tensor_names` order.
+  """
+  patterns = [re.compile(r"(^|/)" + re.escape(layer) + r"(_[0-9]+)?(/|$)")
+              for layer in float_layers]
+  outputs = set(output_names)
+  return [name for name in tensor_names
+          if name in outputs or any(p.search(part) for part in name.split(";")
+                                    for p in patterns)]
+
+
+def _selective_int8(converter, dataset, extra_layers: Sequence[str]) -> bytes:
+  """int8 everywhere except the head, `extra_layers` and the output ops.
+
+  Uses the converter's quantization debugger: calibrate once, then quantize
+  with the chosen ops deny-listed (they run in float between (de)quantize
+  ops). The model's input and outputs are float32.
+
+  Raises:
+    TFLiteExportError: a layer of `extra_layers` names no op of the model.
+  """
+  debugger = tf.lite.experimental.QuantizationDebugger(
+      converter=converter, debug_dataset=dataset)
+  interpreter = Interpreter(model_content=debugger.calibrated_model)
+  details = interpreter.get_tensor_details()
+  tensor_names = [details[i]["name"] for op in interpreter._get_ops_details()  # pylint: disable=protected-access
+                  for i in op["outputs"]]
+  unmatched = [layer for layer in extra_layers
+               if not float_node_names(tensor_names, (), [layer])]
+  if unmatched:
+    raise TFLiteExportError(
+        f"float_layers {unmatched} match no op of the model; op names look "
+        f"like {tensor_names[:3]}")
+  output_names = [d["name"] for d in interpreter.get_output_details()]
+  debugger.options = tf.lite.experimental.QuantizationDebugOptions(
+      denylisted_nodes=float_node_names(
+          tensor_names, output_names, FLOAT_HEAD_LAYERS + tuple(extra_layers)),
+      fully_quantize=False)
+  return debugger.get_nondebug_quantized_model()
+
+
 def convert(saved_model_dir: str, quantization: str,
             representative_images: Optional[Callable[[], Iterable[np.ndarray]]]
-            = None) -> bytes:
+            = None, float_layers: Sequence[str] = ()) -> bytes:
   """The `serve_image` computation as a TFLite flatbuffer.
 
   Converts the export's `tflite_serve_image` function: the `serve_image`
@@ -96,6 +158,10 @@ def convert(saved_model_dir: str, quantization: str,
     int8: full integer (weights and activations int8, int8 input and
       outputs), calibrated on `representative_images`; the demo reads the
       input/output scale and zero point from the model.
+    int8_float_head: int8 like `int8` except the layers of
+      `FLOAT_HEAD_LAYERS + float_layers` and the output ops, which run in
+      float with float32 weights; float32 input and outputs. Trades file
+      size for top-1 agreement on models with close logits.
     int16x8: integer only with int16 activations and int8 weights (float32
       input/output), calibrated likewise: for models whose top logits are
       closer than int8 activations resolve (see docs/BENCHMARKS.md).
@@ -105,13 +171,17 @@ def convert(saved_model_dir: str, quantization: str,
     quantization: one of `QUANTIZATIONS`.
     representative_images: for int8, a callable returning an iterable of
       float32 `[1, H, W, C]` batches.
+    float_layers: `int8_float_head` only: more Keras layer names kept float
+      (e.g. the first convolution, "block0_conv0").
 
   Returns:
     The model bytes.
 
   Raises:
-    TFLiteExportError: unknown quantization, int8 without images, or a
-      SavedModel without the `serve_image` signature.
+    TFLiteExportError: unknown quantization, int8 without images,
+      `float_layers` with another quantization than int8_float_head or
+      naming no layer of the model, or a SavedModel without the
+      `serve_image` signature.
   """
   if quantization not in QUANTIZATIONS:
     raise TFLiteExportError(
@@ -120,6 +190,10 @@ def convert(saved_model_dir: str, quantization: str,
   if calibrated and representative_images is None:
     raise TFLiteExportError(
         f"quantization={quantization!r} needs representative images")
+  if float_layers and quantization != "int8_float_head":
+    raise TFLiteExportError(
+        f"float_layers={list(float_layers)} only apply to int8_float_head, "
+        f"not quantization={quantization!r}")
   if not tf.saved_model.contains_saved_model(saved_model_dir):
     raise TFLiteExportError(f"{saved_model_dir} holds no SavedModel")
   loaded = tf.saved_model.load(saved_model_dir)
@@ -141,6 +215,10 @@ def convert(saved_model_dir: str, quantization: str,
         yield {saved_model_lib.IMAGES_INPUT: np.asarray(batch, np.float32)}
 
     converter.representative_dataset = dataset
+  if quantization == "int8_float_head":
+    converter.target_spec.supported_ops = [
+        tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    return _selective_int8(converter, dataset, float_layers)
   if quantization == "int8":
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -166,7 +244,8 @@ def _label_lines(saved_model_dir: str) -> List[str]:
 
 
 def export_tflite(saved_model_dir: str, output: str, quantization: str,
-                  params=None, representative_examples: int = 100) -> dict:
+                  params=None, representative_examples: int = 100,
+                  float_layers: Sequence[str] = ()) -> dict:
   """Converts and writes `output` plus its label files, each atomically.
 
   Args:
@@ -176,6 +255,7 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
     params: the experiment config whose TRAINING split calibrates int8 /
       int16x8 (default: `task.data` of the params.yaml saved with the export).
     representative_examples: training images used for calibration.
+    float_layers: see `convert`.
 
   Returns:
     `{"model": output, "labels": ..., "verticals": ..., "bytes": size}`.
@@ -192,7 +272,7 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
     data_config = (params.task.data if params is not None
                    else load_export_data_config(saved_model_dir))
     images = lambda: training_images(data_config, representative_examples)  # noqa: E731
-  model = convert(saved_model_dir, quantization, images)
+  model = convert(saved_model_dir, quantization, images, float_layers)
   labels, verticals = _label_lines(saved_model_dir)
   paths = sidecar_paths(output)
   # Labels first: a model file never appears without its names.

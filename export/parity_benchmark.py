@@ -23,7 +23,14 @@ flags.DEFINE_string("tflite_dir", None,
 flags.DEFINE_list("quantizations", list(export_tflite_lib.QUANTIZATIONS),
                   "TFLite variants to convert and measure.")
 flags.DEFINE_integer("max_examples", 1000, "Eval images compared.")
-flags.DEFINE_integer("latency_images", 100, "Images timed at batch 1.")
+flags.DEFINE_integer("latency_images", 100,
+                     "Images timed at batch 1 (median latency).")
+flags.DEFINE_integer("throughput_batch", parity_lib.THROUGHPUT_BATCH,
+                     "Batch size of the throughput column.")
+flags.DEFINE_integer("throughput_repeats", parity_lib.THROUGHPUT_REPEATS,
+                     "Timed batches (median) per throughput figure.")
+flags.DEFINE_list("float_layers", [],
+                  "int8_float_head: more Keras layer names kept float.")
 flags.DEFINE_integer("representative_examples", 200,
                      "Training images calibrating int8/int16x8.")
 flags.mark_flags_as_required(["experiment", "checkpoint_path",
@@ -42,13 +49,18 @@ def main(_):
     path = os.path.join(FLAGS.tflite_dir, f"model_{quantization}.tflite")
     export_tflite_lib.export_tflite(
         FLAGS.saved_model_dir, path, quantization, params=params,
-        representative_examples=FLAGS.representative_examples)
+        representative_examples=FLAGS.representative_examples,
+        float_layers=(FLAGS.float_layers
+                      if quantization == "int8_float_head" else ()))
     paths[quantization] = path
   images = parity_lib.eval_images(params, FLAGS.max_examples, _EVAL_BATCH)
+  load_before = os.getloadavg()
   rows = parity_lib.measure(network, images, FLAGS.saved_model_dir, paths,
-                            FLAGS.latency_images)
-  print(f"{len(images)} eval images")
-  print(parity_lib.markdown_table(rows))
+                            FLAGS.latency_images, FLAGS.throughput_batch,
+                            FLAGS.throughput_repeats)
+  print(f"{len(images)} eval images; load average (1/5/15 min) before "
+        f"{load_before}, after {os.getloadavg()}")
+  print(parity_lib.markdown_table(rows, FLAGS.throughput_batch))
 
 
 if __name__ == "__main__":

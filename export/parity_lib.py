@@ -3,7 +3,7 @@
 import dataclasses
 import os
 import time
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -12,6 +12,16 @@ from export import export_saved_model_lib
 from export import tflite_demo_lib
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import pipeline
+
+
+# Batch size of the throughput column (issue 6 item 7).
+THROUGHPUT_BATCH = 32
+# Timed calls per throughput figure and untimed calls before each series.
+THROUGHPUT_REPEATS = 20
+WARMUP_CALLS = 3
+_MS_PER_S = 1000.0
+# The row whose file size the others are compared with (fp32 TFLite).
+FP32_VARIANT = "tflite none"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +34,84 @@ class ParityRow:
   max_logit_diff: float
   file_bytes: int
   latency_ms: float
+  throughput: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """Median per-image latency at batch 1 and images/s at a larger batch."""
+
+  latency_ms: float
+  throughput: float
+
+
+def call_times_ms(fn: Callable[[np.ndarray], object],
+                  inputs: Sequence[np.ndarray], warmup: int,
+                  clock: Callable[[], float] = time.perf_counter
+                  ) -> np.ndarray:
+  """Wall time in ms of `fn(x)` for each `x` of `inputs`.
+
+  Args:
+    fn: the call to time.
+    inputs: one argument per timed call.
+    warmup: untimed calls of `fn(inputs[0])` made first (tracing, buffer
+      allocation, caches).
+    clock: seconds, monotonic (injectable for tests).
+
+  Returns:
+    float `[len(inputs)]` milliseconds.
+  """
+  for _ in range(warmup):
+    fn(inputs[0])
+  times = []
+  for x in inputs:
+    start = clock()
+    fn(x)
+    times.append((clock() - start) * _MS_PER_S)
+  return np.asarray(times)
+
+
+def time_variant(fn: Callable[[np.ndarray], object], images: np.ndarray,
+                 latency_images: int, batch_size: int = THROUGHPUT_BATCH,
+                 repeats: int = THROUGHPUT_REPEATS,
+                 warmup: int = WARMUP_CALLS,
+                 clock: Callable[[], float] = time.perf_counter) -> Timing:
+  """Times `fn` on single images, then on batches of `batch_size`.
+
+  latency_ms = median over the first `latency_images` images of the time
+  of `fn(image[None])`; throughput = batch_size / median time of `repeats`
+  calls `fn(images[:batch_size])`; both after `warmup` untimed calls of
+  their own shape (so a batch-size change's reallocation is not timed).
+
+  Args:
+    fn: images `[B, H, W, C]` -> anything (the result is discarded).
+    images: at least `batch_size` images.
+    latency_images: single-image calls timed.
+    batch_size: images per throughput call.
+    repeats: throughput calls timed.
+    warmup: see `call_times_ms`.
+    clock: see `call_times_ms`.
+
+  Returns:
+    The `Timing`.
+
+  Raises:
+    ValueError: fewer than `batch_size` images, or a count below 1.
+  """
+  for name, value in (("latency_images", latency_images),
+                      ("batch_size", batch_size), ("repeats", repeats)):
+    if value < 1:
+      raise ValueError(f"{name} must be >= 1, got {value}")
+  if len(images) < batch_size:
+    raise ValueError(f"throughput at batch {batch_size} needs that many "
+                     f"images, got {len(images)}")
+  singles = [images[i:i + 1] for i in range(min(latency_images, len(images)))]
+  latency = float(np.median(call_times_ms(fn, singles, warmup, clock)))
+  batch = images[:batch_size]
+  batch_ms = float(np.median(call_times_ms(fn, [batch] * repeats, warmup,
+                                           clock)))
+  return Timing(latency_ms=latency,
+                throughput=batch_size * _MS_PER_S / batch_ms)
 
 
 def eval_images(params, max_examples: int, batch_size: int) -> np.ndarray:
@@ -47,7 +135,8 @@ def _dir_bytes(path: str) -> int:
 
 
 def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
-            file_bytes: int, latency_ms: float) -> ParityRow:
+            file_bytes: int, latency_ms: float,
+            throughput: float = 0.0) -> ParityRow:
   """One row: `logits` `[E, N]` of a variant against the Keras `reference`.
 
   top1_agreement = mean_i [argmax logits_i == argmax reference_i];
@@ -61,53 +150,67 @@ def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
       top1_agreement=float(np.mean(logits.argmax(1) == target)),
       top1_in_top2=float(np.mean(np.any(top2 == target[:, None], axis=1))),
       max_logit_diff=float(np.abs(logits - reference).max()),
-      file_bytes=int(file_bytes), latency_ms=float(latency_ms))
+      file_bytes=int(file_bytes), latency_ms=float(latency_ms),
+      throughput=float(throughput))
 
 
 def measure(network, images: np.ndarray, saved_model_dir: str,
-            tflite_paths: Dict[str, str], latency_images: int) -> List[ParityRow]:
+            tflite_paths: Dict[str, str], latency_images: int,
+            batch_size: int = THROUGHPUT_BATCH,
+            repeats: int = THROUGHPUT_REPEATS,
+            warmup: int = WARMUP_CALLS) -> List[ParityRow]:
   """Keras vs `serve_image` vs each TFLite file, on `images`.
 
-  Latency is per image at batch 1 (mean over the first `latency_images`
-  images after one warm-up call), for the SavedModel signature and each
-  TFLite interpreter (1 thread); the Keras row's is the eager network call.
+  Timing (see `time_variant`): the eager Keras call, the loaded
+  `serve_image` signature, and one LiteRT interpreter per file (1 thread,
+  the whole batch in one invoke, int8 (de)quantization included).
 
   Returns:
     One `ParityRow` per variant, Keras first (agreement 1, diff 0).
   """
   reference = np.asarray(network(images, training=False))
-  timed = images[:latency_images]
 
-  def latency(fn):
-    fn(timed[:1])
-    start = time.perf_counter()
-    for image in timed:
-      fn(image[None])
-    return (time.perf_counter() - start) * 1000.0 / len(timed)
+  def timed(fn):
+    return time_variant(fn, images, latency_images, batch_size, repeats,
+                        warmup)
 
-  rows = [compare("keras", reference, reference, 0,
-               latency(lambda x: network(x, training=False)))]
+  t = timed(lambda x: network(x, training=False))
+  rows = [compare("keras", reference, reference, 0, t.latency_ms,
+                  t.throughput)]
   serve = tf.saved_model.load(saved_model_dir).signatures[
       export_saved_model_lib.SERVE_IMAGE]
   logits = serve(images=tf.constant(images))["logits"].numpy()
+  t = timed(lambda x: serve(images=tf.constant(x)))
   rows.append(compare("savedmodel serve_image", logits, reference,
-                   _dir_bytes(saved_model_dir),
-                   latency(lambda x: serve(images=tf.constant(x)))))
+                      _dir_bytes(saved_model_dir), t.latency_ms,
+                      t.throughput))
   for variant, path in tflite_paths.items():
     classifier = tflite_demo_lib.TFLiteClassifier(path)
     logits = classifier.logits(images)
+    t = timed(classifier.batch_logits)
     rows.append(compare(f"tflite {variant}", logits, reference,
-                     os.path.getsize(path), latency(classifier.logits)))
+                        os.path.getsize(path), t.latency_ms, t.throughput))
   return rows
 
 
-def markdown_table(rows: Sequence[ParityRow]) -> str:
-  """The rows as a GitHub markdown table."""
+def markdown_table(rows: Sequence[ParityRow],
+                   batch_size: int = THROUGHPUT_BATCH) -> str:
+  """The rows as a GitHub markdown table.
+
+  The size ratio column divides by the `tflite none` (fp32) row's file,
+  "-" when there is none.
+  """
+  fp32 = {r.variant: r.file_bytes for r in rows}.get(FP32_VARIANT, 0)
   lines = ["| variant | top-1 agreement | Keras top-1 in top-2 | "
-           "max logit diff | file size | latency / image (batch 1) |",
-           "|---|---|---|---|---|---|"]
+           "max logit diff | file size | size / fp32 tflite | "
+           "latency / image (batch 1) | throughput (batch "
+           f"{batch_size}) |",
+           "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     size = f"{r.file_bytes / 1024:.1f} KiB" if r.file_bytes else "-"
+    ratio = f"{r.file_bytes / fp32:.3f}x" if r.file_bytes and fp32 else "-"
     lines.append(f"| {r.variant} | {100 * r.top1_agreement:.2f}% | "
-                 f"{100 * r.top1_in_top2:.2f}% | {r.max_logit_diff:.2e} | {size} | {r.latency_ms:.3f} ms |")
+                 f"{100 * r.top1_in_top2:.2f}% | {r.max_logit_diff:.2e} | "
+                 f"{size} | {ratio} | {r.latency_ms:.3f} ms | "
+                 f"{r.throughput:.0f} img/s |")
   return "\n".join(lines)

@@ -9,20 +9,21 @@ import tensorflow as tf
 
 from export import export_tflite_lib as lib
 from export import tflite_demo_lib
+from export_test_utils import INT8_CALIBRATION_EXAMPLES
 
 # Top-1 agreement with the Keras network on the eval split and a bound on
-# the logit error of each variant. Issue 5 asks >= 98% for int8; the smoke
-# model (120 steps, per-vertical L2-normalised logits) has 10% of its top-2
-# margins below 0.025 while int8 activations resolve ~0.05, so strict int8
-# agreement measures 93-94% here (see docs/BENCHMARKS.md); int8 is instead
-# held to "the Keras top-1 is in the int8 top-2" >= 98%. int16x8 (int16
-# activations, an extra option) measured 99.2-100% on this model depending on
-# its last-bit numerics (one image of 120 flips), so it is held to 98%.
+# the logit error of each variant. Issue 5 asks >= 98% for int8. Strict int8
+# rounds the logits to one int8 step of their whole calibrated range, coarser
+# than many of this smoke model's (120 steps) top-2 margins: it measured
+# 94-97% (see docs/BENCHMARKS.md), so it is held to 90% and to "the Keras
+# top-1 is in the int8 top-2" >= 98%. int8_float_head keeps the logits layer
+# float and measured 100%; int16x8 measured 99.2-100% depending on its
+# last-bit numerics (one image of 120 flips); both are held to 98%.
 MIN_TOP1_AGREEMENT = {"none": 1.0, "fp16": 0.995, "dynamic": 0.995,
-                      "int8": 0.90, "int16x8": 0.98}
+                      "int8": 0.90, "int8_float_head": 0.98, "int16x8": 0.98}
 MIN_INT8_TOP2_CONTAINS_TOP1 = 0.98
 MAX_LOGIT_DIFF = {"none": 1e-4, "fp16": 2e-2, "dynamic": 5e-2, "int8": 1.0,
-                  "int16x8": 0.2}
+                  "int8_float_head": 0.5, "int16x8": 0.2}
 
 
 @pytest.mark.parametrize("quantization", lib.QUANTIZATIONS)
@@ -80,3 +81,76 @@ def test_bad_quantization_and_failed_write(exported, tmp_path):
   with pytest.raises(lib.TFLiteExportError, match="tflite_serve_image"):
     lib.export_tflite(other, out, "none")
   assert not os.path.exists(out)
+
+
+def _ops(path):
+  """`[(op name, [input dtypes], [output tensor names])]` of a TFLite file."""
+  interpreter = Interpreter(model_path=path)
+  tensors = interpreter.get_tensor_details()
+  return [(op["op_name"],
+           [tensors[i]["dtype"] for i in op["inputs"] if i >= 0],
+           [tensors[i]["name"] for i in op["outputs"]])
+          for op in interpreter._get_ops_details()]  # pylint: disable=protected-access
+
+
+def test_int8_float_head_keeps_only_the_logits_layer_float(tflite_model,
+                                                           reference):
+  path = tflite_model("int8_float_head")
+  runner = Interpreter(model_path=path).get_signature_runner()
+  assert runner.get_input_details()["images"]["dtype"] == np.float32
+  for detail in runner.get_output_details().values():
+    assert detail["dtype"] == np.float32
+  dense = [inputs for name, inputs, _ in _ops(path)
+           if name == "FULLY_CONNECTED"]
+  # fc1 and fc2 of the fc_fc head stay int8; the classifier (last) is float
+  # with float32 weights.
+  assert [inputs[1] for inputs in dense] == [np.int8, np.int8, np.float32]
+  assert all(d == np.float32 for d in dense[-1])
+  convs = [inputs for name, inputs, _ in _ops(path) if name == "CONV_2D"]
+  assert convs and all(inputs[:2] == [np.int8, np.int8] for inputs in convs)
+  logits = tflite_demo_lib.TFLiteClassifier(path).logits(reference.images)
+  # int8 rounds the logits to its output step; the float head does not.
+  int8 = tflite_demo_lib.TFLiteClassifier(tflite_model("int8")).logits(
+      reference.images)
+  assert (np.abs(logits - reference.logits).mean()
+          < np.abs(int8 - reference.logits).mean())
+
+
+def test_int8_float_head_extra_float_layers(exported, reference, tmp_path):
+  path = str(tmp_path / "stem.tflite")
+  lib.export_tflite(exported.version_dir, path, "int8_float_head",
+                    representative_examples=INT8_CALIBRATION_EXAMPLES,
+                    float_layers=["block0_conv0", "block0_bn0", "block0_relu0"])
+  convs = [inputs for name, inputs, _ in _ops(path) if name == "CONV_2D"]
+  assert convs[0][:2] == [np.float32, np.float32]
+  assert all(inputs[:2] == [np.int8, np.int8] for inputs in convs[1:])
+  logits = tflite_demo_lib.TFLiteClassifier(path).logits(reference.images)
+  assert np.mean(logits.argmax(1) == reference.logits.argmax(1)) >= (
+      MIN_TOP1_AGREEMENT["int8_float_head"])
+
+
+def test_float_node_names():
+  names = ["m_1/backbone_1/block0_conv0_1/Conv2D;m_1/backbone_1/block0_bn0",
+           "kc_classifier_1/kc_head_1/fc1_1/MatMul",
+           "kc_classifier_1/kc_head_1/classifier_1/MatMul",
+           "kc_classifier_1/self_paced_scale_1/Rsqrt",
+           "kc_classifier_1/kc_head_1/classifier_bias/Add",
+           "StatefulPartitionedCall:0"]
+  assert lib.float_node_names(names, ["StatefulPartitionedCall:0"],
+                              lib.FLOAT_HEAD_LAYERS) == [names[2], names[3],
+                                                         names[5]]
+  # A fused name matches through any of its parts.
+  assert lib.float_node_names(names, [], ["block0_bn0"]) == [names[0]]
+  # "kc_classifier_1" is not the layer "classifier".
+  assert lib.float_node_names(names[:2], [], ["classifier"]) == []
+
+
+def test_bad_float_layers(exported, tmp_path):
+  with pytest.raises(lib.TFLiteExportError, match=r"\['block0_conv0'\].*'int8'"):
+    lib.export_tflite(exported.version_dir, str(tmp_path / "m.tflite"), "int8",
+                      float_layers=["block0_conv0"])
+  with pytest.raises(lib.TFLiteExportError, match=r"\['no_such_layer'\]"):
+    lib.export_tflite(exported.version_dir, str(tmp_path / "m.tflite"),
+                      "int8_float_head", representative_examples=8,
+                      float_layers=["block0_conv0", "no_such_layer"])
+  assert not os.listdir(tmp_path)

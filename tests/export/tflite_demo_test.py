@@ -132,3 +132,16 @@ def test_int8_quantization_round_trip(tflite_model):
                              atol=scale / 2 + 1e-7)
   with pytest.raises(tflite_demo_lib.DemoError, match=r"\[B, 16, 16, 3\]"):
     classifier.logits(np.zeros((1, 8, 8, 3), np.float32))
+
+
+@pytest.mark.parametrize("quantization", ["none", "int8", "int8_float_head"])
+def test_batch_logits_equal_per_image_logits(tflite_model, reference,
+                                             quantization):
+  classifier = tflite_demo_lib.TFLiteClassifier(tflite_model(quantization))
+  images = reference.images[:5]
+  batched = classifier.batch_logits(images)
+  assert batched.shape == (5, reference.logits.shape[1])
+  # One invoke over the batch computes each row as the per-image invokes do.
+  np.testing.assert_allclose(batched, classifier.logits(images), atol=1e-5)
+  with pytest.raises(tflite_demo_lib.DemoError, match=r"got \[5, 16, 16\]"):
+    classifier.batch_logits(images[..., 0])
