@@ -29,6 +29,11 @@ flags.DEFINE_list(
     "verticals", None,
     "train_specialists: vertical ids to train (default: "
     "task.specialists.verticals, else all), so that workers can split them.")
+flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Rerun a model_dir whose params.yaml differs from this config in more "
+    "than the resume-safe keys (train_steps, intervals, runtime; see "
+    "docs/RELIABILITY.md); the new config is then recorded.")
 flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
 
 FLAGS = flags.FLAGS
@@ -43,6 +48,7 @@ def main(argv):
       model_dir=FLAGS.model_dir,
       checkpoint_path=FLAGS.checkpoint_path,
       verticals=[int(v) for v in FLAGS.verticals] if FLAGS.verticals else None,
+      allow_config_change=FLAGS.allow_config_change,
   )
 
 

@@ -8,6 +8,8 @@ from official.modeling import hyperparams
 SOURCES = ("embedded", "omniglot", "folder", "tfrecord", "tfds")
 VERTICAL_SIZE_DISTRIBUTIONS = ("uniform", "uneven")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+# Kept equal to `kc_keras.dataloaders.data_errors.ON_DECODE_ERROR` (tested).
+ON_DECODE_ERROR = ("error", "skip")
 
 
 def _positive(prefix: str, **values) -> None:
@@ -264,6 +266,10 @@ class DataConfig(hyperparams.Config):
     augmentation: training-time augmentation.
     num_parallel_calls: decode/augment parallelism (-1 = AUTOTUNE).
     cache_decoded: cache decoded images in memory (after sharding).
+    on_decode_error: what a corrupt or unreadable image (folder, TFRecord,
+      TFDS) does: 'error' stops with a `DataError` naming the file or record;
+      'skip' drops it, counts it, and reports the count (`skipped_examples`
+      in the training logs, train_summary.json and eval_metrics.json).
   """
 
   source: str = "embedded"
@@ -281,6 +287,7 @@ class DataConfig(hyperparams.Config):
   )
   num_parallel_calls: int = -1
   cache_decoded: bool = False
+  on_decode_error: str = "error"
 
   def validate(self, prefix: str = "data"):
     """Raises ValueError naming the full key path of the bad value."""
@@ -291,6 +298,11 @@ class DataConfig(hyperparams.Config):
     self.augmentation.validate(prefix=f"{prefix}.augmentation")
     _positive(prefix, shuffle_buffer_size=self.shuffle_buffer_size,
               max_labels_per_example=self.max_labels_per_example)
+    if self.on_decode_error not in ON_DECODE_ERROR:
+      raise ValueError(
+          f"{prefix}.on_decode_error={self.on_decode_error!r} is not one of "
+          f"{ON_DECODE_ERROR}."
+      )
     if self.num_parallel_calls != -1 and self.num_parallel_calls < 1:
       raise ValueError(
           f"{prefix}.num_parallel_calls={self.num_parallel_calls} must be -1 "

@@ -118,6 +118,43 @@ class TaskConfig(hyperparams.Config):
     self.specialists.validate()
 
 
+def check_against_hierarchy(params: "ExperimentConfig", hierarchy) -> None:
+  """The checks that need the data's hierarchy, run before any training step.
+
+  Not an error: `task.distillation.top_k` larger than a vertical (or all of
+  them). K caps what a teacher keeps, `min(K, N_v)` classes of vertical v,
+  as in METHOD.md; one config can then serve datasets with small and large
+  verticals (the demo's 10-class verticals with the paper's K = 100).
+
+  Args:
+    params: the validated experiment config.
+    hierarchy: the data's `Hierarchy`.
+
+  Raises:
+    ValueError: naming the key path and the hierarchy's sizes, for
+      self-paced scaling over fewer than 2 verticals, more teachers per
+      example than verticals, or specialist vertical ids outside 0..M-1.
+  """
+  num_verticals = hierarchy.num_verticals
+  mode = params.task.model.self_paced.mode
+  if mode != "none" and num_verticals < 2:
+    raise ValueError(
+        f"task.model.self_paced.mode={mode!r} scales each vertical at its own "
+        f"pace but the hierarchy has {num_verticals} vertical; set it to "
+        "'none'.")
+  teachers = params.task.distillation.max_teachers_per_example
+  if teachers > num_verticals:
+    raise ValueError(
+        f"task.distillation.max_teachers_per_example={teachers} exceeds the "
+        f"hierarchy's {num_verticals} verticals.")
+  bad = [v for v in params.task.specialists.verticals
+         if not 0 <= v < num_verticals]
+  if bad:
+    raise ValueError(
+        f"task.specialists.verticals has ids {bad} outside "
+        f"0..{num_verticals - 1} (the hierarchy's verticals).")
+
+
 @dataclasses.dataclass
 class ExperimentConfig(hyperparams.Config):
   """Top-level config, one per registered `kc_*` experiment."""
@@ -139,6 +176,20 @@ class ExperimentConfig(hyperparams.Config):
     self.task.validate()
     self.trainer.validate()
     self.runtime.validate()
+    distillation = self.task.distillation
+    if distillation.target_source in ("online", "cache") and (
+        distillation.alpha == 0.0):
+      raise ValueError(
+          f"task.distillation.target_source={distillation.target_source!r} "
+          "runs the teachers but task.distillation.alpha=0.0 ignores their "
+          "targets; use target_source='labels' for hard labels only.")
+    max_labels = self.task.data.max_labels_per_example
+    if distillation.max_teachers_per_example > max_labels:
+      raise ValueError(
+          "task.distillation.max_teachers_per_example="
+          f"{distillation.max_teachers_per_example} exceeds "
+          f"task.data.max_labels_per_example={max_labels} (an example spans "
+          "at most one vertical per label).")
     # Static shapes on TPU need every batch full.
     num_replicas_hint = max(1, self.runtime.num_gpus)
     if self.task.train_batch_size % num_replicas_hint:

@@ -23,6 +23,12 @@ class OptimizerConfig(hyperparams.Config):
     weight_decay: decoupled weight decay (adamw) or L2 via the optimizer.
     momentum: SGD momentum.
     global_clipnorm: clip the global gradient norm (None = off).
+    epsilon: Adam/AdamW's epsilon in `m / (sqrt(v) + epsilon)`. It sets the
+      gradient scale below which a parameter's step shrinks from the full
+      learning rate to `lr * |g| / epsilon`; with a sigmoid loss summed over N
+      classes, a class absent from the batch still gets a gradient of about
+      its prior probability, and Keras' 1e-7 lets those steps run at the full
+      rate (see docs/RESULTS.md).
   """
 
   type: str = "adam"
@@ -33,6 +39,7 @@ class OptimizerConfig(hyperparams.Config):
   weight_decay: float = 0.0
   momentum: float = 0.9
   global_clipnorm: Optional[float] = None
+  epsilon: float = 1e-7
 
   def validate(self, prefix: str = "trainer.optimizer"):
     if self.type not in OPTIMIZERS:
@@ -45,6 +52,8 @@ class OptimizerConfig(hyperparams.Config):
       raise ValueError(f"{prefix}.learning_rate={self.learning_rate} must be > 0.")
     if self.warmup_steps < 0:
       raise ValueError(f"{prefix}.warmup_steps={self.warmup_steps} must be >= 0.")
+    if self.epsilon <= 0:
+      raise ValueError(f"{prefix}.epsilon={self.epsilon} must be > 0.")
 
 
 @dataclasses.dataclass

@@ -1,7 +1,11 @@
 """Padded label ids: dense multi-hot conversion and validation (numpy and in-graph)."""
 
+from typing import Optional
+
 import numpy as np
 import tensorflow as tf
+
+from kc_keras.dataloaders import data_errors
 
 PAD_ID = -1
 # Offending ids listed in one error message.
@@ -59,55 +63,68 @@ def check_label_ids(label_ids, num_classes: int,
   return arr.astype(np.int32)
 
 
+def _where(where: Optional[tf.Tensor]) -> list:
+  return [] if where is None else [" in ", where]
+
+
 def assert_label_ids(label_ids: tf.Tensor, num_classes: int,
-                     source: str = "label_ids") -> tf.Tensor:
+                     source: str = "label_ids",
+                     where: Optional[tf.Tensor] = None) -> tf.Tensor:
   """Graph-side check for `tf.data` maps: ids in `0..N-1` or `-1`.
 
   Args:
     label_ids: int tensor of any shape.
     num_classes: `N`.
     source: what to call the tensor in the message.
+    where: optional scalar string naming the record (file and index).
 
   Returns:
     `label_ids`, with the check as a control dependency.
 
   Raises:
-    tf.errors.InvalidArgumentError: at run time, message naming the bad ids.
+    tf.errors.InvalidArgumentError: at run time, message naming the bad ids
+      and the record, marked for `data_errors.named_data_errors`.
   """
   label_ids = tf.convert_to_tensor(label_ids)
   ok = tf.logical_or(
       tf.equal(label_ids, PAD_ID),
       tf.logical_and(label_ids >= 0, label_ids < num_classes),
   )
-  bad = tf.boolean_mask(label_ids, tf.logical_not(ok))
-  check = tf.debugging.Assert(
-      tf.reduce_all(ok),
-      [
-          f"{source} has ids outside 0..{num_classes - 1} (and not the pad {PAD_ID}):",
-          bad,
-      ],
-      summarize=_MAX_NAMED,
-  )
-  with tf.control_dependencies([check]):
+  bad = tf.boolean_mask(label_ids, tf.logical_not(ok))[:_MAX_NAMED]
+  message = tf.strings.join(
+      [f"{source}"] + _where(where) +
+      [f" has ids outside 0..{num_classes - 1} (and not the pad {PAD_ID}): ",
+       tf.strings.reduce_join(tf.strings.as_string(bad), separator=", ")])
+  with tf.control_dependencies(
+      [data_errors.assertion(tf.reduce_all(ok), message)]):
     return tf.identity(label_ids)
 
 
 def pad_label_ids(label_ids: tf.Tensor, max_labels: int,
-                  source: str = "label_ids") -> tf.Tensor:
+                  source: str = "label_ids",
+                  where: Optional[tf.Tensor] = None) -> tf.Tensor:
   """Pads a variable-length 1-D id vector to `[max_labels]` with `-1` (graph side).
 
+  Args:
+    label_ids: int ids of one example.
+    max_labels: `L`.
+    source: what to call the tensor in the message.
+    where: optional scalar string naming the record.
+
   Raises:
-    tf.errors.InvalidArgumentError: at run time if there are more than `max_labels`.
+    tf.errors.InvalidArgumentError: at run time if there are more than
+      `max_labels` (marked for `data_errors.named_data_errors`).
   """
   label_ids = tf.cast(tf.reshape(label_ids, [-1]), tf.int32)
   n = tf.shape(label_ids)[0]
-  check = tf.debugging.Assert(
-      n <= max_labels,
-      [f"{source}: an example has more labels than max_labels_per_example="
-       f"{max_labels}; its labels:", label_ids],
-      summarize=_MAX_NAMED,
-  )
-  with tf.control_dependencies([check]):
+  message = tf.strings.join(
+      [f"{source}"] + _where(where) +
+      [f": an example has more labels than max_labels_per_example="
+       f"{max_labels}; its labels: ",
+       tf.strings.reduce_join(tf.strings.as_string(label_ids[:_MAX_NAMED]),
+                              separator=", ")])
+  with tf.control_dependencies(
+      [data_errors.assertion(n <= max_labels, message)]):
     padded = tf.pad(label_ids, [[0, max_labels - tf.minimum(n, max_labels)]],
                     constant_values=PAD_ID)
   return tf.ensure_shape(padded[:max_labels], [max_labels])

@@ -5,6 +5,7 @@ from typing import Optional
 import tensorflow as tf
 
 from kc_keras.dataloaders import augment as augment_lib
+from kc_keras.dataloaders import data_errors
 from kc_keras.dataloaders import labels as labels_lib
 
 # Salts separating the random streams derived from `data_config.seed`.
@@ -110,8 +111,17 @@ def build_dataset(source, split: str, data_config, *, training: bool,
                   extra: Optional[tf.data.Dataset] = None,
                   vertical: Optional[int] = None,
                   negatives_fraction: float = 0.0,
-                  start_batch: int = 0) -> tf.data.Dataset:
+                  start_batch: int = 0,
+                  skip_counter: Optional[data_errors.SkipCounter] = None
+                  ) -> tf.data.Dataset:
   """Builds `(images float32 [b, H, W, C], features)` batches for one input pipeline.
+
+  Decoding follows `data_config.on_decode_error` (`data_errors.decode`): a
+  corrupt image stops iteration with an error naming its file or record
+  (turned into `data_errors.DataError` by `data_errors.named_data_errors`
+  where batches are pulled), or is dropped and counted in `skip_counter`.
+  With 'skip', resuming skips raw records, so a resumed run may see the
+  records around the restored position shifted by the number of bad ones.
 
   Order: raw -> zip `extra` -> vertical filter -> shard -> (decode + cache when
   `cache_decoded`) -> when training: repeat (elements tagged with their epoch) then
@@ -136,6 +146,7 @@ def build_dataset(source, split: str, data_config, *, training: bool,
     negatives_fraction: fraction of other verticals' examples kept as negatives.
     start_batch: training only: batches (of this pipeline) already consumed,
       e.g. the restored global step when resuming from a checkpoint.
+    skip_counter: counts records dropped by `on_decode_error='skip'`.
 
   Returns:
     A `tf.data.Dataset`.
@@ -171,9 +182,13 @@ def build_dataset(source, split: str, data_config, *, training: bool,
       where = f" in vertical {vertical}" if vertical is not None else ""
       raise ValueError(f"split {split!r} has no examples{where} to train on")
 
+  def decode(dataset):
+    return data_errors.decode(dataset, source, data_config.on_decode_error,
+                              skip_counter, parallel)
+
   decoded = bool(data_config.cache_decoded)
   if decoded:
-    ds = ds.map(source.decode, num_parallel_calls=parallel).cache()
+    ds = decode(ds).cache()
 
   if training:
     base = ds
@@ -191,7 +206,7 @@ def build_dataset(source, split: str, data_config, *, training: bool,
     raise ValueError("start_batch is only meaningful when training")
 
   if not decoded:
-    ds = ds.map(source.decode, num_parallel_calls=parallel)
+    ds = decode(ds)
 
   augmenter = augment_lib.Augmenter(data_config.augmentation)
   if training and augmenter.enabled:

@@ -150,7 +150,13 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
     if tf.io.gfile.exists(cache_dir):
       old_dir = f"{cache_dir}.old-{token}"
       tf.io.gfile.rename(cache_dir, old_dir)
-    tf.io.gfile.rename(tmp_dir, cache_dir)
+    try:
+      tf.io.gfile.rename(tmp_dir, cache_dir)
+    except BaseException:
+      # Put the previous cache back: a failed replace must not lose it.
+      if old_dir is not None and not tf.io.gfile.exists(cache_dir):
+        tf.io.gfile.rename(old_dir, cache_dir)
+      raise
     if old_dir is not None:
       tf.io.gfile.rmtree(old_dir)
   except BaseException:
@@ -158,6 +164,52 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
       tf.io.gfile.rmtree(tmp_dir)
     raise
   return manifest
+
+
+def fill_skipped(batches, num_examples, width):
+  """Adds empty rows for the example ids a pipeline skipped (unreadable images).
+
+  The cache is zipped with the raw records (before decoding) by position, so
+  it needs a row for every example `0..num_examples-1`; a record dropped by
+  `task.data.on_decode_error='skip'` gets ids -1 and probabilities 0. Its
+  image is dropped again when training, so the row is never used.
+
+  Args:
+    batches: iterable of (example_id [b], target_ids [b, W], target_probs
+      [b, W]) with strictly increasing example ids.
+    num_examples: examples in the split.
+    width: W = T * K.
+
+  Yields:
+    The same triples, gaps filled, ending at `num_examples - 1`.
+
+  Raises:
+    TargetCacheError: example ids out of order or beyond `num_examples`.
+  """
+  expected = 0
+
+  def empty(start, stop):
+    n = stop - start
+    return (np.arange(start, stop, dtype=np.int64),
+            np.full((n, width), -1, np.int32), np.zeros((n, width), np.float32))
+
+  for batch in batches:
+    example_ids, ids, probs = (np.asarray(x) for x in batch)
+    if not example_ids.size:
+      continue
+    if (np.any(np.diff(example_ids) <= 0) or example_ids[0] < expected or
+        example_ids[-1] >= num_examples):
+      raise TargetCacheError(
+          f"example ids {example_ids[:5].tolist()}... are not increasing "
+          f"from {expected} within 0..{num_examples - 1}.")
+    stop = int(example_ids[-1]) + 1
+    out_ids, out_targets, out_probs = empty(expected, stop)
+    rows = example_ids - expected
+    out_targets[rows], out_probs[rows] = ids, probs
+    yield out_ids, out_targets, out_probs
+    expected = stop
+  if expected < num_examples:
+    yield empty(expected, num_examples)
 
 
 def read_manifest(cache_dir):

@@ -11,12 +11,77 @@ import keras
 import tensorflow as tf
 
 from kc_keras.configs import trainer as trainer_cfg
+from kc_keras.dataloaders import data_errors
 from kc_keras.training import multi_worker
 from kc_keras.training import strategy as strategy_lib
 
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a loss term is NaN or infinite; names the step and the term."""
+
+
+class CheckpointError(ValueError):
+  """No checkpoint of a directory that lists some can be restored."""
+
+
+def _listed_checkpoints(directory: str) -> List[str]:
+  """Prefixes in the `checkpoint` state file of `directory`, newest first."""
+  state = tf.train.get_checkpoint_state(directory)
+  if state is None:
+    return []
+  paths = list(state.all_model_checkpoint_paths) or [
+      state.model_checkpoint_path]
+  # get_checkpoint_state already prefixes relative entries with `directory`
+  # (itself relative when the model_dir is): joining again would double it.
+  return list(reversed([p for p in paths if p]))
+
+
+def restore_latest_usable(checkpoint: tf.train.Checkpoint, directory: str,
+                          expect_partial: bool = False) -> Optional[str]:
+  """Restores the newest checkpoint of `directory` that reads back whole.
+
+  A checkpoint whose save was cut short (a missing `.index`, a truncated or
+  missing data shard) raises while being read; it is skipped, with a warning
+  naming it and why, and the next older one is tried. Every variable is
+  assigned again by the checkpoint that finally succeeds, so a half-read
+  one leaves nothing behind.
+
+  Args:
+    checkpoint: what to restore into.
+    directory: a `CheckpointManager` directory.
+    expect_partial: restore only the objects of `checkpoint` (e.g. the model
+      alone from a training checkpoint).
+
+  Returns:
+    The restored prefix, or None when the directory lists no checkpoint.
+
+  Raises:
+    CheckpointError: every listed checkpoint failed (named, with reasons);
+      training from scratch instead would silently lose the run.
+  """
+  failures = []
+  for path in _listed_checkpoints(directory):
+    try:
+      status = checkpoint.restore(path)
+      if expect_partial:
+        status.expect_partial()
+      status.assert_existing_objects_matched()
+      if failures:
+        logging.warning("Restored %s after skipping unusable checkpoints: %s",
+                        path, "; ".join(failures))
+      return path
+    # Readers fail in many ways on a cut-short file (NotFoundError,
+    # DataLossError, IndexError from the reader, ...); all mean "unusable".
+    except Exception as e:  # pylint: disable=broad-except
+      reason = getattr(e, "message", None) or str(e)
+      failures.append(f"{path} ({type(e).__name__}: "
+                      f"{reason.splitlines()[0][:200]})")
+      logging.warning("Checkpoint %s is unusable: %s", path, failures[-1])
+  if failures:
+    raise CheckpointError(
+        f"No usable checkpoint in {directory}: " + "; ".join(failures) +
+        ". Remove them (or the directory) to start over.")
+  return None
 
 
 @dataclasses.dataclass
@@ -30,12 +95,23 @@ class TrainResult:
   examples_per_second: float
 
 
+def rng_state_variables(model: keras.Model) -> list:
+  """The model's random-generator state (`model.variables` minus its weights).
+
+  Keras 3 lists every `SeedGenerator` state (dropout, random layers) in
+  `model.variables` but not in `model.weights`.
+  """
+  weights = {id(w) for w in model.weights}
+  return [v for v in model.variables if id(v) not in weights]
+
+
 class TrainController:
   """Runs a Keras 3 model's `train_step` for a number of steps under a strategy.
 
   A custom loop rather than `model.fit` so that it (a) runs unchanged under
   every `tf.distribute` strategy, multi-worker included, (b) checkpoints the
-  model, the optimizer and the step together and, on restart with the same
+  model, the optimizer, the step and the model's RNG state (dropout seeds)
+  together and, on restart with the same
   `model_dir`, asks the input pipeline to continue the same stream of batches
   from the restored step (the pipeline is a pure function of its config, so
   no iterator state, shuffle buffers included, needs saving), and (c) stops on
@@ -56,6 +132,8 @@ class TrainController:
     sync_batch_norm: make the model's BatchNormalization layers use
       global-batch statistics (`strategy.synchronize_batch_norm`), so that
       the result does not depend on the number of replicas.
+    extra_logs: `() -> {name: value}` merged into the logs of every loop
+      (e.g. the input pipeline's count of skipped records).
 
   Raises:
     ValueError: `jit_compile` for a model that cannot be compiled by XLA
@@ -73,6 +151,7 @@ class TrainController:
       checkpoint_items: Optional[dict] = None,
       jit_compile: bool = False,
       sync_batch_norm: bool = True,
+      extra_logs: Optional[Callable[[], Dict[str, float]]] = None,
   ):
     if jit_compile and not getattr(model, "supports_jit", True):
       raise ValueError(
@@ -93,8 +172,15 @@ class TrainController:
     self.model_dir = model_dir
     self.global_batch_size = global_batch_size
     self._dataset_fn = dataset_fn
+    self._extra_logs = extra_logs
     self.global_step = model.optimizer.iterations
     items = dict(model=model, optimizer=model.optimizer)
+    rng_state = rng_state_variables(model)
+    if rng_state:
+      # Keras keeps dropout's SeedGenerator state out of `model.weights` and
+      # so out of a checkpoint of the model; without it a resumed run would
+      # replay the dropout masks of steps 1, 2, ... instead of continuing.
+      items["rng_state"] = rng_state
     items.update(checkpoint_items or {})
     self.checkpoint = tf.train.Checkpoint(**items)
     # Every worker restores from the chief's `model_dir`; every worker saves
@@ -154,10 +240,13 @@ class TrainController:
       multi_worker.remove_write_dir(self.model_dir, self.strategy)
 
   def restore(self) -> int:
-    """Restores the latest checkpoint in `model_dir`, if any; returns the step."""
-    latest = self.manager.latest_checkpoint
+    """Restores the newest usable checkpoint in `model_dir`; returns the step.
+
+    Raises:
+      CheckpointError: `model_dir` lists checkpoints but none can be read.
+    """
+    latest = restore_latest_usable(self.checkpoint, self.model_dir)
     if latest:
-      self.checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("Restored %s at step %d.", latest,
                    int(self.global_step.numpy()))
     return int(self.global_step.numpy())
@@ -170,6 +259,8 @@ class TrainController:
         logs.update({k: float(v) for k, v in result.items()})
       else:
         logs[metric.name] = float(result)
+    if self._extra_logs is not None:
+      logs.update(self._extra_logs())
     return logs
 
   def _check_finite(self, logs: Dict[str, float], step: int) -> None:
@@ -190,6 +281,9 @@ class TrainController:
 
     Raises:
       NonFiniteLossError: when any logged value becomes NaN or infinite.
+      data_errors.DataError: a training record cannot be decoded or has
+        labels outside the hierarchy (named).
+      CheckpointError: `model_dir` lists checkpoints but none can be read.
     """
     step = self.restore()
     target = self.config.train_steps
@@ -204,7 +298,8 @@ class TrainController:
       num_steps = min(self.config.steps_per_loop, target - step)
       for metric in self.model.metrics:
         metric.reset_state()
-      self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
+      with data_errors.named_data_errors("the training data"):
+        self._loop_fn(iterator, tf.constant(num_steps, tf.int32))
       step = int(self.global_step.numpy())
       logs = self._read_logs()
       self._check_finite(logs, step)
@@ -242,23 +337,26 @@ def restore_model_weights(model: keras.Model, checkpoint_path: str) -> str:
 
   Args:
     model: a built model with the same structure as the checkpointed one.
-    checkpoint_path: a checkpoint prefix or a directory (its latest).
+    checkpoint_path: a checkpoint prefix, or a directory (its newest usable
+      checkpoint, see `restore_latest_usable`).
 
   Returns:
     The checkpoint prefix that was restored.
 
   Raises:
     FileNotFoundError: when no checkpoint is found.
+    CheckpointError: the directory's checkpoints are all unusable.
   """
-  path = checkpoint_path
-  if tf.io.gfile.isdir(path):
-    path = tf.train.latest_checkpoint(path)
-  if not path:
-    raise FileNotFoundError(f"No checkpoint found at {checkpoint_path!r}.")
-  tf.train.Checkpoint(model=model).restore(path).expect_partial(
+  checkpoint = tf.train.Checkpoint(model=model)
+  if tf.io.gfile.isdir(checkpoint_path):
+    path = restore_latest_usable(checkpoint, checkpoint_path,
+                                 expect_partial=True)
+    if not path:
+      raise FileNotFoundError(f"No checkpoint found at {checkpoint_path!r}.")
+    return path
+  checkpoint.restore(checkpoint_path).expect_partial(
   ).assert_existing_objects_matched()
-  return path
-
+  return checkpoint_path
 
 
 def checkpoint_step(checkpoint_prefix: str) -> int:

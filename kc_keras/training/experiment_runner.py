@@ -2,8 +2,7 @@
 
 from typing import Optional, Sequence
 
-from official.modeling import hyperparams
-
+from kc_keras.configs import checks
 from kc_keras.configs import experiments  # noqa: F401  (registers kc_*)
 from kc_keras.configs import kc_config
 from kc_keras.training import modes
@@ -14,8 +13,9 @@ def parse_configuration(
 ) -> kc_config.ExperimentConfig:
   """Registered defaults, then each --config_file, then --params_override.
 
-  Every override is strict (an unknown key is an error); the result is
-  validated and locked, as in `official.core.train_utils`.
+  Every override is strict (an unknown key is an error naming its full path);
+  the result is type-checked against the dataclass annotations, validated
+  and locked, as in `official.core.train_utils`.
 
   Args:
     flags_obj: an object with `experiment`, `config_file`, `params_override`
@@ -27,19 +27,20 @@ def parse_configuration(
     The locked `ExperimentConfig`.
 
   Raises:
-    ValueError: unknown experiment or key, wrong type, failed validation.
+    ValueError: unknown experiment, failed validation.
+    checks.UnknownConfigKeyError: an unknown key (also a KeyError).
+    checks.ConfigError: a value of the wrong type.
   """
   params = experiments.get_experiment(flags_obj.experiment)
   for config_file in flags_obj.config_file or []:
-    params = hyperparams.override_params_dict(params, config_file,
-                                              is_strict=True)
+    checks.apply_override(params, config_file)
   for overrides in extra_overrides:
-    params.override(overrides, is_strict=True)
+    checks.apply_override(params, overrides)
   if getattr(flags_obj, "tpu", None):
-    params.override({"runtime": {"tpu": flags_obj.tpu}}, is_strict=True)
+    checks.apply_override(params, {"runtime": {"tpu": flags_obj.tpu}})
   if flags_obj.params_override:
-    params = hyperparams.override_params_dict(
-        params, flags_obj.params_override, is_strict=True)
+    checks.apply_override(params, flags_obj.params_override)
+  checks.check_types(params)
   params.validate()
   params.lock()
   return params
@@ -51,7 +52,8 @@ MODES = ("train", "eval", "train_and_eval", "train_specialists",
 
 def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
         checkpoint_path: Optional[str] = None,
-        verticals: Optional[Sequence[int]] = None):
+        verticals: Optional[Sequence[int]] = None,
+        allow_config_change: bool = False):
   """Runs one of `MODES`.
 
   Args:
@@ -60,22 +62,26 @@ def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
     model_dir: the run directory.
     checkpoint_path: checkpoint to evaluate (`eval`), default the latest.
     verticals: teachers to train (`train_specialists`), default config/all.
+    allow_config_change: rerun a `model_dir` whose params.yaml differs in
+      more than `checks.RESUME_SAFE_KEYS` (see `modes.Session`).
 
   Returns:
     The mode's result (`TrainResult`, metrics or manifest dict, or a tuple
     for `train_and_eval`).
   """
+  allow = dict(allow_config_change=allow_config_change)
   if mode == "train":
-    return modes.train(params, model_dir)
+    return modes.train(params, model_dir, **allow)
   if mode == "eval":
-    return modes.evaluate(params, model_dir, checkpoint_path)
+    return modes.evaluate(params, model_dir, checkpoint_path, **allow)
   if mode == "train_and_eval":
-    result = modes.train(params, model_dir)
-    return result, modes.evaluate(params, model_dir, checkpoint_path)
+    result = modes.train(params, model_dir, **allow)
+    return result, modes.evaluate(params, model_dir, checkpoint_path, **allow)
   if mode == "train_specialists":
-    return modes.train_specialists(params, model_dir, verticals=verticals)
+    return modes.train_specialists(params, model_dir, verticals=verticals,
+                                   **allow)
   if mode == "cache_targets":
-    return modes.cache_targets(params, model_dir)
+    return modes.cache_targets(params, model_dir, **allow)
   if mode == "eval_specialists":
-    return modes.evaluate_specialists(params, model_dir)
+    return modes.evaluate_specialists(params, model_dir, **allow)
   raise ValueError(f"Unknown mode {mode!r}.")

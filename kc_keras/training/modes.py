@@ -8,7 +8,9 @@ from absl import logging
 import keras
 import tensorflow as tf
 
+from kc_keras.configs import checks
 from kc_keras.configs import kc_config
+from kc_keras.dataloaders import data_errors
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import pipeline
@@ -41,13 +43,18 @@ def save_params(params: kc_config.ExperimentConfig, model_dir: str) -> str:
 
 
 def check_model_dir_hierarchy(
-    model_dir: str, hierarchy: hierarchy_lib.Hierarchy
+    model_dir: str, hierarchy: hierarchy_lib.Hierarchy, write: bool = True
 ) -> None:
   """Records the hierarchy in `model_dir`, or checks it matches the recorded one.
 
   A checkpoint's output columns mean the classes of the hierarchy it was
   trained with; resuming or evaluating it against another would silently
   mislabel every prediction.
+
+  Args:
+    model_dir: the run directory.
+    hierarchy: the data's hierarchy.
+    write: record it when `model_dir` has none (the chief).
 
   Raises:
     hierarchy_lib.HierarchyError: when `model_dir` holds another hierarchy.
@@ -64,14 +71,64 @@ def check_model_dir_hierarchy(
           f"{hierarchy.num_verticals} verticals, fingerprint "
           f"{hierarchy.fingerprint[:12]}); use a new --model_dir."
       )
-  else:
+  elif write:
     hierarchy.save(path)
 
 
-class Session:
-  """What every mode needs: strategy, data source, hierarchy (built once)."""
+def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
+                        allow: bool = False) -> None:
+  """Compares the config with the `params.yaml` a previous run left in `model_dir`.
 
-  def __init__(self, params: kc_config.ExperimentConfig, model_dir: str):
+  Keys in `checks.RESUME_SAFE_KEYS` (steps, intervals, runtime) may change;
+  any other difference means the checkpoints belong to another experiment.
+
+  Args:
+    params: the current config.
+    model_dir: the run directory.
+    allow: log the differences instead of refusing (`--allow_config_change`).
+
+  Raises:
+    checks.ConfigError: naming every differing key path with both values,
+      or an unreadable params.yaml.
+  """
+  import yaml  # pylint: disable=g-import-not-at-top
+
+  path = os.path.join(model_dir, PARAMS_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = yaml.safe_load(f) or {}
+  except yaml.YAMLError as e:
+    raise checks.ConfigError(f"Unreadable {path}: {e}") from e
+  if allow:
+    diffs = checks.differing_keys(old, params.as_dict())
+    if diffs:
+      logging.warning("--allow_config_change: %s differs from %s in %s",
+                      model_dir, path, [k for k, _, _ in diffs])
+    return
+  checks.check_rerun(old, params.as_dict(), model_dir)
+
+
+class Session:
+  """What every mode needs: strategy, data source, hierarchy (built once).
+
+  Before any model is built it checks, in this order: the config against
+  the data's hierarchy (`kc_config.check_against_hierarchy`), the hierarchy
+  against the one recorded in `model_dir`, and the config against the
+  recorded `params.yaml` (`check_params_change`); then it records both.
+
+  Args:
+    params: the validated experiment config.
+    model_dir: the run directory.
+    allow_config_change: see `check_params_change`.
+
+  Raises:
+    ValueError: from any of the checks above, naming what differs.
+  """
+
+  def __init__(self, params: kc_config.ExperimentConfig, model_dir: str,
+               allow_config_change: bool = False):
     self.params = params
     self.model_dir = model_dir
     strategy_lib.set_precision_policy(params.runtime)
@@ -79,10 +136,19 @@ class Session:
     self.strategy = strategy_lib.build_strategy(params.runtime)
     self.source = factory.build_source(params.task.data)
     self.hierarchy = self.source.hierarchy
+    kc_config.check_against_hierarchy(params, self.hierarchy)
     os.makedirs(model_dir, exist_ok=True)
     self.is_chief = multi_worker.is_chief(self.strategy)
+    check_model_dir_hierarchy(model_dir, self.hierarchy, write=self.is_chief)
+    check_params_change(params, model_dir, allow_config_change)
     if self.is_chief:
       save_params(params, model_dir)
+
+  def skip_counter(self) -> Optional[data_errors.SkipCounter]:
+    """A counter of skipped records when `task.data.on_decode_error='skip'`."""
+    if self.params.task.data.on_decode_error == "skip":
+      return data_errors.SkipCounter()
+    return None
 
   def build_model(self, teacher_bank=None) -> keras.Model:
     """Builds and compiles the experiment's model under the strategy scope."""
@@ -103,31 +169,43 @@ class Session:
       optimizer.build(model.trainable_variables)
     return model
 
-  def eval_dataset(self) -> tf.data.Dataset:
+  def eval_dataset(self, skip_counter=None) -> tf.data.Dataset:
     return pipeline.build_dataset(
         self.source,
         "eval",
         self.params.task.data,
         training=False,
         global_batch_size=self.params.task.eval_batch_size,
+        skip_counter=skip_counter,
     )
 
 
+def _skipped(counter: Optional[data_errors.SkipCounter], what: str) -> int:
+  """The count of `counter` (0 without one), logged when records were skipped."""
+  count = counter.value() if counter is not None else 0
+  if count:
+    logging.warning("%d unreadable %s records were skipped "
+                    "(task.data.on_decode_error=skip).", count, what)
+  return count
+
+
 def train(params: kc_config.ExperimentConfig, model_dir: str,
-          verbose: bool = True) -> controller_lib.TrainResult:
+          verbose: bool = True, allow_config_change: bool = False
+          ) -> controller_lib.TrainResult:
   """Trains the experiment's model to `trainer.train_steps`, resuming if possible.
 
   Args:
     params: the validated experiment config.
     model_dir: checkpoints, summaries, hierarchy and reports.
     verbose: show a progress bar.
+    allow_config_change: see `check_params_change`.
 
   Returns:
-    The controller's `TrainResult`.
+    The controller's `TrainResult`; with `on_decode_error='skip'` its logs
+    (and train_summary.json) hold `skipped_examples`, counted by this process.
   """
-  session = Session(params, model_dir)
-  if session.is_chief:
-    check_model_dir_hierarchy(model_dir, session.hierarchy)
+  session = Session(params, model_dir, allow_config_change)
+  counter = session.skip_counter()
   source = params.task.distillation.target_source
   bank = None
   if source == "online":
@@ -152,8 +230,12 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
         input_context=input_context,
         extra=extra,
         start_batch=start_batch,
+        skip_counter=counter,
     )
 
+  extra_logs = None
+  if counter is not None:
+    extra_logs = lambda: {"skipped_examples": float(counter.value())}  # noqa: E731
   controller = controller_lib.TrainController(
       model=model,
       strategy=session.strategy,
@@ -163,8 +245,12 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
       global_batch_size=params.task.train_batch_size,
       jit_compile=params.runtime.jit_compile,
       sync_batch_norm=params.runtime.sync_batch_norm,
+      extra_logs=extra_logs,
   )
   result = controller.train(verbose=verbose)
+  if counter is not None:
+    # The final count: the last loop's logs can precede records read since.
+    result.logs["skipped_examples"] = float(_skipped(counter, "training"))
   if not session.is_chief:
     return result
   files.atomic_write_json(
@@ -178,7 +264,8 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
 
 
 def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
-             checkpoint_path: Optional[str] = None) -> Dict:
+             checkpoint_path: Optional[str] = None,
+             allow_config_change: bool = False) -> Dict:
   """Evaluates the latest (or the given) checkpoint on the eval split.
 
   Writes `eval_metrics.json` (atomically) and TensorBoard scalars under
@@ -188,12 +275,14 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
     params: the validated experiment config.
     model_dir: the training directory.
     checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
+    allow_config_change: see `check_params_change`.
 
   Returns:
-    The metrics dict (top1, top5, mpvap, per-vertical results, parameters).
+    The metrics dict (top1, top5, mpvap, per-vertical results, parameters,
+    `skipped_examples`: eval records dropped as unreadable).
   """
-  session = Session(params, model_dir)
-  check_model_dir_hierarchy(model_dir, session.hierarchy)
+  session = Session(params, model_dir, allow_config_change)
+  counter = session.skip_counter()
   model = session.build_model()
   restored = controller_lib.restore_model_weights(
       model, checkpoint_path or model_dir
@@ -204,12 +293,14 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
     del features
     return model(images, training=False)
 
-  metrics = evaluate_lib.evaluate_scores(
-      score_fn,
-      session.eval_dataset(),
-      session.hierarchy,
-      steps=params.trainer.validation_steps,
-  )
+  with data_errors.named_data_errors("the eval data"):
+    metrics = evaluate_lib.evaluate_scores(
+        score_fn,
+        session.eval_dataset(counter),
+        session.hierarchy,
+        steps=params.trainer.validation_steps,
+    )
+  metrics["skipped_examples"] = _skipped(counter, "eval")
   metrics["checkpoint"] = restored
   metrics["step"] = controller_lib.checkpoint_step(restored)
   metrics["params"] = model_builder.parameter_report(model)
@@ -238,9 +329,10 @@ def cache_binding(session: Session, model_dir: str) -> Dict:
 
 
 def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
-                      verticals=None, verbose: bool = True) -> Dict:
+                      verticals=None, verbose: bool = True,
+                      allow_config_change: bool = False) -> Dict:
   """Trains one teacher per vertical (or the given subset); returns the manifest."""
-  session = Session(params, model_dir)
+  session = Session(params, model_dir, allow_config_change)
   build_generalist = None
   init_dir = params.task.specialists.init_checkpoint
   if init_dir:
@@ -271,35 +363,47 @@ def _load_params_of(run_dir: str) -> kc_config.ExperimentConfig:
   return other
 
 
-def cache_targets(params: kc_config.ExperimentConfig, model_dir: str) -> Dict:
+def cache_targets(params: kc_config.ExperimentConfig, model_dir: str,
+                  allow_config_change: bool = False) -> Dict:
   """Writes the offline soft-target cache of the training split.
 
   Every training example, un-augmented and in the source's raw order, passes
   through its own vertical's teacher; the top-K (ids, probabilities) are
   written with a manifest that binds them to the data, hierarchy, teachers
-  and K (see `distillation.target_cache`).
+  and K (see `distillation.target_cache`). Records skipped as unreadable
+  get empty rows (`target_cache.fill_skipped`), so that the cache stays
+  aligned with the raw records.
 
   Returns:
     The cache manifest.
   """
-  session = Session(params, model_dir)
+  session = Session(params, model_dir, allow_config_change)
+  counter = session.skip_counter()
   distillation = params.task.distillation
   if not distillation.cache_dir:
     raise ValueError("task.distillation.cache_dir must be set to cache targets.")
   bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
   dataset = pipeline.build_dataset(
       session.source, "train", params.task.data, training=False,
-      global_batch_size=params.task.eval_batch_size)
-  return target_cache.write_target_cache(
-      distillation.cache_dir,
-      teacher_bank_lib.soft_target_batches(bank, dataset),
-      manifest_fields=cache_binding(session, model_dir),
-      shard_size=distillation.cache_shard_size,
-  )
+      global_batch_size=params.task.eval_batch_size, skip_counter=counter)
+  batches = teacher_bank_lib.soft_target_batches(bank, dataset)
+  if counter is not None:
+    batches = target_cache.fill_skipped(
+        batches, session.source.num_examples("train"),
+        distillation.top_k * distillation.max_teachers_per_example)
+  with data_errors.named_data_errors("the training data (cache_targets)"):
+    manifest = target_cache.write_target_cache(
+        distillation.cache_dir, batches,
+        manifest_fields=cache_binding(session, model_dir),
+        shard_size=distillation.cache_shard_size,
+    )
+  _skipped(counter, "training (cache_targets)")
+  return manifest
 
 
 def evaluate_specialists(params: kc_config.ExperimentConfig,
-                         model_dir: str) -> Dict:
+                         model_dir: str,
+                         allow_config_change: bool = False) -> Dict:
   """Evaluates the specialists as a set (the paper's upper bound).
 
   Each eval image is scored only by the teacher of its own vertical (scores
@@ -310,14 +414,17 @@ def evaluate_specialists(params: kc_config.ExperimentConfig,
   Returns:
     The metrics dict, also written to `eval_specialists_metrics.json`.
   """
-  session = Session(params, model_dir)
+  session = Session(params, model_dir, allow_config_change)
+  counter = session.skip_counter()
   bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
   score_fn = tf.function(
       lambda images, features: bank.specialist_scores(
           images, features["label_ids"]))
-  metrics = evaluate_lib.evaluate_scores(
-      score_fn, session.eval_dataset(), session.hierarchy,
-      steps=params.trainer.validation_steps)
+  with data_errors.named_data_errors("the eval data"):
+    metrics = evaluate_lib.evaluate_scores(
+        score_fn, session.eval_dataset(counter), session.hierarchy,
+        steps=params.trainer.validation_steps)
+  metrics["skipped_examples"] = _skipped(counter, "eval")
   metrics["params"] = {
       "total": int(sum(t.count_params() for t in bank.teachers.values())),
       "num_teachers": len(bank.teachers),

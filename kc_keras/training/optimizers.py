@@ -58,7 +58,8 @@ def build_optimizer(
   common = dict(learning_rate=learning_rate,
                 global_clipnorm=config.global_clipnorm)
   if config.type == "adam":
-    return keras.optimizers.Adam(**common)
+    return keras.optimizers.Adam(epsilon=config.epsilon, **common)
   if config.type == "adamw":
-    return keras.optimizers.AdamW(weight_decay=config.weight_decay, **common)
+    return keras.optimizers.AdamW(weight_decay=config.weight_decay,
+                                  epsilon=config.epsilon, **common)
   return keras.optimizers.SGD(momentum=config.momentum, **common)

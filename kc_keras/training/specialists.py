@@ -316,7 +316,8 @@ def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
   if missing:
     raise TeacherError(
         f"No teacher for vertical(s) {missing} in {teachers_dir} "
-        f"(e.g. {[hierarchy.vertical_names[v] for v in missing[:5]]}); run "
+        f"(task.distillation.teachers_dir; e.g. "
+        f"{[hierarchy.vertical_names[v] for v in missing[:5]]}); run "
         f"--mode=train_specialists for them first.")
   return teachers
 

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import tempfile
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
@@ -105,6 +106,40 @@ class TargetCacheTest(tf.test.TestCase):
     with open(os.path.join(self.cache_dir, tc.MANIFEST_NAME)) as f:
       self.assertEqual(json.load(f)["teacher_fingerprints"],
                        {"0": "t0", "1": "t1"})
+
+  def test_failed_final_rename_keeps_the_previous_cache(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    real_rename = tf.io.gfile.rename
+
+    def rename(src, dst, overwrite=False):
+      if ".tmp-" in src:  # the new cache moving into place
+        raise OSError("disk full")
+      return real_rename(src, dst, overwrite)
+
+    with mock.patch.object(tf.io.gfile, "rename", rename):
+      with self.assertRaisesRegex(OSError, "disk full"):
+        tc.write_target_cache(self.cache_dir, _batches(3, offset=0.5),
+                              manifest_fields=FIELDS)
+    rows = _read(tc.load_target_cache(self.cache_dir, expected=FIELDS))
+    self.assertLen(rows, 7)
+    self.assertAllClose(rows[1]["target_probs"], [0.1, 0.0])
+    self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+  def test_fill_skipped_adds_empty_rows(self):
+    batches = [(np.array([1, 2]), np.array([[5, 6], [7, 8]]),
+                np.array([[.5, .6], [.7, .8]], np.float32)),
+               (np.array([4]), np.array([[9, 9]]), np.array([[.9, .9]]))]
+    out = list(tc.fill_skipped(batches, num_examples=6, width=2))
+    ids = np.concatenate([o[0] for o in out])
+    targets = np.concatenate([o[1] for o in out])
+    probs = np.concatenate([o[2] for o in out])
+    self.assertAllEqual(ids, [0, 1, 2, 3, 4, 5])
+    self.assertAllEqual(targets, [[-1, -1], [5, 6], [7, 8], [-1, -1], [9, 9],
+                                  [-1, -1]])
+    self.assertAllClose(probs[:, 0], [0, .5, .7, 0, .9, 0])
+    with self.assertRaisesRegex(tc.TargetCacheError, "not increasing"):
+      list(tc.fill_skipped([(np.array([2, 1]), np.zeros((2, 2)),
+                             np.zeros((2, 2)))], 3, 2))
 
   def test_bad_args(self):
     with self.assertRaisesRegex(ValueError, r"missing \['top_k'\]"):

@@ -120,3 +120,33 @@ def test_demo_decoder_fuzz(tmp_path):
   with open(path, "wb") as f:
     f.write(good)
   assert tflite_demo_lib.load_image(path, 16, 3).shape == (16, 16, 3)
+
+
+def test_serving_default_empty_batch(loaded):
+  out = loaded.signatures["serving_default"](image_bytes=tf.constant([], tf.string))
+  assert out["top_k_classes"].shape[0] == 0
+  assert out["top_k_scores"].shape[0] == 0
+
+
+def test_tflite_demo_on_fuzzed_files_and_shapes(tflite_model, tmp_path):
+  classifier = tflite_demo_lib.TFLiteClassifier(tflite_model("none"))
+  good, cases = _cases()
+  path = str(tmp_path / "case.bin")
+  num_classes = len(classifier.class_names)
+  for case in cases + [good]:
+    with open(path, "wb") as f:
+      f.write(case)
+    try:
+      prediction = classifier.classify(path, top_k=3)
+    except tflite_demo_lib.DemoError as e:
+      assert path in str(e)
+      continue
+    assert len(prediction.class_ids) == 3
+    assert all(0 <= c < num_classes for c in prediction.class_ids)
+    assert np.all(np.isfinite(prediction.scores))
+  shape = classifier.image_shape
+  assert classifier.logits(np.zeros([0, *shape])).shape == (0, num_classes)
+  # Huge (bounded: 12 MB) and wrongly shaped inputs are refused, not run.
+  for bad in ([1, 1000, 1000, shape[2]], [2, shape[0], shape[1], 5], [3]):
+    with pytest.raises(tflite_demo_lib.DemoError, match="images must be"):
+      classifier.logits(np.zeros(bad, np.float32))

@@ -23,6 +23,9 @@ class ExampleSource(abc.ABC):
 
   #: the source's name in `DataConfig.source`.
   name: str = ""
+  #: whether `decode` reads stored bytes that may be corrupt (see
+  #: `data_errors.decode`, which then names or skips a bad record).
+  may_fail_decode: bool = False
 
   @property
   @abc.abstractmethod
@@ -50,6 +53,11 @@ class ExampleSource(abc.ABC):
   def fingerprint(self, split: str) -> str:
     """sha256 hex identifying the exact data (and labels) of `split`."""
 
+  def describe(self, element: dict) -> tf.Tensor:
+    """A scalar string naming one raw element in error messages (graph safe)."""
+    return tf.strings.join(
+        [f"{self.name} example ", tf.strings.as_string(element["example_id"])])
+
   def check_split(self, split: str) -> str:
     """Raises ValueError for a split name this source does not have."""
     if split not in SPLITS:
@@ -63,6 +71,8 @@ class DecodedImageSource(ExampleSource):
   Subclasses set `self._config` (with `image_size` and `channels`) and
   `self._hierarchy` in `__init__`.
   """
+
+  may_fail_decode = True
 
   @property
   def hierarchy(self) -> hierarchy_lib.Hierarchy:

@@ -108,6 +108,10 @@ class FolderSource(sources.DecodedImageSource):
         "path": [p for p, _ in files],
     })
 
+  def describe(self, element: dict) -> tf.Tensor:
+    """The image file's path."""
+    return element["path"]
+
   def decode(self, element: dict) -> dict:
     out = dict(element)
     encoded = tf.io.read_file(out.pop("path"))

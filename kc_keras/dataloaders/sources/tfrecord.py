@@ -109,21 +109,37 @@ class TFRecordSource(sources.DecodedImageSource):
     }
     max_labels = self._max_labels
 
-    def parse(index, record):
+    def read(path):
+      # Each record keeps "<file> record <index in file>" for error messages.
+      return tf.data.TFRecordDataset(path).enumerate().map(
+          lambda i, record: (tf.strings.join(
+              [path, " record ", tf.strings.as_string(i)]), record))
+
+    def parse(index, item):
+      where, record = item
       parsed = tf.io.parse_single_example(record, spec)
       ids = tf.cast(tf.sparse.to_dense(parsed[c.label_key]), tf.int32)
       ids = labels_lib.assert_label_ids(
-          ids, n_classes, source=f"{c.label_key} ({split}, hierarchy of {n_classes})")
+          ids, n_classes, where=where,
+          source=f"{c.label_key} ({split}, hierarchy of {n_classes})")
       return {
           "example_id": index,
-          "label_ids": labels_lib.pad_label_ids(ids, max_labels, source=c.label_key),
+          "label_ids": labels_lib.pad_label_ids(
+              ids, max_labels, source=c.label_key, where=where),
           "encoded": parsed[c.image_key],
+          "record": where,
       }
 
-    return tf.data.TFRecordDataset(self.files(split)).enumerate().map(parse)
+    files = tf.data.Dataset.from_tensor_slices(self.files(split))
+    return files.flat_map(read).enumerate().map(parse)
+
+  def describe(self, element: dict) -> tf.Tensor:
+    """`<file> record <index in that file>`."""
+    return element["record"]
 
   def decode(self, element: dict) -> dict:
     out = dict(element)
+    del out["record"]
     out["image"] = sources.decode_and_resize(
         out.pop("encoded"), self._config.image_size, self._config.channels)
     return out
