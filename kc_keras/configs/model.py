@@ -146,8 +146,10 @@ class SelfPacedConfig(hyperparams.Config):
 
   Attributes:
     mode: 'none', 'fixed' (sqrt(N_v)), 'vertical' (paper's best) or 'class'.
-    init: 'sqrt_nv' -> N(sqrt(N_v), init_stddev) or 'constant' ->
-      N(init_value, init_stddev).
+    init: 'sqrt_nv' -> N(sqrt(N_v), init_stddev) (the paper), 'constant' ->
+      N(init_value, init_stddev), or 'prior' -> N(sqrt(N_v) |log(p/(1-p))|,
+      init_stddev) with p = 1/N, so that y = x at initialisation when the
+      classifier's biases start at the prior logit (see SelfPacedScale).
     init_value: mean of the 'constant' initialisation.
     init_stddev: stddev of the initialisation.
     epsilon: added to the squared per-vertical norm.

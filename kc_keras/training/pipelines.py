@@ -84,6 +84,9 @@ PIPELINES = {
     "demo": demo,
     "ablation_omniglot": lambda: ablation(
         "kc_generalist_omniglot", "kc_trunk_omniglot", "kc_student_omniglot"),
+    "ablation_embedded_rich": lambda: ablation(
+        "kc_generalist_embedded_rich", "kc_trunk_embedded_rich",
+        "kc_student_embedded_rich"),
 }
 
 

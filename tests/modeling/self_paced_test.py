@@ -70,6 +70,19 @@ class SelfPacedScaleTest(tf.test.TestCase, parameterized.TestCase):
     layer.build((None, 8))
     self.assertAllEqual(layer.gamma.numpy(), np.full(8, 10.0))
 
+  @parameterized.parameters("vertical", "class")
+  def test_prior_init_reproduces_prior_logits(self, mode):
+    # N = 8, p = 1/8: |log(p / (1 - p))| = log(7); gamma_v = sqrt(N_v) log 7.
+    layer = self_paced.SelfPacedScale(C2V, mode=mode, init="prior",
+                                      init_stddev=0.0)
+    layer.build((None, 8))
+    mean = np.sqrt(np.array([3.0, 1.0, 4.0])) * np.log(7.0)
+    mean = mean if mode == "vertical" else mean[C2V]
+    self.assertAllClose(layer.gamma.numpy(), mean, atol=1e-5)
+    # Logits at the prior logit -log 7 pass through unchanged: y = x.
+    prior_logits = np.full((2, 8), -np.log(7.0), np.float32)
+    self.assertAllClose(layer(prior_logits), prior_logits, atol=1e-5)
+
   def test_zero_vector_maps_to_zero(self):
     x = np.zeros((1, 8), np.float32)
     x[0, 1] = 2.0  # vertical 2 non-zero, verticals 0 and 1 all zero.

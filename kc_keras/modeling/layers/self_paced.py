@@ -9,7 +9,7 @@ import numpy as np
 from kc_keras.modeling.layers import structurally_connected
 
 MODES = ("none", "fixed", "vertical", "class")
-INITS = ("sqrt_nv", "constant")
+INITS = ("sqrt_nv", "constant", "prior")
 
 
 @keras.saving.register_keras_serializable(package="kc_keras")
@@ -24,7 +24,12 @@ class SelfPacedScale(keras.layers.Layer):
     'vertical': one learned gamma_v per vertical (weight [M]);
     'class':    one learned gamma_c per class (weight [N]).
   Learned gammas start at N(mean, init_stddev) with mean sqrt(N_v(c)) for
-  `init='sqrt_nv'` or `init_value` for `init='constant'`. Norms are computed
+  `init='sqrt_nv'` (the paper), `init_value` for `init='constant'`, or
+  sqrt(N_v(c)) * |log(p / (1 - p))|, p = 1 / N, for `init='prior'` (ours):
+  when the classifier's biases start at that prior logit, x_v starts near
+  the constant vector log(p / (1 - p)) and y = x at initialisation, so the
+  scaled network starts from the same loss as the unscaled one instead of
+  from logits near -1 (a sigmoid of 0.27 on every class). Norms are computed
   in float32 as (x * x) @ onehot[N, M]: no loop over verticals.
 
   Since ||y_v|| = gamma_v, a vertical's logits can only reach magnitudes of
@@ -99,9 +104,13 @@ class SelfPacedScale(keras.layers.Layer):
     if self.init == "constant":
       size = self.num_verticals if self.mode == "vertical" else self.num_classes
       return np.full((size,), self.init_value, np.float32)
+    per_vertical = self._sqrt_sizes
+    if self.init == "prior" and self.num_classes > 1:
+      prior = 1.0 / self.num_classes
+      per_vertical = per_vertical * np.float32(abs(np.log(prior / (1.0 - prior))))
     if self.mode == "vertical":
-      return self._sqrt_sizes
-    return self._sqrt_sizes[self._c2v]
+      return per_vertical
+    return per_vertical[self._c2v]
 
   def build(self, input_shape):
     if input_shape[-1] != self.num_classes:
