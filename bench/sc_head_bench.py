@@ -1,102 +1,132 @@
-"""Benchmark: the structurally connected classifier against naive implementations.
+"""Benchmark: the structurally connected classifier against naive implementations."""
 
-Times one forward + backward pass of the SC classifier (logit_c = h[v(c)] . W[c])
-at a given size, three ways, side by side in one process:
-  chunked: `StructurallyConnectedClassifier` (one padded batched contraction);
-  masked:  a dense [M*s2, N] matrix with W[c] in vertical v(c)'s rows, zeros
-           elsewhere (the N x (M*s2) reference);
-  loop:    a Python loop of M matmuls over each vertical's classes.
-Prints medians after a warm-up and the ratios to the chunked version.
-
-  .venv/bin/python bench/sc_head_bench.py --num_classes=100000 --num_verticals=20 \
-      --units=512 --batch_size=32
-"""
-
-import time
+# Times one forward + backward pass (dense gradients of the kernel and of h,
+# as an optimizer needs them) of the SC classifier, logit_c = h[v(c)] . W[c],
+# several ways, side by side in one process (interleaved rounds):
+#   chunked:        `StructurallyConnectedClassifier` (one padded batched
+#                   contraction, dense-gather gradients);
+#   chunked_sparse: the same contraction with TF's own gather gradients (the
+#                   implementation before the profiling fix: IndexedSlices
+#                   densified by UnsortedSegmentSum);
+#   masked:         a dense [M*s2, N] matrix with W[c] in vertical v(c)'s
+#                   rows, zeros elsewhere (the N x (M*s2) reference);
+#   loop:           a Python loop of M matmuls over each vertical's classes.
+#
+#   .venv/bin/python bench/sc_head_bench.py --num_classes=100000 \
+#       --num_verticals=20 --units=512 --batch_size=32
 
 from absl import app
 from absl import flags
 import numpy as np
 import tensorflow as tf
 
+import bench_utils  # bench/ is on sys.path when run as a script
 from kc_keras.modeling.layers import structurally_connected
 
 flags.DEFINE_integer("num_classes", 100_000, "N.")
 flags.DEFINE_integer("num_verticals", 20, "M (uneven, Zipf-like sizes).")
 flags.DEFINE_integer("units", 512, "s2, units per vertical block.")
 flags.DEFINE_integer("batch_size", 32, "B.")
+flags.DEFINE_integer("chunk_size", None, "SC chunk size C (None: automatic).")
 flags.DEFINE_integer("repeats", 10, "Timed repetitions (median reported).")
-flags.DEFINE_list("methods", ["chunked", "masked", "loop"], "What to time.")
+flags.DEFINE_integer("masked_repeats", 2,
+                     "Timed repetitions of 'masked' (~12 GB, slow at 100K).")
+flags.DEFINE_list("methods", ["chunked", "chunked_sparse", "masked", "loop"],
+                  "What to time.")
 FLAGS = flags.FLAGS
 
 
-def uneven_class_to_vertical(num_classes: int, num_verticals: int,
-                             seed: int = 0) -> np.ndarray:
-  """Zipf-like vertical sizes (each >= 1), classes grouped by vertical."""
-  weights = 1.0 / np.arange(1, num_verticals + 1)
-  sizes = np.maximum(1, np.floor(weights / weights.sum() * num_classes))
-  sizes = sizes.astype(np.int64)
-  sizes[0] += num_classes - sizes.sum()
-  c2v = np.repeat(np.arange(num_verticals), sizes)
-  return np.random.RandomState(seed).permutation(c2v)
+def build_methods(c2v, units, batch_size, chunk_size=None):
+  """The SC classifier forward+backward functions, keyed by method name.
 
+  Args:
+    c2v: int array [N], class -> vertical.
+    units: s2.
+    batch_size: B.
+    chunk_size: C of the chunked layer (None: automatic).
 
-def _timed(fn, repeats: int) -> float:
-  fn()  # warm-up (tracing)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return float(np.median(times))
+  Returns:
+    (dict name -> tf.function returning the gradients, the layer).
+  """
+  n = c2v.size
+  m = int(c2v.max()) + 1
+  layer = structurally_connected.StructurallyConnectedClassifier(
+      list(c2v), chunk_size=chunk_size, use_bias=False)
+  layer.build((batch_size, m, units))
+  h = tf.random.normal((batch_size, m, units))
+  kernel = layer.kernel.value  # the tf.Variable behind the Keras variable
+  order = [np.flatnonzero(c2v == v) for v in range(m)]
+
+  def grads(loss_fn):
+    with tf.GradientTape() as tape:
+      tape.watch(h)
+      loss = loss_fn()
+    dh, dw = tape.gradient(loss, [h, kernel])
+    return dh, tf.convert_to_tensor(dw)
+
+  @tf.function
+  def chunked():
+    return grads(lambda: tf.reduce_sum(tf.square(layer(h))))
+
+  @tf.function
+  def chunked_sparse():
+    def loss_fn():
+      w_chunks = tf.reshape(
+          tf.gather(kernel, layer._gather_index),  # pylint: disable=protected-access
+          (layer.num_chunks, layer.resolved_chunk_size, units))
+      h_chunks = tf.gather(h, layer._chunk_vertical, axis=1)  # pylint: disable=protected-access
+      flat = tf.reshape(tf.einsum("bks,kcs->bkc", h_chunks, w_chunks),
+                        (-1, layer.num_chunks * layer.resolved_chunk_size))
+      logits = tf.gather(flat, layer._class_position, axis=1)  # pylint: disable=protected-access
+      return tf.reduce_sum(tf.square(logits))
+    return grads(loss_fn)
+
+  row_index = tf.constant((c2v[:, None] * units + np.arange(units)[None, :]
+                           ).reshape(-1), tf.int64)
+  col_index = tf.constant(np.repeat(np.arange(n), units), tf.int64)
+
+  @tf.function
+  def masked():
+    def loss_fn():
+      dense = tf.scatter_nd(tf.stack([row_index, col_index], axis=1),
+                            tf.reshape(kernel, [-1]), [m * units, n])
+      logits = tf.matmul(tf.reshape(h, [batch_size, m * units]), dense)
+      return tf.reduce_sum(tf.square(logits))
+    return grads(loss_fn)
+
+  @tf.function
+  def loop():
+    def loss_fn():
+      parts = [tf.matmul(h[:, v, :], tf.gather(kernel, order[v]),
+                         transpose_b=True) for v in range(m)]
+      return tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts])
+    return grads(loss_fn)
+
+  methods = {"chunked": chunked, "chunked_sparse": chunked_sparse,
+             "masked": masked, "loop": loop}
+  return methods, layer
 
 
 def main(argv):
   del argv
   n, m, s2, b = (FLAGS.num_classes, FLAGS.num_verticals, FLAGS.units,
                  FLAGS.batch_size)
-  c2v = uneven_class_to_vertical(n, m)
-  layer = structurally_connected.StructurallyConnectedClassifier(list(c2v))
-  layer.build((b, m, s2))
-  h = tf.random.normal((b, m, s2))
-  kernel = layer.kernel.value  # the tf.Variable behind the Keras variable
-  order = [np.flatnonzero(c2v == v) for v in range(m)]
-
-  @tf.function
-  def chunked():
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(tf.square(layer(h)))
-    return tape.gradient(loss, layer.trainable_variables)
-
-  row_index = tf.constant((c2v[:, None] * s2 + np.arange(s2)[None, :]
-                           ).reshape(-1), tf.int64)
-  col_index = tf.constant(np.repeat(np.arange(n), s2), tf.int64)
-
-  @tf.function
-  def masked():
-    with tf.GradientTape() as tape:
-      tape.watch(kernel)
-      dense = tf.scatter_nd(tf.stack([row_index, col_index], axis=1),
-                            tf.reshape(kernel, [-1]), [m * s2, n])
-      logits = tf.matmul(tf.reshape(h, [b, m * s2]), dense)
-      loss = tf.reduce_sum(tf.square(logits))
-    return tape.gradient(loss, kernel)
-
-  @tf.function
-  def loop():
-    with tf.GradientTape() as tape:
-      tape.watch(kernel)
-      parts = [tf.matmul(h[:, v, :], tf.gather(kernel, order[v]),
-                         transpose_b=True) for v in range(m)]
-      loss = tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts])
-    return tape.gradient(loss, kernel)
-
-  methods = {"chunked": chunked, "masked": masked, "loop": loop}
-  results = {name: _timed(methods[name], FLAGS.repeats)
-             for name in FLAGS.methods}
-  flops = 3 * 2 * b * n * s2  # forward + two backward matmuls
-  print(f"N={n} M={m} s2={s2} B={b} chunks={layer.num_chunks}")
-  print("| method | median ms | vs chunked | GFLOP/s (useful) |")
+  c2v = bench_utils.uneven_class_to_vertical(n, m)
+  methods, layer = build_methods(c2v, s2, b, FLAGS.chunk_size)
+  # Interleaved rounds (the CPU is shared); 'masked' alone, it is ~100x
+  # slower and holds ~12 GB.
+  results = bench_utils.interleaved_median_seconds(
+      {name: methods[name] for name in FLAGS.methods if name != "masked"},
+      FLAGS.repeats)
+  if "masked" in FLAGS.methods:
+    results["masked"] = bench_utils.median_seconds(methods["masked"],
+                                                   FLAGS.masked_repeats)
+  flops = bench_utils.FWD_BWD_FACTOR * bench_utils.dense_flops(b, s2, n)
+  padded = layer.num_chunks * layer.resolved_chunk_size
+  print(f"N={n} M={m} s2={s2} B={b} C={layer.resolved_chunk_size} "
+        f"chunks={layer.num_chunks} padded slots={padded} "
+        f"({padded / n - 1:.1%} padding); {bench_utils.load_line()}")
+  print("| method | median ms | time / chunked | GFLOP/s (useful) |")
   print("|---|---|---|---|")
   base = results.get("chunked")
   for name, seconds in results.items():

@@ -114,6 +114,23 @@ class StructurallyConnectedClassifierTest(tf.test.TestCase,
     expected = np.einsum("bc,bcs->cs", r, h[:, UNEVEN, :])
     self.assertAllClose(grad, expected, atol=1e-5)
 
+  @parameterized.parameters(1, 3, 4, 16)
+  def test_input_gradient_matches_loop(self, chunk_size):
+    # d sum(logits * r) / dh[b, v] = sum_{c in v} r[b, c] W[c].
+    rng = np.random.default_rng(2)
+    layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=chunk_size)
+    h = tf.constant(rng.normal(size=(2, 3, 4)).astype(np.float32))
+    r = rng.normal(size=(2, len(UNEVEN))).astype(np.float32)
+    with tf.GradientTape() as tape:
+      tape.watch(h)
+      loss = tf.reduce_sum(layer(h) * r)
+    grad = tape.gradient(loss, h)
+    kernel = layer.kernel.numpy()
+    expected = np.zeros((2, 3, 4), np.float32)
+    for c, v in enumerate(UNEVEN):
+      expected[:, v] += r[:, c:c + 1] * kernel[c]
+    self.assertAllClose(grad, expected, atol=1e-5)
+
   def test_config_round_trip(self):
     layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=3,
                                                use_bias=False)
@@ -145,6 +162,32 @@ class StructurallyConnectedClassifierTest(tf.test.TestCase,
         "bcs,cs->bc", h.numpy()[:, c2v[cols]], layer.kernel.numpy()[cols]
     )
     self.assertAllClose(logits.numpy()[:, cols], expected, atol=1e-3)
+
+
+class GatherWithDenseGradientTest(tf.test.TestCase):
+
+  def test_forward_and_gradient(self):
+    # y = x[[2, 0, 2]] with only y[0] and y[1] carrying gradient: dx[2] is
+    # y[0]'s gradient, dx[0] is y[1]'s, dx[1] (never read) is 0.
+    x = tf.constant([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    upstream = tf.constant([[1.0, 10.0], [100.0, 1000.0], [0.0, 0.0]])
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = sc.gather_with_dense_gradient(x, [2, 0, 2], [1, 3, 0])
+      loss = tf.reduce_sum(y * upstream)
+    self.assertAllEqual(y, [[5.0, 6.0], [1.0, 2.0], [5.0, 6.0]])
+    grad = tape.gradient(loss, x)
+    self.assertIsInstance(grad, tf.Tensor)  # dense, not IndexedSlices
+    self.assertAllEqual(grad, [[100.0, 1000.0], [0.0, 0.0], [1.0, 10.0]])
+
+  def test_axis_one(self):
+    x = tf.constant([[1.0, 2.0, 3.0]])
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      y = sc.gather_with_dense_gradient(x, [2, 1], [2, 1, 0], axis=1)
+      loss = tf.reduce_sum(y * [[10.0, 1.0]])
+    self.assertAllEqual(y, [[3.0, 2.0]])
+    self.assertAllEqual(tape.gradient(loss, x), [[0.0, 1.0, 10.0]])
 
 
 class VerticalBlockDenseTest(tf.test.TestCase, parameterized.TestCase):

@@ -6,6 +6,7 @@ from typing import Optional, Sequence
 import keras
 from keras import ops
 import numpy as np
+import tensorflow as tf
 
 # Auto chunk size targets about this many chunks per average vertical, so
 # padding stays small while each chunk is a reasonably large matmul.
@@ -155,6 +156,46 @@ def dense_masked_reference(h, kernel, bias, class_to_vertical) -> np.ndarray:
   return logits
 
 
+def gather_with_dense_gradient(params, index, grad_index, axis=0):
+  """`tf.gather(params, index, axis)` whose gradient is a dense gather.
+
+  Forward: y = gather(params, index, axis). Backward, for upstream dy:
+    dparams = gather(concat([dy, 0], axis), grad_index, axis)
+  i.e. entry i of params takes the gradient of output position grad_index[i]
+  (a value == index.size reads the appended zero). This equals the true
+  gradient when every entry i is read by at most one output position with a
+  non-zero gradient, and that position is grad_index[i]. TF's own gradient of
+  gather is a sparse IndexedSlices whose densification (a single-threaded
+  UnsortedSegmentSum on CPU) costs more than the whole SC contraction at
+  N = 100K (docs/BENCHMARKS.md, profiling).
+
+  Args:
+    params: tensor to gather from.
+    index: int32 [n], positions of params read by the output.
+    grad_index: int32 [params.shape[axis]], the output position feeding each
+      entry of params (or n for none).
+    axis: the gathered axis.
+
+  Returns:
+    The gathered tensor, with the gradient above.
+  """
+  index = tf.constant(index, tf.int32)
+  grad_index = tf.constant(grad_index, tf.int32)
+  # A read of a variable, so the custom gradient sees a tensor input.
+  params = tf.convert_to_tensor(params)
+
+  @tf.custom_gradient
+  def gather(x):
+    def grad(dy):
+      paddings = [[0, 0]] * dy.shape.rank
+      paddings[axis] = [0, 1]
+      padded = tf.pad(dy, paddings)
+      return tf.gather(padded, grad_index, axis=axis)
+    return tf.gather(x, index, axis=axis), grad
+
+  return gather(params)
+
+
 @keras.saving.register_keras_serializable(package="kc_keras")
 class VerticalBlockDense(keras.layers.Layer):
   """One dense block of `units` per vertical, computed by a single einsum.
@@ -275,8 +316,13 @@ class VerticalBlockDense(keras.layers.Layer):
         )
       parts.append(shared)
     if self.units - self.shared_units:
-      equation = "bmd,mdu->bmu" if rank3 else "bd,mdu->bmu"
-      own = ops.einsum(equation, inputs, self.kernel)
+      # One batched matmul over verticals, [M, B, D] @ [M, D, U], with the
+      # small activations transposed rather than the kernel: einsum
+      # 'bd,mdu->bmu' lowers to one matmul against a transposed copy of the
+      # whole [M, D, U] kernel in every step (docs/BENCHMARKS.md, profiling).
+      per_vertical = (ops.transpose(inputs, (1, 0, 2)) if rank3
+                      else ops.expand_dims(inputs, 0))
+      own = ops.transpose(ops.matmul(per_vertical, self.kernel), (1, 0, 2))
       if self.use_bias:
         own = own + self.bias
       parts.append(own)
@@ -355,6 +401,12 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     (self._gather_index, self._chunk_vertical,
      self._class_position) = chunk_layout(c2v, self.resolved_chunk_size)
     self.num_chunks = int(self._chunk_vertical.size)
+    # Inverse of _class_position for the logits gather's gradient: the class
+    # in each slot, or N (a zero) for a padding slot.
+    self._slot_class = np.full(
+        self.num_chunks * self.resolved_chunk_size, self.num_classes,
+        np.int32)
+    self._slot_class[self._class_position] = np.arange(self.num_classes)
 
   def build(self, input_shape):
     if len(input_shape) != 3 or input_shape[1] != self.num_verticals:
@@ -378,8 +430,12 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
 
   def call(self, inputs):
     units = inputs.shape[-1]
+    # Both gathers get dense-gather gradients: a padding slot's kernel row
+    # and logit never reach the output, so each kernel row's gradient is the
+    # one at its own slot and each slot's is its class's.
     w_chunks = ops.reshape(
-        ops.take(self.kernel, self._gather_index, axis=0),
+        gather_with_dense_gradient(
+            self.kernel, self._gather_index, self._class_position, axis=0),
         (self.num_chunks, self.resolved_chunk_size, units),
     )
     h_chunks = ops.take(inputs, self._chunk_vertical, axis=1)
@@ -387,7 +443,8 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     flat = ops.reshape(
         flat, (-1, self.num_chunks * self.resolved_chunk_size)
     )
-    logits = ops.take(flat, self._class_position, axis=1)
+    logits = gather_with_dense_gradient(
+        flat, self._class_position, self._slot_class, axis=1)
     if self.use_bias:
       logits = logits + self.bias
     return logits

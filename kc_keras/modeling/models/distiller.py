@@ -197,9 +197,13 @@ class KnowledgeConcentrationModel(keras.Model):
       hard_loss = self.cross_entropy(hard, logits)
       if soft is None:
         soft_loss = tf.zeros_like(hard_loss)
+        per_example = hard_loss
       else:
         soft_loss = self.cross_entropy(soft, logits)
-      per_example = self.alpha * soft_loss + (1.0 - self.alpha) * hard_loss
+        # alpha = 1 (the paper) keeps the hard loss out of the gradient: a
+        # 0 * hard_loss term would still run its [B, N] backward pass.
+        per_example = (soft_loss if self.alpha == 1.0 else
+                       self.alpha * soft_loss + (1.0 - self.alpha) * hard_loss)
       regularization = self._regularization()
       loss = tf.nn.compute_average_loss(
           per_example, global_batch_size=self.global_batch_size)

@@ -1,0 +1,142 @@
+"""Shared helpers of the benchmarks: timing, FLOP counts, machine facts."""
+
+import os
+import platform
+import resource
+import time
+
+import numpy as np
+import tensorflow as tf
+
+# Forward + the two backward matmuls (d input, d weight) of a dense layer.
+FWD_BWD_FACTOR = 3
+
+
+def uneven_class_to_vertical(num_classes, num_verticals, seed=0):
+  """Zipf-like vertical sizes (each >= 1), classes shuffled over ids.
+
+  Size of vertical v ~ N * (1 / (v + 1)) / sum_u 1 / (u + 1).
+
+  Args:
+    num_classes: N.
+    num_verticals: M.
+    seed: permutation seed.
+
+  Returns:
+    int64 array [N], class -> vertical.
+  """
+  weights = 1.0 / np.arange(1, num_verticals + 1)
+  sizes = np.maximum(1, np.floor(weights / weights.sum() * num_classes))
+  sizes = sizes.astype(np.int64)
+  sizes[0] += num_classes - sizes.sum()
+  c2v = np.repeat(np.arange(num_verticals), sizes)
+  return np.random.RandomState(seed).permutation(c2v)
+
+
+def dense_flops(batch, fan_in, fan_out):
+  """Forward FLOPs of one dense matmul: 2 * B * in * out."""
+  return 2 * batch * fan_in * fan_out
+
+
+def head_forward_flops(head_type, batch, feature_dim, s1, s2, num_classes,
+                       num_verticals, shared_units=0):
+  """Forward matmul FLOPs of a head, 2 * B * (kernel weights).
+
+  Every kernel weight of the heads of METHOD.md section 2 is used once per
+  example (SC blocks see only their own input), so the forward FLOPs are
+  2 * B * expected_head_params.
+
+  Args:
+    head_type: 'fc_fc', 'fc_sc' or 'sc_sc'.
+    batch: B.
+    feature_dim: s_b.
+    s1: first hidden units.
+    s2: second hidden units.
+    num_classes: N.
+    num_verticals: M.
+    shared_units: x.
+
+  Returns:
+    int FLOPs.
+  """
+  # Imported here so the timing helpers load without the package.
+  from kc_keras.modeling import heads  # pylint: disable=g-import-not-at-top
+  return 2 * batch * heads.expected_head_params(
+      head_type, feature_dim, s1, s2, num_classes, num_verticals,
+      shared_units)
+
+
+def median_seconds(fn, repeats, warmup=1):
+  """Median wall time of `fn()` over `repeats` calls after `warmup` calls.
+
+  The result of each call is pulled to the host (`.numpy()` on its first
+  tensor) so asynchronous execution is inside the timing.
+  """
+  for _ in range(warmup):
+    _block(fn())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    _block(fn())
+    times.append(time.perf_counter() - start)
+  return float(np.median(times))
+
+
+def _block(result):
+  flat = tf.nest.flatten(result)
+  if flat and hasattr(flat[0], "numpy"):
+    flat[0].numpy()
+
+
+def peak_rss_bytes():
+  """Peak resident set size of this process (Linux ru_maxrss is KiB)."""
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def load_line():
+  """'load avg a/b/c, cores n' for the report."""
+  one, five, fifteen = os.getloadavg()
+  return (f"load avg {one:.2f}/{five:.2f}/{fifteen:.2f}, "
+          f"cores {os.cpu_count()}")
+
+
+def machine_line():
+  """CPU model, cores, TF and Keras versions."""
+  import keras  # pylint: disable=g-import-not-at-top
+  model = platform.processor() or "unknown"
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("model name"):
+          model = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  return (f"{model}, {os.cpu_count()} cores, TF {tf.__version__}, "
+          f"Keras {keras.__version__}")
+
+
+def interleaved_median_seconds(fns, repeats, warmup=1):
+  """Median wall time of each `fns[name]()`, the calls interleaved.
+
+  Round r calls every function once, in order, so a change of machine load
+  during the measurement reaches every function alike (the CPU is shared).
+
+  Args:
+    fns: dict name -> zero-argument callable.
+    repeats: timed rounds.
+    warmup: untimed rounds first (tracing).
+
+  Returns:
+    dict name -> median seconds.
+  """
+  for _ in range(warmup):
+    for fn in fns.values():
+      _block(fn())
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      start = time.perf_counter()
+      _block(fn())
+      times[name].append(time.perf_counter() - start)
+  return {name: float(np.median(t)) for name, t in times.items()}
