@@ -119,7 +119,26 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   files.atomic_write_json(os.path.join(workdir, RESULTS_JSON), rows)
   files.atomic_write_text(os.path.join(workdir, RESULTS_MD),
                           results_table(rows) + "\n" + summarize(rows) + "\n")
+  chart_rows = chart_row_names(rows)
+  if chart_rows:
+    plot_per_vertical(rows, chart_rows, os.path.join(workdir, CHART_PNG))
   return rows
+
+
+def chart_row_names(rows: Sequence[Dict], generalist: str = "generalist FC-FC",
+                    specialists: str = "specialists") -> List[str]:
+  """[generalist, best other row by mpvap, specialists] when both ends exist.
+
+  Returns:
+    The three row names for `plot_per_vertical`, or [] when the results lack
+    the generalist, the specialists or any third row.
+  """
+  names = [r["name"] for r in rows]
+  others = [r for r in rows if r["name"] not in (generalist, specialists)]
+  if generalist not in names or specialists not in names or not others:
+    return []
+  best = max(others, key=lambda r: r["metrics"]["mpvap"])
+  return [generalist, best["name"], specialists]
 
 
 def results_table(rows: Sequence[Dict]) -> str:

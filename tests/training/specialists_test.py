@@ -136,3 +136,22 @@ def test_pipeline_report_helpers():
   assert "| specialists | 90.0 | 80.0 | 80.0 | 100 | 1 |" in table
   summary = pipeline_lib.summarize(rows)
   assert "closes 50% of the" in summary and "5.0% of the specialists" in summary
+  rows.append(dict(name="FC-FC + D", params=10, wall_seconds=1.0,
+                   metrics=dict(mpvap=0.6, top1=0.5, top5=0.5)))
+  assert pipeline_lib.chart_row_names(rows) == [
+      "generalist FC-FC", "FC-SC + D + S (vertical)", "specialists"]
+  assert pipeline_lib.chart_row_names(rows[:1]) == []
+
+
+def test_per_vertical_chart_is_a_png(tmp_path):
+  rows = [dict(name=n, metrics=dict(per_vertical_ap={"a": x, "b": y}))
+          for n, x, y in (("generalist FC-FC", 0.2, 0.5), ("student", 0.4, 0.6),
+                          ("specialists", 0.9, 0.8))]
+  path = pipeline_lib.plot_per_vertical(
+      rows, ["generalist FC-FC", "student", "specialists"],
+      str(tmp_path / "chart.png"))
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  assert os.listdir(tmp_path) == ["chart.png"]  # no temporary file left
+  with pytest.raises(ValueError, match="None of"):
+    pipeline_lib.plot_per_vertical(rows, ["nope"], str(tmp_path / "x.png"))
