@@ -5,6 +5,7 @@ import platform
 import resource
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -140,3 +141,14 @@ def interleaved_median_seconds(fns, repeats, warmup=1):
       _block(fn())
       times[name].append(time.perf_counter() - start)
   return {name: float(np.median(t)) for name, t in times.items()}
+
+
+class StepTimes(keras.callbacks.Callback):
+  """Wall time (`time.perf_counter`) at the end of every training batch."""
+
+  def __init__(self):
+    super().__init__()
+    self.times = []
+
+  def on_train_batch_end(self, batch, logs=None):
+    self.times.append(time.perf_counter())

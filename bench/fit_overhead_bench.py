@@ -41,21 +41,10 @@ FLAGS = flags.FLAGS
 CHANNELS = 3
 
 
-class StepTimes(keras.callbacks.Callback):
-  """Wall time at the end of every training batch."""
-
-  def __init__(self):
-    super().__init__()
-    self.times = []
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.times.append(time.perf_counter())
-
-
 def timed_fit(model, dataset):
   """Median seconds per step of one fit epoch (after a warm-up epoch)."""
   model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0)
-  timer = StepTimes()
+  timer = bench_utils.StepTimes()
   model.fit(dataset, steps_per_epoch=FLAGS.steps, epochs=1, verbose=0,
             callbacks=[timer])
   return float(np.median(np.diff(timer.times)))

@@ -87,17 +87,6 @@ def make_data_config():
   return config
 
 
-class StepTimes(keras.callbacks.Callback):
-  """Wall time at the end of every training batch."""
-
-  def __init__(self):
-    super().__init__()
-    self.times = []
-
-  def on_train_batch_end(self, batch, logs=None):
-    self.times.append(time.perf_counter())
-
-
 def breakdown(num_classes, batch, logits_shape, repeats):
   """Median ms of the step's N-wide pieces on random data."""
   rng = np.random.default_rng(0)
@@ -186,7 +175,7 @@ def main(argv):
     return train_step(data)
 
   model.train_step = counted_train_step
-  timer = StepTimes()
+  timer = bench_utils.StepTimes()
   history = model.fit(dataset(), steps_per_epoch=FLAGS.steps // FLAGS.epochs,
                       epochs=FLAGS.epochs, callbacks=[timer], verbose=0)
   times = np.asarray(timer.times)

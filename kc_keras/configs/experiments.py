@@ -161,6 +161,20 @@ def _omniglot_schedule(config: kc_config.ExperimentConfig, epochs: int) -> None:
   config.trainer.optimizer.epsilon = _EPSILON_PER_CLASS * 1623
 
 
+def _student_on_trunk(config: kc_config.ExperimentConfig, run_dir: str) -> None:
+  """A generalist config -> the FC(256)-SC(256) + D + S student of frozen-trunk teachers.
+
+  The teachers are `run_dir/trunk` (the same network trained longer) with a
+  classifier of their vertical trained 300 steps on its frozen features; the
+  self-paced scales start at the prior (`_prior_matched_self_paced_init`).
+  """
+  trunk_model = config.task.model.as_dict()
+  _student(config, s1=256, s2=256)
+  _prior_matched_self_paced_init(config)
+  _frozen_trunk_teachers(config, trunk_model, f"{run_dir}/trunk", run_dir,
+                         steps=300, steps_per_loop=100, schedule="constant")
+
+
 @exp_factory.register_config_factory("kc_generalist_omniglot")
 def kc_generalist_omniglot() -> kc_config.ExperimentConfig:
   """The generalist on Omniglot (50 alphabets = verticals, 1,623 classes), 8 epochs."""
@@ -189,12 +203,7 @@ def kc_student_omniglot() -> kc_config.ExperimentConfig:
   generalist's backbone, widths and schedule.
   """
   config = kc_generalist_omniglot()
-  trunk_model = config.task.model.as_dict()
-  _student(config, s1=256, s2=256)
-  _prior_matched_self_paced_init(config)
-  _frozen_trunk_teachers(config, trunk_model, "runs/omniglot/trunk",
-                         "runs/omniglot", steps=300, steps_per_loop=100,
-                         schedule="constant")
+  _student_on_trunk(config, "runs/omniglot")
   return config
 
 
@@ -256,12 +265,7 @@ def kc_trunk_embedded_rich() -> kc_config.ExperimentConfig:
 def kc_student_embedded_rich() -> kc_config.ExperimentConfig:
   """Specialists on the trunk and the FC-SC + D + S student, data-rich embedded set."""
   config = kc_generalist_embedded_rich()
-  trunk_model = config.task.model.as_dict()
-  _student(config, s1=256, s2=256)
-  _prior_matched_self_paced_init(config)
-  _frozen_trunk_teachers(config, trunk_model, "runs/embedded_rich/trunk",
-                         "runs/embedded_rich", steps=300, steps_per_loop=100,
-                         schedule="constant")
+  _student_on_trunk(config, "runs/embedded_rich")
   return config
 
 
