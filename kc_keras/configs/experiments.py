@@ -221,7 +221,9 @@ def _rich_embedded_data(config: kc_config.ExperimentConfig) -> None:
   data.embedded.vertical_sizes = "uneven"
   data.embedded.train_examples_per_class = 100
   data.embedded.eval_examples_per_class = 5
-  data.embedded.class_jitter = 0.15
+  # The generator's default (finer than the demo's 0.15): at 0.15 the
+  # 1,000-step generalist already reached 95.5 mpvap, leaving no gap to close.
+  data.embedded.class_jitter = 0.08
 
 
 def _rich_embedded_schedule(config: kc_config.ExperimentConfig,
