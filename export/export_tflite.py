@@ -19,6 +19,15 @@ flags.DEFINE_enum("quantization", "none", list(export_tflite_lib.QUANTIZATIONS),
 flags.DEFINE_list("float_layers", [],
                   "int8_float_head: more Keras layer names kept float "
                   "(e.g. input_scaling,block0_conv0).")
+flags.DEFINE_bool("float_head", True,
+                  "int8_float_head: keep the logits layer float; "
+                  "--nofloat_head keeps only --float_layers float.")
+flags.DEFINE_string("logit_floor", export_tflite_lib.DEFAULT,
+                    "The model outputs max(logit, floor): default (-16 where "
+                    "the logits layer is int8: int8, int8_float_head "
+                    "--nofloat_head, when it narrows their int8 logits to "
+                    "[floor, max]; no floor for the others) | none | a "
+                    "negative number.")
 flags.DEFINE_integer("representative_examples", 100,
                      "Training images calibrating int8/int16x8.")
 flags.DEFINE_string("experiment", None,
@@ -39,8 +48,10 @@ def main(_):
   result = export_tflite_lib.export_tflite(
       FLAGS.saved_model_dir, FLAGS.output, FLAGS.quantization, params=params,
       representative_examples=FLAGS.representative_examples,
-      float_layers=FLAGS.float_layers)
-  print(f"{result['model']} ({result['bytes']} bytes), labels: "
+      float_layers=FLAGS.float_layers, logit_floor=FLAGS.logit_floor,
+      float_head=FLAGS.float_head)
+  print(f"{result['model']} ({result['bytes']} bytes, logit floor "
+        f"{result['logit_floor']}), labels: "
         f"{result['labels']}, verticals: {result['verticals']}")
 
 

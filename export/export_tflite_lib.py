@@ -1,8 +1,10 @@
 """Converts an exported SavedModel's `serve_image` signature to TFLite (float, fp16, dynamic, integer)."""
 
+import math
 import os
 import re
-from typing import Callable, Iterable, Iterator, List, Optional, Sequence
+from typing import (Callable, Iterable, Iterator, List, Optional, Sequence,
+                    Tuple, Union)
 
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
@@ -21,6 +23,20 @@ CALIBRATED = ("int8", "int8_float_head", "int16x8")
 # producer. A trained model's logits span a wide range (demo: -59 to +3.3)
 # so one int8 step (0.24) exceeds many top-2 margins; see docs/BENCHMARKS.md.
 FLOAT_HEAD_LAYERS = ("classifier", "self_paced_scale")
+# Logit floor applied when the caller asks for the default: full int8
+# rounds its logits output over [floor, max] instead of [min, max] (demo:
+# one step 0.23 -> 0.07, top-1 agreement 92.8% -> 96.3%; see
+# docs/BENCHMARKS.md). sigmoid(-16) ~ 1.1e-7: clipping lower logits changes
+# no score a caller can tell apart from 0. Float-output variants do not
+# round their logits to int8 and get no floor.
+SUGGESTED_LOGIT_FLOOR = -16.0
+DEFAULT_LOGIT_FLOORS = {"int8": SUGGESTED_LOGIT_FLOOR}
+# Stem layers of the `small_cnn` backbone, for `float_layers`: the first
+# conv's few weights per channel (3x3x1 on Omniglot) are the int8 kernels
+# that cost most agreement (see docs/BENCHMARKS.md).
+SMALL_CNN_STEM = ("input_scaling", "block0_conv0", "block0_bn0",
+                  "block0_relu0")
+DEFAULT = "default"
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
 # `serve_image` minus its empty-batch guard (see ServingModule).
@@ -110,8 +126,127 @@ def float_node_names(tensor_names: Sequence[str], output_names: Sequence[str],
                                     for p in patterns)]
 
 
-def _selective_int8(converter, dataset, extra_layers: Sequence[str]) -> bytes:
+def check_logit_floor(logit_floor: Optional[float]) -> Optional[float]:
+  """Validates a `--logit_floor` value.
+
+  Args:
+    logit_floor: None (no floor) or the lowest logit the model outputs.
+
+  Returns:
+    `logit_floor` as a float, or None.
+
+  Raises:
+    TFLiteExportError: a floor that is not a finite negative number (a floor
+      >= 0 would clip logits of classes the model scores >= 0.5).
+  """
+  if logit_floor is None:
+    return None
+  try:
+    value = float(logit_floor)
+  except (TypeError, ValueError):
+    raise TFLiteExportError(
+        f"logit_floor={logit_floor!r} is not a number") from None
+  if not math.isfinite(value) or value >= 0:
+    raise TFLiteExportError(
+        f"logit_floor={logit_floor!r} must be a finite negative number "
+        f"(e.g. {SUGGESTED_LOGIT_FLOOR}: sigmoid(-16) ~ 1e-7)")
+  return value
+
+
+def resolve_logit_floor(logit_floor: Union[float, str, None],
+                        quantization: str,
+                        float_head: bool = True) -> Optional[float]:
+  """The floor a conversion applies.
+
+  Args:
+    logit_floor: "default" (the floor of the variants whose logits layer
+      outputs int8: `int8`, and `int8_float_head` with `float_head=False`;
+      None for the others), None or "none" (no floor), or a negative number
+      (or its string, as a flag passes it).
+    quantization: one of `QUANTIZATIONS`.
+    float_head: see `convert`.
+
+  Returns:
+    The floor, or None.
+
+  Raises:
+    TFLiteExportError: see `check_logit_floor`.
+  """
+  if isinstance(logit_floor, str):
+    lowered = logit_floor.strip().lower()
+    if lowered == DEFAULT:
+      if quantization == "int8_float_head" and not float_head:
+        return SUGGESTED_LOGIT_FLOOR
+      return DEFAULT_LOGIT_FLOORS.get(quantization)
+    if lowered == "none":
+      return None
+  return check_logit_floor(logit_floor)
+
+
+def _floored_function(function, logit_floor: float):
+  """`function` (images -> logits, probs) with logits = max(logits, floor).
+
+  Written as relu(logits + (-floor)) + floor rather than tf.maximum: the
+  converter folds a constant ADD (not a SUB) into the classifier's bias and
+  fuses the relu into it, so in int8 the classifier's own output is
+  calibrated over [0, max - floor] instead of the full logit range; a
+  MAXIMUM (or SUB) op after it would leave that coarse rounding in place.
+  """
+  concrete = function.get_concrete_function()
+  spec = tf.TensorSpec(concrete.inputs[0].shape, tf.float32,
+                       name=saved_model_lib.IMAGES_INPUT)
+
+  @tf.function(input_signature=[spec])
+  def floored(images):
+    logits = function(images)["logits"]
+    logits = tf.nn.relu(logits + (-logit_floor)) + logit_floor
+    return {"logits": logits, "probs": tf.sigmoid(logits)}
+
+  return floored.get_concrete_function()
+
+
+def _float_op_count(concrete, loaded) -> int:
+  """Ops of `concrete` converted to a float TFLite model."""
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [concrete], loaded)
+  interpreter = Interpreter(model_content=converter.convert())
+  return len(interpreter._get_ops_details())  # pylint: disable=protected-access
+
+
+def default_floor_helps(function, loaded, logit_floor: float,
+                        representative_images) -> bool:
+  """Whether the default floor narrows the int8 logits of this model.
+
+  It does when (1) some calibration logits lie below it (else relu(x -
+  floor) spans [0, max - floor], wider than [min, max]) and (2) the
+  converter folds it into the op producing the logits: its float graph then
+  has exactly one more op (the final ADD). With self-paced scaling the
+  logits come from a data-dependent MUL that the constant cannot be folded
+  into; the floor would add two coarse int8 ops after it (measured on the
+  smoke model: the logits step grew 10x).
+
+  Args:
+    function: the export's `tflite_serve_image` function.
+    loaded: the loaded SavedModel holding it.
+    logit_floor: the floor.
+    representative_images: the calibration images (a callable).
+
+  Returns:
+    True when the floor should be applied.
+  """
+  lowest = min(float(np.min(function(tf.constant(batch))["logits"]))
+               for batch in representative_images())
+  if lowest >= logit_floor:
+    return False
+  return (_float_op_count(_floored_function(function, logit_floor), loaded)
+          == _float_op_count(function.get_concrete_function(), loaded) + 1)
+
+
+def _selective_int8(converter, dataset, extra_layers: Sequence[str],
+                    float_head: bool = True) -> bytes:
   """int8 everywhere except the head, `extra_layers` and the output ops.
+
+  `float_head=False`: the head (`FLOAT_HEAD_LAYERS`) is int8 too.
 
   Uses the converter's quantization debugger: calibrate once, then quantize
   with the chosen ops deny-listed (they run in float between (de)quantize
@@ -135,15 +270,36 @@ def _selective_int8(converter, dataset, extra_layers: Sequence[str]) -> bytes:
   output_names = [d["name"] for d in interpreter.get_output_details()]
   debugger.options = tf.lite.experimental.QuantizationDebugOptions(
       denylisted_nodes=float_node_names(
-          tensor_names, output_names, FLOAT_HEAD_LAYERS + tuple(extra_layers)),
+          tensor_names, output_names,
+          (FLOAT_HEAD_LAYERS if float_head else ()) + tuple(extra_layers)),
       fully_quantize=False)
   return debugger.get_nondebug_quantized_model()
 
 
 def convert(saved_model_dir: str, quantization: str,
             representative_images: Optional[Callable[[], Iterable[np.ndarray]]]
-            = None, float_layers: Sequence[str] = ()) -> bytes:
-  """The `serve_image` computation as a TFLite flatbuffer.
+            = None, float_layers: Sequence[str] = (),
+            logit_floor: Union[float, str, None] = DEFAULT,
+            float_head: bool = True) -> bytes:
+  """The `serve_image` computation as a TFLite flatbuffer (see `convert_with_floor`).
+
+  Returns:
+    The model bytes.
+
+  Raises:
+    TFLiteExportError: see `convert_with_floor`.
+  """
+  return convert_with_floor(saved_model_dir, quantization,
+                            representative_images, float_layers,
+                            logit_floor, float_head)[0]
+
+
+def convert_with_floor(saved_model_dir: str, quantization: str,
+            representative_images: Optional[Callable[[], Iterable[np.ndarray]]]
+            = None, float_layers: Sequence[str] = (),
+            logit_floor: Union[float, str, None] = DEFAULT,
+            float_head: bool = True) -> Tuple[bytes, Optional[float]]:
+  """The `serve_image` computation as a TFLite flatbuffer, and its floor.
 
   Converts the export's `tflite_serve_image` function: the `serve_image`
   signature (float32 `[B, H, W, C]` in [0, 1] -> `logits`, `probs`) without
@@ -173,15 +329,28 @@ def convert(saved_model_dir: str, quantization: str,
       float32 `[1, H, W, C]` batches.
     float_layers: `int8_float_head` only: more Keras layer names kept float
       (e.g. the first convolution, "block0_conv0").
+    logit_floor: a negative number: the model outputs
+      logits = max(logits, logit_floor) (probs follow). The scores and the
+      top-k are unchanged unless fewer than k logits exceed the floor;
+      in int8 the logits' quantization step shrinks from
+      (max - min) / 255 to (max - floor) / 255. "default": -16 where the
+      logits layer outputs int8 (`int8`; `int8_float_head` with
+      `float_head=False`) and `default_floor_helps`, else no floor; None
+      or "none": no floor. A number is always applied.
+    float_head: `int8_float_head` only: False quantizes the logits layer
+      too, keeping only `float_layers` and the output ops float (with a
+      logit floor: int8 size, and the stem float closes most of the gap;
+      see docs/BENCHMARKS.md).
 
   Returns:
-    The model bytes.
+    `(model bytes, the logit floor applied or None)`.
 
   Raises:
-    TFLiteExportError: unknown quantization, int8 without images,
-      `float_layers` with another quantization than int8_float_head or
-      naming no layer of the model, or a SavedModel without the
-      `serve_image` signature.
+    TFLiteExportError: unknown quantization, int8 without images, a
+      `logit_floor` that is not a finite negative number,
+      `float_layers` or `float_head=False` with another quantization than
+      int8_float_head, `float_layers` naming no layer of the model, or a
+      SavedModel without the `serve_image` signature.
   """
   if quantization not in QUANTIZATIONS:
     raise TFLiteExportError(
@@ -190,10 +359,17 @@ def convert(saved_model_dir: str, quantization: str,
   if calibrated and representative_images is None:
     raise TFLiteExportError(
         f"quantization={quantization!r} needs representative images")
+  if not float_head and quantization != "int8_float_head":
+    raise TFLiteExportError(
+        f"float_head=False only applies to int8_float_head, not "
+        f"quantization={quantization!r}")
   if float_layers and quantization != "int8_float_head":
     raise TFLiteExportError(
         f"float_layers={list(float_layers)} only apply to int8_float_head, "
         f"not quantization={quantization!r}")
+  is_default = (isinstance(logit_floor, str)
+                and logit_floor.strip().lower() == DEFAULT)
+  logit_floor = resolve_logit_floor(logit_floor, quantization, float_head)
   if not tf.saved_model.contains_saved_model(saved_model_dir):
     raise TFLiteExportError(f"{saved_model_dir} holds no SavedModel")
   loaded = tf.saved_model.load(saved_model_dir)
@@ -202,8 +378,14 @@ def convert(saved_model_dir: str, quantization: str,
     raise TFLiteExportError(
         f"{saved_model_dir} has no {TFLITE_FUNCTION!r} function; export it "
         "with export.export_saved_model")
+  if (is_default and logit_floor is not None
+      and not default_floor_helps(function, loaded, logit_floor,
+                                  representative_images)):
+    logit_floor = None
+  concrete = (function.get_concrete_function() if logit_floor is None
+              else _floored_function(function, logit_floor))
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
-      [function.get_concrete_function()], loaded)
+      [concrete], loaded)
   if quantization != "none":
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
   if quantization == "fp16":
@@ -218,7 +400,8 @@ def convert(saved_model_dir: str, quantization: str,
   if quantization == "int8_float_head":
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
-    return _selective_int8(converter, dataset, float_layers)
+    return (_selective_int8(converter, dataset, float_layers, float_head),
+            logit_floor)
   if quantization == "int8":
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
@@ -227,7 +410,7 @@ def convert(saved_model_dir: str, quantization: str,
   if quantization == "int16x8":
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-  return converter.convert()
+  return converter.convert(), logit_floor
 
 
 def _label_lines(saved_model_dir: str) -> List[str]:
@@ -245,7 +428,9 @@ def _label_lines(saved_model_dir: str) -> List[str]:
 
 def export_tflite(saved_model_dir: str, output: str, quantization: str,
                   params=None, representative_examples: int = 100,
-                  float_layers: Sequence[str] = ()) -> dict:
+                  float_layers: Sequence[str] = (),
+                  logit_floor: Union[float, str, None] = DEFAULT,
+                  float_head: bool = True) -> dict:
   """Converts and writes `output` plus its label files, each atomically.
 
   Args:
@@ -256,9 +441,12 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
       int16x8 (default: `task.data` of the params.yaml saved with the export).
     representative_examples: training images used for calibration.
     float_layers: see `convert`.
+    logit_floor: see `convert`.
+    float_head: see `convert`.
 
   Returns:
-    `{"model": output, "labels": ..., "verticals": ..., "bytes": size}`.
+    `{"model": output, "labels": ..., "verticals": ..., "bytes": size,
+    "logit_floor": the floor applied or None}`.
 
   Raises:
     TFLiteExportError: see `convert`; `representative_examples < 1` for int8.
@@ -272,11 +460,14 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
     data_config = (params.task.data if params is not None
                    else load_export_data_config(saved_model_dir))
     images = lambda: training_images(data_config, representative_examples)  # noqa: E731
-  model = convert(saved_model_dir, quantization, images, float_layers)
+  model, applied_floor = convert_with_floor(
+      saved_model_dir, quantization, images, float_layers, logit_floor,
+      float_head)
   labels, verticals = _label_lines(saved_model_dir)
   paths = sidecar_paths(output)
   # Labels first: a model file never appears without its names.
   files.atomic_write_text(paths["labels"], labels)
   files.atomic_write_text(paths["verticals"], verticals)
   files.atomic_write_bytes(output, model)
-  return dict(model=output, bytes=len(model), **paths)
+  return dict(model=output, bytes=len(model), logit_floor=applied_floor,
+              **paths)

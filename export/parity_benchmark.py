@@ -31,6 +31,15 @@ flags.DEFINE_integer("throughput_repeats", parity_lib.THROUGHPUT_REPEATS,
                      "Timed batches (median) per throughput figure.")
 flags.DEFINE_list("float_layers", [],
                   "int8_float_head: more Keras layer names kept float.")
+flags.DEFINE_bool("float_head", True,
+                  "int8_float_head: keep the logits layer float; "
+                  "--nofloat_head keeps only --float_layers float.")
+flags.DEFINE_string("logit_floor", export_tflite_lib.DEFAULT,
+                    "default (-16 where the logits layer is int8: int8, "
+                    "int8_float_head --nofloat_head, and it narrows the "
+                    "int8 logits; else none) | none "
+                    "| a negative number applied to every variant: the "
+                    "files output max(logit, floor).")
 flags.DEFINE_integer("representative_examples", 200,
                      "Training images calibrating int8/int16x8.")
 flags.mark_flags_as_required(["experiment", "checkpoint_path",
@@ -45,19 +54,25 @@ def main(_):
   network, _, _, _ = export_saved_model_lib.load_network(
       params, FLAGS.checkpoint_path)
   paths = {}
+  floors = {}
   for quantization in FLAGS.quantizations:
+    float_head = FLAGS.float_head or quantization != "int8_float_head"
+    variant = quantization if float_head else f"{quantization} --nofloat_head"
     path = os.path.join(FLAGS.tflite_dir, f"model_{quantization}.tflite")
-    export_tflite_lib.export_tflite(
+    result = export_tflite_lib.export_tflite(
         FLAGS.saved_model_dir, path, quantization, params=params,
         representative_examples=FLAGS.representative_examples,
         float_layers=(FLAGS.float_layers
-                      if quantization == "int8_float_head" else ()))
-    paths[quantization] = path
+                      if quantization == "int8_float_head" else ()),
+        logit_floor=FLAGS.logit_floor, float_head=float_head)
+    floors[variant] = result["logit_floor"]
+    paths[variant] = path
   images = parity_lib.eval_images(params, FLAGS.max_examples, _EVAL_BATCH)
   load_before = os.getloadavg()
   rows = parity_lib.measure(network, images, FLAGS.saved_model_dir, paths,
                             FLAGS.latency_images, FLAGS.throughput_batch,
-                            FLAGS.throughput_repeats)
+                            FLAGS.throughput_repeats,
+                            logit_floors=floors)
   print(f"{len(images)} eval images; load average (1/5/15 min) before "
         f"{load_before}, after {os.getloadavg()}")
   print(parity_lib.markdown_table(rows, FLAGS.throughput_batch))

@@ -3,7 +3,7 @@
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -136,12 +136,14 @@ def _dir_bytes(path: str) -> int:
 
 def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
             file_bytes: int, latency_ms: float,
-            throughput: float = 0.0) -> ParityRow:
+            throughput: float = 0.0,
+            logit_floor: Optional[float] = None) -> ParityRow:
   """One row: `logits` `[E, N]` of a variant against the Keras `reference`.
 
   top1_agreement = mean_i [argmax logits_i == argmax reference_i];
   top1_in_top2 = mean_i [argmax reference_i in the 2 largest logits_i];
-  max_logit_diff = max_ij |logits_ij - reference_ij|.
+  max_logit_diff = max_ij |logits_ij - max(reference_ij, logit_floor)|
+  (the floor only when given: the variant outputs floored logits).
   """
   top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
   target = reference.argmax(1)
@@ -149,7 +151,9 @@ def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
       variant=variant,
       top1_agreement=float(np.mean(logits.argmax(1) == target)),
       top1_in_top2=float(np.mean(np.any(top2 == target[:, None], axis=1))),
-      max_logit_diff=float(np.abs(logits - reference).max()),
+      max_logit_diff=float(np.abs(logits - (
+          reference if logit_floor is None
+          else np.maximum(reference, logit_floor))).max()),
       file_bytes=int(file_bytes), latency_ms=float(latency_ms),
       throughput=float(throughput))
 
@@ -158,12 +162,28 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
             tflite_paths: Dict[str, str], latency_images: int,
             batch_size: int = THROUGHPUT_BATCH,
             repeats: int = THROUGHPUT_REPEATS,
-            warmup: int = WARMUP_CALLS) -> List[ParityRow]:
+            warmup: int = WARMUP_CALLS,
+            logit_floors: Optional[Dict[str, Optional[float]]] = None
+            ) -> List[ParityRow]:
   """Keras vs `serve_image` vs each TFLite file, on `images`.
 
   Timing (see `time_variant`): the eager Keras call, the loaded
   `serve_image` signature, and one LiteRT interpreter per file (1 thread,
   the whole batch in one invoke, int8 (de)quantization included).
+
+  Args:
+    network: the Keras network.
+    images: float32 `[E, H, W, C]`.
+    saved_model_dir: the export's version directory.
+    tflite_paths: variant name -> `.tflite` file.
+    latency_images: images timed at batch 1.
+    batch_size: batch of the throughput figure.
+    repeats: timed batches per throughput figure.
+    warmup: untimed calls before each timing.
+    logit_floors: variant name -> the logit floor its file was converted
+      with (missing or None: none). A floored row compares top-1 with the
+      Keras logits as they are and the logit difference with
+      max(Keras logits, floor), the function the file is meant to compute.
 
   Returns:
     One `ParityRow` per variant, Keras first (agreement 1, diff 0).
@@ -188,8 +208,12 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
     classifier = tflite_demo_lib.TFLiteClassifier(path)
     logits = classifier.logits(images)
     t = timed(classifier.batch_logits)
-    rows.append(compare(f"tflite {variant}", logits, reference,
-                        os.path.getsize(path), t.latency_ms, t.throughput))
+    name = f"tflite {variant}"
+    logit_floor = (logit_floors or {}).get(variant)
+    if logit_floor is not None:
+      name += f" (logit floor {logit_floor:g})"
+    rows.append(compare(name, logits, reference, os.path.getsize(path),
+                        t.latency_ms, t.throughput, logit_floor))
   return rows
 
 
@@ -197,10 +221,12 @@ def markdown_table(rows: Sequence[ParityRow],
                    batch_size: int = THROUGHPUT_BATCH) -> str:
   """The rows as a GitHub markdown table.
 
-  The size ratio column divides by the `tflite none` (fp32) row's file,
-  "-" when there is none.
+  The size ratio column divides by the `tflite none` (fp32) row's file
+  (with or without a logit floor), "-" when there is none.
   """
-  fp32 = {r.variant: r.file_bytes for r in rows}.get(FP32_VARIANT, 0)
+  fp32 = next((r.file_bytes for r in rows
+               if r.variant == FP32_VARIANT
+               or r.variant.startswith(FP32_VARIANT + " (")), 0)
   lines = ["| variant | top-1 agreement | Keras top-1 in top-2 | "
            "max logit diff | file size | size / fp32 tflite | "
            "latency / image (batch 1) | throughput (batch "
