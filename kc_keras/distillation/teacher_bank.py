@@ -35,6 +35,60 @@ def model_fingerprint(model):
   return digest.hexdigest()
 
 
+def shared_trunk_classifier(teachers, class_ids_of, num_classes):
+  """One trunk and one [d, N] classifier, when every teacher is the same trunk.
+
+  Teachers made the frozen-trunk way (`freeze: backbone_and_hidden`) share
+  their backbone and hidden layers with identical weights and differ only in
+  their dense classifier. Then T_v(x) = phi(x) W_v + b_v with one phi for all
+  teachers, and the classifiers concatenate into W [d, N] (column c = class c,
+  from its vertical's teacher): every teacher's logits for a batch cost one
+  trunk pass and one matmul, whatever the number of verticals.
+
+  Args:
+    teachers: dict vertical id -> teacher model.
+    class_ids_of: dict vertical id -> int array of its global class ids.
+    num_classes: N.
+
+  Returns:
+    (trunk model, kernel float32 [d, N], bias float32 [N]), or None when the
+    teachers do not cover every vertical, are not FC-FC `HierarchicalClassifier`s
+    without self-paced scaling, or their trunks' weights differ.
+  """
+  if set(teachers) != set(class_ids_of):
+    return None
+  for v, teacher in teachers.items():
+    head = getattr(teacher, "head", None)
+    scale = getattr(teacher, "self_paced", None)
+    if (getattr(teacher, "backbone", None) is None or head is None or
+        getattr(head, "head_type", None) != "fc_fc" or
+        getattr(scale, "mode", None) != "none" or
+        int(head.classifier.units) != class_ids_of[v].size):
+      return None
+
+  def trunk_weights(teacher):
+    return (teacher.backbone.weights + teacher.head.hidden1.weights +
+            teacher.head.hidden2.weights)
+
+  first = teachers[min(teachers)]
+  reference = [np.asarray(w) for w in trunk_weights(first)]
+  for teacher in teachers.values():
+    weights = trunk_weights(teacher)
+    if len(weights) != len(reference) or any(
+        tuple(w.shape) != r.shape or not np.array_equal(np.asarray(w), r)
+        for w, r in zip(weights, reference)):
+      return None
+  width = int(first.head.classifier.kernel.shape[0])
+  kernel = np.zeros((width, num_classes), np.float32)
+  bias = np.zeros((num_classes,), np.float32)
+  for v, teacher in teachers.items():
+    classifier = teacher.head.classifier
+    kernel[:, class_ids_of[v]] = np.asarray(classifier.kernel)
+    if classifier.use_bias:
+      bias[class_ids_of[v]] = np.asarray(classifier.bias)
+  return first, kernel, bias
+
+
 class TeacherBank:
   """Frozen specialist teachers, one per vertical, routed by label vertical.
 
@@ -48,6 +102,10 @@ class TeacherBank:
   goes only through the teacher(s) of the vertical(s) of its labels: the slots
   (sample, vertical) are split with `tf.dynamic_partition`, each teacher sees
   only its rows, and the results are put back with `tf.dynamic_stitch`.
+  When all teachers are one frozen trunk with their own classifiers
+  (`shared_trunk_classifier`), the batch instead goes once through the trunk
+  and one [d, N] matmul, and each sample keeps its own vertical's columns: the
+  same targets, at a cost that does not grow with the number of verticals.
 
   Args:
     teachers: dict vertical id -> keras.Model (images -> logits). Frozen here
@@ -61,6 +119,8 @@ class TeacherBank:
       this set may lack a teacher; a batch that needs one fails in-graph with
       an error naming it.
     vertical_names: optional names, used in error messages.
+    share_trunk: use the shared-trunk path when the teachers allow it (False
+      forces per-teacher routing, e.g. to compare the two).
 
   Raises:
     ValueError: on bad arguments or a missing teacher (names the vertical).
@@ -76,7 +136,8 @@ class TeacherBank:
                top_k,
                max_teachers_per_example=1,
                expected_verticals=None,
-               vertical_names=None):
+               vertical_names=None,
+               share_trunk=True):
     class_to_vertical = np.asarray(class_to_vertical)
     if class_to_vertical.ndim != 1 or class_to_vertical.size == 0:
       raise ValueError(
@@ -129,6 +190,23 @@ class TeacherBank:
         v: np.flatnonzero(self.class_to_vertical == v).astype(np.int32)
         for v in range(self.num_verticals)
     }
+    self._shared = None
+    shared = (shared_trunk_classifier(self._teachers, self._class_ids,
+                                      self.num_classes)
+              if share_trunk else None)
+    if shared is not None:
+      trunk, kernel, bias = shared
+      # Variables, not graph constants: at N = 100K the kernel is 200 MB.
+      self._shared = (trunk,
+                      tf.Variable(kernel, trainable=False,
+                                  name="shared_trunk_kernel"),
+                      tf.Variable(bias, trainable=False,
+                                  name="shared_trunk_bias"))
+
+  @property
+  def shares_trunk(self):
+    """True when targets come from one trunk pass plus one [d, N] matmul."""
+    return self._shared is not None
 
   @property
   def teachers(self):
@@ -261,6 +339,9 @@ class TeacherBank:
       (target_ids int32 [B, T*K], target_probs float32 [B, T*K]).
     """
     k = self.top_k
+    if self._shared is not None:
+      ids, probs = self._shared_soft_targets(images, label_ids)
+      return tf.stop_gradient(ids), tf.stop_gradient(probs)
 
     def per_teacher(v, rows, logits):
       del rows
@@ -278,6 +359,43 @@ class TeacherBank:
     probs = tf.ensure_shape(tf.reshape(probs, [batch, width]), [None, width])
     return tf.stop_gradient(ids), tf.stop_gradient(probs)
 
+  def _shared_logits(self, images):
+    """All teachers' logits at once, float32 [B, N]: phi(x) W + b."""
+    trunk, kernel, bias = self._shared
+    features = tf.cast(trunk.classifier_inputs(images, training=False),
+                       tf.float32)
+    return tf.matmul(features, kernel) + bias
+
+  def _slot_class_mask(self, label_ids):
+    """[B, T, N] bool: class c belongs to the vertical of slot (i, s)."""
+    slots = self._slots(label_ids)
+    c2v = tf.constant(self.class_to_vertical)
+    return tf.equal(c2v[None, None, :], slots[:, :, None])
+
+  def _shared_soft_targets(self, images, label_ids):
+    """`soft_targets` on the shared-trunk path (same values and order).
+
+    Classes outside a slot's vertical get probability -1, below any sigmoid,
+    so top_k over all N classes keeps the vertical's top K' = min(K, N_v)
+    first (ties: lower class id first, as per teacher); the rest are padding.
+    """
+    k = self.top_k
+    probs = tf.sigmoid(self._shared_logits(images))
+    masked = tf.where(self._slot_class_mask(label_ids), probs[:, None, :], -1.0)
+    kept = min(k, self.num_classes)
+    top, idx = tf.math.top_k(masked, k=kept, sorted=True)
+    valid = top >= 0.0
+    ids = tf.where(valid, idx, soft_targets_lib.PAD_ID)
+    top = tf.where(valid, top, 0.0)
+    pad = [[0, 0], [0, 0], [0, k - kept]]
+    ids = tf.pad(ids, pad, constant_values=soft_targets_lib.PAD_ID)
+    top = tf.pad(top, pad, constant_values=0.0)
+    width = self.target_width
+    batch = tf.shape(label_ids)[0]
+    ids = tf.ensure_shape(tf.reshape(ids, [batch, width]), [None, width])
+    top = tf.ensure_shape(tf.reshape(top, [batch, width]), [None, width])
+    return tf.cast(ids, tf.int32), top
+
   def specialist_scores(self, images, label_ids, floor=0.0):
     """Scores of "the specialists as a set" (METHOD.md section 4).
 
@@ -292,6 +410,10 @@ class TeacherBank:
     Returns:
       float32 [B, N].
     """
+    if self._shared is not None:
+      in_slots = tf.reduce_any(self._slot_class_mask(label_ids), axis=1)
+      return tf.where(in_slots, tf.sigmoid(self._shared_logits(images)),
+                      tf.cast(floor, tf.float32))
     batch = tf.shape(label_ids)[0]
     rows_and_probs = []
 

@@ -22,9 +22,7 @@ from kc_keras.training import optimizers
 
 def features_of(network: keras.Model, images: tf.Tensor) -> tf.Tensor:
   """phi(x): the input of `network.head.classifier`, in inference mode."""
-  x = network.backbone(images, training=False)
-  x = network.head.hidden1(x, training=False)
-  return network.head.hidden2(x, training=False)
+  return network.classifier_inputs(images, training=False)
 
 
 def compute_features(network: keras.Model, dataset: tf.data.Dataset

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.distillation import teacher_bank as tb
+from kc_keras.modeling.models import classifier
 
 LN3 = math.log(3.0)
 C2V = np.array([0, 0, 0, 1, 1, 1])
@@ -170,3 +171,72 @@ class AbsentVerticalTest(tf.test.TestCase):
     expected = tf.sigmoid(teachers[1](images[1:2], training=False))
     self.assertAllClose(scores[1, 3:6], expected[0])
     self.assertAllClose(probs[:, :1] > 0, np.ones([4, 1], bool))
+
+
+def _frozen_trunk_teachers(sizes, seed=0):
+  """One random trunk; teacher v = that trunk + its own random classifier."""
+  keras.utils.set_random_seed(seed)
+  arch = dict(backbone={"type": "small_cnn", "filters": [4, 8]},
+              head={"head_type": "fc_fc", "s1": 8, "s2": 6},
+              self_paced={"mode": "none"})
+  trunk = classifier.HierarchicalClassifier([0], (8, 8, 1), **arch)
+  teachers = {}
+  for v, size in enumerate(sizes):
+    teacher = classifier.HierarchicalClassifier([0] * size, (8, 8, 1), **arch)
+    for layer, source in ((teacher.backbone, trunk.backbone),
+                          (teacher.head.hidden1, trunk.head.hidden1),
+                          (teacher.head.hidden2, trunk.head.hidden2)):
+      layer.set_weights(source.get_weights())
+    teachers[v] = teacher
+  return teachers
+
+
+class SharedTrunkTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # Verticals of 3, 1 and 5 classes, interleaved ids; K = 4 > N_1.
+    self.c2v = np.array([2, 0, 2, 1, 0, 2, 2, 0, 2])
+    self.teachers = _frozen_trunk_teachers([3, 1, 5])
+    rng = np.random.default_rng(0)
+    self.images = tf.constant(rng.uniform(size=(6, 8, 8, 1)), tf.float32)
+    # One empty label row (-1), two labels spanning two verticals.
+    self.labels = tf.constant([[1, -1], [3, -1], [0, 8], [-1, -1], [5, 6],
+                               [4, 3]])
+
+  def _banks(self):
+    kwargs = dict(top_k=4, max_teachers_per_example=2)
+    return (tb.TeacherBank(self.teachers, self.c2v, **kwargs),
+            tb.TeacherBank(self.teachers, self.c2v, share_trunk=False,
+                           **kwargs))
+
+  def test_same_targets_as_routing_each_teacher(self):
+    shared, routed = self._banks()
+    self.assertTrue(shared.shares_trunk)
+    self.assertFalse(routed.shares_trunk)
+    ids_s, probs_s = tf.function(shared.soft_targets)(self.images, self.labels)
+    ids_r, probs_r = tf.function(routed.soft_targets)(self.images, self.labels)
+    self.assertAllEqual(ids_s, ids_r)
+    self.assertAllClose(probs_s, probs_r, atol=1e-6)
+    # Row 3 has no label: all padding; row 1 (vertical 1, one class) keeps 1.
+    self.assertAllEqual(ids_s[3], [-1] * 8)
+    self.assertAllEqual(ids_s[1], [3, -1, -1, -1, -1, -1, -1, -1])
+
+  def test_same_specialist_scores_as_routing(self):
+    shared, routed = self._banks()
+    self.assertAllClose(
+        shared.specialist_scores(self.images, self.labels, floor=-1.0),
+        routed.specialist_scores(self.images, self.labels, floor=-1.0),
+        atol=1e-6)
+
+  def test_a_teacher_with_its_own_trunk_is_routed(self):
+    teachers = dict(self.teachers)
+    hidden = teachers[1].head.hidden2
+    hidden.set_weights([w + 1e-3 for w in hidden.get_weights()])
+    bank = tb.TeacherBank(teachers, self.c2v, top_k=4)
+    self.assertFalse(bank.shares_trunk)
+
+  def test_teachers_for_some_verticals_only_are_routed(self):
+    bank = tb.TeacherBank({0: self.teachers[0]}, self.c2v, top_k=2,
+                          expected_verticals=[0])
+    self.assertFalse(bank.shares_trunk)

@@ -96,6 +96,20 @@ class HierarchicalClassifier(keras.Model):
   def feature_dim(self) -> int:
     return int(self.backbone.output.shape[-1])
 
+  def classifier_inputs(self, images, training=False):
+    """phi(x): the head's last hidden activations, the classifier's input.
+
+    Args:
+      images: [B, H, W, C] float images.
+      training: passed to the backbone and the hidden layers.
+
+    Returns:
+      [B, s2] for FC-FC (for SC heads, the [B, M * s2] block activations).
+    """
+    x = self.backbone(images, training=training)
+    x = self.head.hidden1(x, training=training)
+    return self.head.hidden2(x, training=training)
+
   def head_param_count(self) -> int:
     """Real kernel weights of the head (bias omitted)."""
     return self.head.kernel_param_count()
