@@ -153,16 +153,21 @@ class TFLiteClassifier:
     scale, zero = detail["quantization"]
     return (scale * (values.astype(np.float32) - zero)).astype(np.float32)
 
+  def _checked_images(self, images) -> np.ndarray:
+    """float32 `[B, H, W, C]` of the model's input size, else DemoError."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
+      raise DemoError(f"images must be [B, {', '.join(map(str, self.image_shape))}]"
+                      f", got {list(images.shape)}")
+    return images
+
   def logits(self, images: np.ndarray) -> np.ndarray:
     """float32 `[B, H, W, C]` in [0, 1] -> float32 logits `[B, N]`.
 
     Raises:
       DemoError: images of another shape than the model's input.
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-      raise DemoError(f"images must be [B, {', '.join(map(str, self.image_shape))}]"
-                      f", got {list(images.shape)}")
+    images = self._checked_images(images)
     rows = []
     # The converted graph has batch 1; one invoke per image keeps the
     # interpreter's tensors fixed (no reallocation).
@@ -182,10 +187,7 @@ class TFLiteClassifier:
     Raises:
       DemoError: images of another shape than the model's input.
     """
-    images = np.asarray(images, np.float32)
-    if images.ndim != 4 or tuple(images.shape[1:]) != self.image_shape:
-      raise DemoError(f"images must be [B, {', '.join(map(str, self.image_shape))}]"
-                      f", got {list(images.shape)}")
+    images = self._checked_images(images)
     out = self.runner(**{IMAGES_INPUT: self._quantize(images)})
     return self._dequantize(out[LOGITS_OUTPUT], self.logits_detail)
 
