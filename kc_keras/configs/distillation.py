@@ -16,6 +16,9 @@ class DistillationConfig(hyperparams.Config):
     alpha: soft-target weight, target = alpha * z* + (1 - alpha) * z; 1.0 is
       the paper, 0.0 is hard labels only (generalist/specialist training).
     top_k: K, teacher classes kept per sample (paper: 100).
+    temperature: tau > 0, soft targets are sigmoid(teacher logits / tau);
+      1.0 is the paper; tau > 1 softens teachers that are near-certain on
+      the training images (e.g. teachers that memorised them).
     target_source: 'labels' (no teachers, needs alpha == 0), 'online'
       (teachers in the training step) or 'cache' (offline target cache).
     loss_type: 'sigmoid' (paper) or 'softmax'.
@@ -29,6 +32,7 @@ class DistillationConfig(hyperparams.Config):
   """
   alpha: float = 1.0
   top_k: int = 100
+  temperature: float = 1.0
   target_source: str = "online"
   loss_type: str = "sigmoid"
   max_teachers_per_example: int = 1
@@ -51,6 +55,10 @@ class DistillationConfig(hyperparams.Config):
       raise ValueError(f"{path}.alpha must be in [0, 1], got {self.alpha}.")
     if self.top_k < 1:
       raise ValueError(f"{path}.top_k must be >= 1, got {self.top_k}.")
+    if not 0.0 < self.temperature < float("inf"):
+      raise ValueError(
+          f"{path}.temperature must be a finite number > 0, got "
+          f"{self.temperature}.")
     if self.target_source not in TARGET_SOURCES:
       raise ValueError(
           f"{path}.target_source must be one of {TARGET_SOURCES}, got "

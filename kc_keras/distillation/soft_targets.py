@@ -1,17 +1,19 @@
 """Soft targets: teacher top-K as padded global ids/probs; dense and blend."""
 
+import numbers
+
 import tensorflow as tf
 
 PAD_ID = -1
 
 
-def top_k_soft_targets(teacher_logits, vertical_class_ids, k):
+def top_k_soft_targets(teacher_logits, vertical_class_ids, k, temperature=1.0):
   """A teacher's top-K sigmoid probabilities, mapped to global class ids.
 
   For the teacher of vertical v with N_v classes (column j of its logits is
-  global class `vertical_class_ids[j]`):
+  global class `vertical_class_ids[j]`) and a temperature tau:
 
-    p = sigmoid(teacher_logits);  (idx, probs) = top_K(p),  K' = min(k, N_v)
+    p = sigmoid(teacher_logits / tau);  (idx, probs) = top_K(p),  K' = min(k, N_v)
     ids = vertical_class_ids[idx]
 
   padded from K' to k entries with id -1 and probability 0 so shapes are
@@ -21,16 +23,20 @@ def top_k_soft_targets(teacher_logits, vertical_class_ids, k):
     teacher_logits: [b, N_v] logits of one teacher.
     vertical_class_ids: int [N_v] global ids of the teacher's classes.
     k: the number of targets kept per example (>= 1).
+    temperature: tau > 0; 1 is the paper, tau > 1 softens the teacher's
+      probabilities (Hinton et al. 2015) without changing their order.
 
   Returns:
     (ids int32 [b, k], probs float32 [b, k]).
 
   Raises:
-    ValueError: if k < 1 or the static widths of the logits and the ids differ.
+    ValueError: if k < 1, temperature <= 0, or the static widths of the
+      logits and the ids differ.
   """
   if not isinstance(k, int) or k < 1:
     raise ValueError(f"k must be an int >= 1, got {k!r}.")
-  logits = tf.cast(teacher_logits, tf.float32)
+  check_temperature(temperature)
+  logits = tf.cast(teacher_logits, tf.float32) / temperature
   class_ids = tf.cast(tf.convert_to_tensor(vertical_class_ids), tf.int32)
   width = logits.shape[-1]
   num_ids = class_ids.shape[0]
@@ -54,6 +60,15 @@ def top_k_soft_targets(teacher_logits, vertical_class_ids, k):
   ids = tf.ensure_shape(ids, [None, k])
   top_probs = tf.ensure_shape(top_probs, [None, k])
   return ids, top_probs
+
+
+def check_temperature(temperature):
+  """Raises ValueError unless `temperature` is a finite number > 0."""
+  is_number = (isinstance(temperature, numbers.Real) and
+               not isinstance(temperature, bool))
+  if not (is_number and 0.0 < float(temperature) < float("inf")):
+    raise ValueError(
+        f"temperature must be a finite number > 0, got {temperature!r}.")
 
 
 def dense_soft_targets(target_ids, target_probs, num_classes):

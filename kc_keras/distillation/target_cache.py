@@ -12,7 +12,10 @@ MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
 # Manifest fields that bind a cache to what produced it.
 BINDING_FIELDS = ("dataset_fingerprint", "hierarchy_fingerprint",
-                  "teacher_fingerprints", "top_k", "max_teachers_per_example")
+                  "teacher_fingerprints", "top_k", "max_teachers_per_example",
+                  "temperature")
+# What a manifest written before a field existed meant by it.
+_MISSING_FIELD_MEANS = {"temperature": 1.0}
 _HASH_CHUNK_BYTES = 1 << 20
 
 
@@ -44,6 +47,8 @@ def _normalise(field, value):
     return _normalise_teachers(value)
   if field in ("top_k", "max_teachers_per_example", "num_examples"):
     return int(value)
+  if field == "temperature":
+    return float(value)
   return str(value)
 
 
@@ -78,7 +83,7 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
     manifest_fields: dict with every key of BINDING_FIELDS:
       dataset_fingerprint (str), hierarchy_fingerprint (str),
       teacher_fingerprints ({vertical id: str}), top_k (K),
-      max_teachers_per_example (T).
+      max_teachers_per_example (T), temperature (tau).
     shard_size: examples per shard file (>= 1).
 
   Returns:
@@ -260,7 +265,7 @@ def check_manifest(manifest, expected, cache_dir="<cache>"):
     if field not in expected:
       continue
     want = _normalise(field, expected[field])
-    got = manifest.get(field)
+    got = manifest.get(field, _MISSING_FIELD_MEANS.get(field))
     got = None if got is None else _normalise(field, got)
     if got != want:
       diffs.append(f"{field}: cached={got!r} expected={want!r}")

@@ -121,6 +121,8 @@ class TeacherBank:
     vertical_names: optional names, used in error messages.
     share_trunk: use the shared-trunk path when the teachers allow it (False
       forces per-teacher routing, e.g. to compare the two).
+    temperature: tau > 0 of the soft targets, sigmoid(logits / tau); 1 is
+      the paper. `specialist_scores` (evaluation) always uses tau = 1.
 
   Raises:
     ValueError: on bad arguments or a missing teacher (names the vertical).
@@ -137,7 +139,8 @@ class TeacherBank:
                max_teachers_per_example=1,
                expected_verticals=None,
                vertical_names=None,
-               share_trunk=True):
+               share_trunk=True,
+               temperature=1.0):
     class_to_vertical = np.asarray(class_to_vertical)
     if class_to_vertical.ndim != 1 or class_to_vertical.size == 0:
       raise ValueError(
@@ -159,7 +162,9 @@ class TeacherBank:
     self.class_to_vertical = class_to_vertical.astype(np.int32)
     self.num_classes = int(class_to_vertical.size)
     self.num_verticals = int(class_to_vertical.max()) + 1
+    soft_targets_lib.check_temperature(temperature)
     self.top_k = top_k
+    self.temperature = float(temperature)
     self.max_teachers_per_example = max_teachers_per_example
     self.vertical_names = (
         None if vertical_names is None else tuple(vertical_names))
@@ -328,7 +333,7 @@ class TeacherBank:
 
     For sample i and each distinct vertical v of its labels (slot s):
     targets[i, s*K:(s+1)*K] =
-        top_k_soft_targets(T_v(image_i), classes_of(v), K);
+        top_k_soft_targets(T_v(image_i), classes_of(v), K, tau);
     empty slots are padding (id -1, prob 0).
 
     Args:
@@ -346,7 +351,7 @@ class TeacherBank:
     def per_teacher(v, rows, logits):
       del rows
       return list(soft_targets_lib.top_k_soft_targets(
-          logits, self._class_ids[v], k))
+          logits, self._class_ids[v], k, self.temperature))
 
     def empty(r):
       return [tf.fill([r, k], soft_targets_lib.PAD_ID),
@@ -380,7 +385,7 @@ class TeacherBank:
     first (ties: lower class id first, as per teacher); the rest are padding.
     """
     k = self.top_k
-    probs = tf.sigmoid(self._shared_logits(images))
+    probs = tf.sigmoid(self._shared_logits(images) / self.temperature)
     masked = tf.where(self._slot_class_mask(label_ids), probs[:, None, :], -1.0)
     kept = min(k, self.num_classes)
     top, idx = tf.math.top_k(masked, k=kept, sorted=True)

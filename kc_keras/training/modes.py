@@ -316,7 +316,7 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
 
 
 def cache_binding(session: Session, model_dir: str) -> Dict:
-  """What a target cache must match: data, hierarchy, teachers, K and T."""
+  """What a target cache must match: data, hierarchy, teachers, K, T and tau."""
   params = session.params
   teachers_dir = specialists.teachers_dir_of(params, model_dir)
   return dict(
@@ -325,6 +325,7 @@ def cache_binding(session: Session, model_dir: str) -> Dict:
       teacher_fingerprints=specialists.manifest_fingerprints(teachers_dir),
       top_k=params.task.distillation.top_k,
       max_teachers_per_example=params.task.distillation.max_teachers_per_example,
+      temperature=params.task.distillation.temperature,
   )
 
 

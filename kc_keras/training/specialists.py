@@ -333,6 +333,7 @@ def load_teacher_bank(params: kc_config.ExperimentConfig, model_dir: str,
       top_k=params.task.distillation.top_k,
       max_teachers_per_example=params.task.distillation.max_teachers_per_example,
       vertical_names=list(hierarchy.vertical_names),
+      temperature=params.task.distillation.temperature,
   )
 
 

@@ -14,6 +14,7 @@ class DistillationConfigTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(config.alpha, 1.0)
     self.assertEqual(config.top_k, 100)
     self.assertEqual(config.loss_type, "sigmoid")
+    self.assertEqual(config.temperature, 1.0)
 
   def test_default_online_reads_teachers_from_model_dir(self):
     # An empty teachers_dir means <model_dir>/teachers (the training code).
@@ -31,6 +32,8 @@ class DistillationConfigTest(tf.test.TestCase, parameterized.TestCase):
       ("loss", {"loss_type": "l2"}, "distillation.loss_type"),
       ("slots", {"max_teachers_per_example": 0},
        "distillation.max_teachers_per_example"),
+      ("temperature", {"temperature": 0.0},
+       "distillation.temperature must be a finite number > 0"),
       ("shard", {"cache_shard_size": 0}, "distillation.cache_shard_size"),
       ("labels_alpha", {"target_source": "labels"},
        "distillation.alpha=1.0 needs soft targets"),

@@ -20,6 +20,13 @@ class SoftTargetsTest(tf.test.TestCase):
     self.assertAllClose(probs, [[0.75, 0.5]])
     self.assertEqual(ids.dtype, tf.int32)
 
+  def test_temperature_divides_the_logits(self):
+    # tau = 2: sigmoid(2 ln3 / 2) = .75, sigmoid(0) = .5, sigmoid(-ln3) = .25.
+    logits = [[0.0, 2 * LN3, -2 * LN3]]
+    ids, probs = st.top_k_soft_targets(logits, [3, 4, 5], k=3, temperature=2.0)
+    self.assertAllEqual(ids, [[4, 3, 5]])
+    self.assertAllClose(probs, [[0.75, 0.5, 0.25]])
+
   def test_top_k_pads_when_k_exceeds_vertical(self):
     ids, probs = st.top_k_soft_targets([[0.0, LN3]], [7, 2], k=4)
     self.assertAllEqual(ids, [[2, 7, -1, -1]])
@@ -35,6 +42,9 @@ class SoftTargetsTest(tf.test.TestCase):
   def test_top_k_bad_args(self):
     with self.assertRaisesRegex(ValueError, "k must be"):
       st.top_k_soft_targets([[0.0]], [0], k=0)
+    for tau in (0.0, -1.0, float("inf"), float("nan"), "2"):
+      with self.assertRaisesRegex(ValueError, "temperature must be"):
+        st.top_k_soft_targets([[0.0]], [0], k=1, temperature=tau)
     with self.assertRaisesRegex(ValueError, "3 columns"):
       st.top_k_soft_targets([[0.0, 0.0, 0.0]], [0, 1], k=1)
 

@@ -17,6 +17,7 @@ FIELDS = {
     "teacher_fingerprints": {0: "t0", 1: "t1"},
     "top_k": 2,
     "max_teachers_per_example": 1,
+    "temperature": 1.0,
 }
 
 
@@ -69,6 +70,26 @@ class TargetCacheTest(tf.test.TestCase):
                   "expected={0: 't0', 1: 'other'}", message)
     self.assertNotIn("hierarchy_fingerprint", message)
     self.assertIsInstance(ctx.exception, ValueError)
+
+  def test_temperature_binds_and_old_manifests_mean_one(self):
+    tc.write_target_cache(self.cache_dir, _batches(),
+                          manifest_fields=dict(FIELDS, temperature=2.0))
+    with self.assertRaisesRegex(tc.TargetCacheMismatchError,
+                                "temperature: cached=2.0 expected=1.0"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
+    # A manifest written before the field existed holds tau = 1 targets.
+    path = os.path.join(self.cache_dir, tc.MANIFEST_NAME)
+    with open(path) as f:
+      manifest = json.load(f)
+    manifest.pop("temperature")
+    with open(path, "w") as f:
+      json.dump(manifest, f)
+    self.assertLen(_read(tc.load_target_cache(self.cache_dir, expected=FIELDS)),
+                   7)
+    with self.assertRaisesRegex(tc.TargetCacheMismatchError,
+                                "temperature: cached=1.0 expected=3.0"):
+      tc.load_target_cache(self.cache_dir,
+                           expected=dict(FIELDS, temperature=3.0))
 
   def test_incomplete_cache_is_refused(self):
     tf.io.gfile.makedirs(self.cache_dir)

@@ -222,6 +222,31 @@ class SharedTrunkTest(tf.test.TestCase):
     self.assertAllEqual(ids_s[3], [-1] * 8)
     self.assertAllEqual(ids_s[1], [3, -1, -1, -1, -1, -1, -1, -1])
 
+  def test_temperature_softens_targets_on_both_paths(self):
+    kwargs = dict(top_k=4, max_teachers_per_example=2, temperature=3.0)
+    shared = tb.TeacherBank(self.teachers, self.c2v, **kwargs)
+    routed = tb.TeacherBank(self.teachers, self.c2v, share_trunk=False,
+                            **kwargs)
+    plain, _ = self._banks()
+    ids_s, probs_s = shared.soft_targets(self.images, self.labels)
+    ids_r, probs_r = routed.soft_targets(self.images, self.labels)
+    ids_1, probs_1 = plain.soft_targets(self.images, self.labels)
+    # Same order (ids); p_tau = sigmoid(logit(p_1) / tau) for every target.
+    self.assertAllEqual(ids_s, ids_1)
+    self.assertAllEqual(ids_r, ids_1)
+    kept = ids_1.numpy() >= 0
+    p1 = np.where(kept, probs_1.numpy().astype(np.float64), 0.5)
+    logit = np.log(p1) - np.log1p(-p1)
+    expected = np.where(kept, 1 / (1 + np.exp(-logit / 3.0)), 0.0)
+    self.assertAllClose(probs_s, expected, atol=1e-5)
+    self.assertAllClose(probs_r, expected, atol=1e-5)
+    # Evaluation of the teachers is not tempered.
+    self.assertAllClose(
+        shared.specialist_scores(self.images, self.labels, floor=-1.0),
+        plain.specialist_scores(self.images, self.labels, floor=-1.0))
+    with self.assertRaisesRegex(ValueError, "temperature must be"):
+      tb.TeacherBank(self.teachers, self.c2v, top_k=4, temperature=-1.0)
+
   def test_same_specialist_scores_as_routing(self):
     shared, routed = self._banks()
     self.assertAllClose(

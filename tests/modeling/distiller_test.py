@@ -99,7 +99,7 @@ class DistillerTest(tf.test.TestCase):
     self.addCleanup(shutil.rmtree, root, ignore_errors=True)
     fields = {"dataset_fingerprint": "d", "hierarchy_fingerprint": "h",
               "teacher_fingerprints": online.teacher_bank.fingerprints(),
-              "top_k": 2, "max_teachers_per_example": 1}
+              "top_k": 2, "max_teachers_per_example": 1, "temperature": 1.0}
     cache_dir = os.path.join(root, "cache")
     tc.write_target_cache(
         cache_dir, tb.soft_target_batches(online.teacher_bank, dataset),
