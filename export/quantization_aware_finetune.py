@@ -1,0 +1,61 @@
+"""Fine-tunes a trained run on TFLite's int8 weight grid and writes a new run directory (absl binary)."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+
+from export import quantization_aware_lib  # noqa: E402
+from kc_keras.training import experiment_runner  # noqa: E402
+
+flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
+flags.DEFINE_multi_string("config_file", None, "YAML overrides (the run's "
+                          "params.yaml).")
+flags.DEFINE_string("params_override", None, "Last override.")
+flags.DEFINE_string("checkpoint_path", None, "ckpt-N prefix or model_dir.")
+flags.DEFINE_string("output_dir", None,
+                    "The new run directory (must not exist, or be empty).")
+flags.DEFINE_integer("steps", 200, "Fine-tuning steps.")
+flags.DEFINE_float("learning_rate", 1e-4,
+                   "Peak learning rate (cosine decay to 0 over --steps).")
+flags.DEFINE_integer("batch_size", None,
+                     "Training batch (default task.train_batch_size).")
+flags.DEFINE_bool("evaluate", True,
+                  "Eval metrics before and after (in qat_summary.json).")
+flags.DEFINE_enum("activations", "none",
+                  list(quantization_aware_lib.ACTIVATION_MODES),
+                  "Activation rounding simulated in training: none (weights "
+                  "only), dynamic (the dynamic file's hybrid ops), int8 "
+                  "(full integer, calibrated ranges).")
+flags.DEFINE_float("logit_floor", None,
+                   "int8: the logit floor the file will be exported with.")
+flags.DEFINE_integer("representative_examples", 200,
+                     "int8: training images calibrating the ranges (use the "
+                     "export's --representative_examples).")
+flags.DEFINE_integer("calibration_interval", 50,
+                     "int8: steps between recalibrations.")
+flags.DEFINE_float("consistency_weight", 0.0,
+                   "Weight of the term pulling the simulated quantized "
+                   "logits towards the float network's own probabilities.")
+flags.mark_flags_as_required(["experiment", "checkpoint_path", "output_dir"])
+
+FLAGS = flags.FLAGS
+
+
+def main(_):
+  params = experiment_runner.parse_configuration(FLAGS)
+  result = quantization_aware_lib.fine_tune(
+      params, FLAGS.checkpoint_path, FLAGS.output_dir, FLAGS.steps,
+      learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
+      evaluate=FLAGS.evaluate, activations=FLAGS.activations,
+      logit_floor=FLAGS.logit_floor,
+      representative_examples=FLAGS.representative_examples,
+      calibration_interval=FLAGS.calibration_interval,
+      consistency_weight=FLAGS.consistency_weight)
+  print(f"wrote {result.checkpoint}")
+
+
+if __name__ == "__main__":
+  app.run(main)
