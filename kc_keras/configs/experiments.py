@@ -149,6 +149,10 @@ def _omniglot_network(model) -> None:
 _EPSILON_PER_CLASS = 1e-7
 
 
+# Half an Omniglot epoch at batch 128.
+_RECALIBRATION_BATCHES = 100
+
+
 def _omniglot_schedule(config: kc_config.ExperimentConfig, epochs: int) -> None:
   # 24,345 training images: 190 steps per epoch at batch 128.
   config.task.train_batch_size = 128
@@ -159,6 +163,10 @@ def _omniglot_schedule(config: kc_config.ExperimentConfig, epochs: int) -> None:
   config.trainer.optimizer.learning_rate = 2e-3
   config.trainer.optimizer.schedule = "constant"
   config.trainer.optimizer.epsilon = _EPSILON_PER_CLASS * 1623
+  # With a constant learning rate the BatchNorm moving averages lag the
+  # final weights: one seed's FC-FC + D student evaluated at 29.1% top-1,
+  # 61.3% after recomputing them (docs/RESULTS.md).
+  config.trainer.batch_norm_recalibration_batches = _RECALIBRATION_BATCHES
 
 
 def _student_on_trunk(config: kc_config.ExperimentConfig, run_dir: str) -> None:

@@ -68,6 +68,10 @@ class TrainerConfig(hyperparams.Config):
       `steps_per_loop`); a final checkpoint is always written.
     max_to_keep: checkpoints kept in `model_dir`.
     validation_steps: eval batches (-1 = the whole eval split).
+    batch_norm_recalibration_batches: n > 0 replaces the BatchNorm moving
+      statistics of the final weights by their average over the next n
+      training batches, before the final checkpoint
+      (`training/batch_norm_recalibration.py`); 0 keeps the moving averages.
     optimizer: the optimizer and schedule.
   """
 
@@ -76,6 +80,7 @@ class TrainerConfig(hyperparams.Config):
   checkpoint_interval: int = 200
   max_to_keep: int = 3
   validation_steps: int = -1
+  batch_norm_recalibration_batches: int = 0
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
 
   def validate(self, prefix: str = "trainer"):
@@ -93,4 +98,8 @@ class TrainerConfig(hyperparams.Config):
           f"{prefix}.validation_steps={self.validation_steps} must be -1 "
           "(whole split) or >= 1."
       )
+    if self.batch_norm_recalibration_batches < 0:
+      raise ValueError(
+          f"{prefix}.batch_norm_recalibration_batches="
+          f"{self.batch_norm_recalibration_batches} must be >= 0.")
     self.optimizer.validate(f"{prefix}.optimizer")

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from kc_keras.configs import trainer as trainer_cfg
 from kc_keras.dataloaders import data_errors
+from kc_keras.training import batch_norm_recalibration
 from kc_keras.training import multi_worker
 from kc_keras.training import strategy as strategy_lib
 
@@ -239,6 +240,17 @@ class TrainController:
     if not self._is_chief:
       multi_worker.remove_write_dir(self.model_dir, self.strategy)
 
+  def _recalibrate_batch_norm(self, iterator) -> None:
+    # Before the final checkpoint, on the continuation of the training
+    # stream: a resumed run recalibrates on the same batches.
+    batches = self.config.batch_norm_recalibration_batches
+    if batches:
+      with data_errors.named_data_errors("the training data"):
+        count = batch_norm_recalibration.recalibrate_batch_norm(
+            self.model, self.strategy, iterator, batches)
+      logging.info("Recalibrated %d BatchNorm layers on %d batches.", count,
+                   batches)
+
   def restore(self) -> int:
     """Restores the newest usable checkpoint in `model_dir`; returns the step.
 
@@ -313,6 +325,8 @@ class TrainController:
             "learning_rate",
             float(tf.convert_to_tensor(self.model.optimizer.learning_rate))
         )
+      if step == target:
+        self._recalibrate_batch_norm(iterator)
       if step % self.config.checkpoint_interval == 0:
         self._save(step)
         saved_step = step

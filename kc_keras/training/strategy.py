@@ -6,6 +6,7 @@ import keras
 import tensorflow as tf
 
 from kc_keras.configs import runtime as runtime_cfg
+from kc_keras.training import batch_norm_recalibration
 
 # One strategy per setting per process: each strategy numbers its collective
 # ops from the same start, so a second mirrored/multi-worker strategy in the
@@ -127,12 +128,10 @@ def synchronize_batch_norm(model: keras.Model) -> int:
   Returns:
     The number of BatchNormalization layers found (all now synchronized).
   """
-  count = 0
-  for layer in model._flatten_layers(include_self=True, recursive=True):  # pylint: disable=protected-access
-    if isinstance(layer, keras.layers.BatchNormalization):
-      layer.synchronized = True
-      count += 1
-  return count
+  layers = batch_norm_recalibration.batch_norm_layers(model)
+  for layer in layers:
+    layer.synchronized = True
+  return len(layers)
 
 
 def needs_static_shapes(strategy: tf.distribute.Strategy) -> bool:
