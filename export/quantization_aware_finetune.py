@@ -32,13 +32,26 @@ flags.DEFINE_enum("activations", "none",
 flags.DEFINE_float("logit_floor", None,
                    "int8: the logit floor the file will be exported with.")
 flags.DEFINE_integer("representative_examples", 200,
-                     "int8: training images calibrating the ranges (use the "
-                     "export's --representative_examples).")
+                     "int8 and --equalize_ranges: training images measuring "
+                     "the ranges (use the export's "
+                     "--representative_examples).")
 flags.DEFINE_integer("calibration_interval", 50,
                      "int8: steps between recalibrations.")
 flags.DEFINE_float("consistency_weight", 0.0,
                    "Weight of the term pulling the simulated quantized "
                    "logits towards the float network's own probabilities.")
+flags.DEFINE_enum("weight_target", None,
+                  list(quantization_aware_lib.WEIGHT_TARGETS),
+                  "The file whose int8 weight grid is trained on and snapped "
+                  "to (they differ only for structurally connected layers: "
+                  "per-tensor symmetric in dynamic, asymmetric in int8); "
+                  "default int8 with --activations=int8, else dynamic.")
+flags.DEFINE_float("equalize_ranges", 0.0,
+                   "Cross-layer range equalization before fine-tuning: the "
+                   "exponent in [0, 1] of s_c = (max range / range_c)^e per "
+                   "channel between each BatchNorm and the next Conv2D "
+                   "(function-preserving in float; ranges over "
+                   "--representative_examples training images); 0: off.")
 flags.mark_flags_as_required(["experiment", "checkpoint_path", "output_dir"])
 
 FLAGS = flags.FLAGS
@@ -53,7 +66,9 @@ def main(_):
       logit_floor=FLAGS.logit_floor,
       representative_examples=FLAGS.representative_examples,
       calibration_interval=FLAGS.calibration_interval,
-      consistency_weight=FLAGS.consistency_weight)
+      consistency_weight=FLAGS.consistency_weight,
+      weight_target=FLAGS.weight_target,
+      equalize_strength=FLAGS.equalize_ranges)
   print(f"wrote {result.checkpoint}")
 
 

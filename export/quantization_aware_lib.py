@@ -18,6 +18,7 @@ from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import labels as labels_lib
 from kc_keras.dataloaders import pipeline
 from kc_keras.losses import sigmoid_cross_entropy
+from kc_keras.modeling.layers import structurally_connected
 from kc_keras.training import evaluate as evaluate_lib
 from kc_keras.training import modes
 from kc_keras.training import optimizers
@@ -30,6 +31,25 @@ INT8_WEIGHT_MAX = 127
 # Keras layers whose kernel the converter quantizes per output channel (the
 # kernel's last axis: CONV_2D and FULLY_CONNECTED, in `dynamic` and `int8`).
 PER_CHANNEL_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
+# The structurally connected layers' weights are BATCH_MATMUL operands and
+# ADD constants, which the converter quantizes per tensor (measured on the
+# converter's output, `tests/export/quantization_aware_lib_test.py`):
+# `dynamic` stores their kernels symmetric (scale max|w| / 127, zero point
+# 0; biases stay float); `int8` stores kernels and biases asymmetric over
+# [min(w, 0), max(w, 0)] in 255 steps, levels [-128, 127], zero point
+# round(-128 - min / scale). The two files need different grids, hence
+# `WEIGHT_TARGETS`.
+PER_TENSOR_LAYERS = (structurally_connected.VerticalBlockDense,
+                     structurally_connected.StructurallyConnectedClassifier)
+INT8_LEVEL_MIN = -128
+INT8_LEVEL_MAX = 127
+INT8_ASYMMETRIC_STEPS = INT8_LEVEL_MAX - INT8_LEVEL_MIN
+# The file whose weights the snapped network reproduces exactly (they
+# differ only on `PER_TENSOR_LAYERS`).
+WEIGHT_TARGETS = ("dynamic", "int8")
+PER_CHANNEL = "per_channel"
+PER_TENSOR_SYMMETRIC = "per_tensor_symmetric"
+PER_TENSOR_ASYMMETRIC = "per_tensor_asymmetric"
 CHECKPOINT_NAME = "ckpt"
 SUMMARY_FILE = "qat_summary.json"
 # Metrics of `evaluate_scores` copied into the summary.
@@ -42,15 +62,22 @@ class QuantizationAwareError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class QuantizedKernel:
-  """A kernel the converter stores as int8, with one scale per output channel.
+  """A weight the converter stores as int8, and the grid it uses.
 
   Attributes:
     layer: the Keras layer's name.
-    variable: the kernel; its last axis is the output channel.
+    variable: the weight (a kernel, or an `int8`-target SC bias).
+    scheme: `PER_CHANNEL` (the last axis is the output channel),
+      `PER_TENSOR_SYMMETRIC` or `PER_TENSOR_ASYMMETRIC`.
   """
 
   layer: str
   variable: keras.Variable
+  scheme: str = PER_CHANNEL
+
+  def quantize(self, value) -> tf.Tensor:
+    """`value` rounded to this weight's grid, in float (`fake_quantize`)."""
+    return fake_quantize(value, self.scheme)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +149,88 @@ def int8_kernel(kernel) -> Tuple[np.ndarray, np.ndarray]:
   return levels.numpy().astype(np.int8), scales.numpy()
 
 
+def tensor_quantization(weights, scheme: str) -> Tuple[tf.Tensor, tf.Tensor]:
+  """The converter's per-tensor int8 scale and zero point of `weights`.
+
+  symmetric: s = max|w| / 127, z = 0;
+  asymmetric: lo = min(min w, 0), hi = max(max w, 0), s = (hi - lo) / 255,
+  z = round(-128 - lo / s) (std::round), as the converter nudges it.
+
+  Args:
+    weights: float, any shape.
+    scheme: `PER_TENSOR_SYMMETRIC` or `PER_TENSOR_ASYMMETRIC`.
+
+  Returns:
+    `(scale, zero_point)`, float32 scalars (the zero point is integral).
+
+  Raises:
+    QuantizationAwareError: another scheme.
+  """
+  weights = tf.convert_to_tensor(weights, tf.float32)
+  if scheme == PER_TENSOR_SYMMETRIC:
+    return (tf.reduce_max(tf.abs(weights)) / INT8_WEIGHT_MAX,
+            tf.constant(0.0))
+  if scheme != PER_TENSOR_ASYMMETRIC:
+    raise QuantizationAwareError(
+        f"scheme={scheme!r} is not a per-tensor scheme; use "
+        f"{PER_TENSOR_SYMMETRIC!r} or {PER_TENSOR_ASYMMETRIC!r}")
+  low = tf.minimum(tf.reduce_min(weights), 0.0)
+  high = tf.maximum(tf.reduce_max(weights), 0.0)
+  scale = (high - low) / INT8_ASYMMETRIC_STEPS
+  safe = tf.where(scale > 0, scale, 1.0)
+  zero_point = tf.clip_by_value(_round_half_away(INT8_LEVEL_MIN - low / safe),
+                                INT8_LEVEL_MIN, INT8_LEVEL_MAX)
+  return scale, zero_point
+
+
+def _tensor_levels(weights, scheme: str):
+  """(levels, scale, zero point) of a per-tensor scheme; levels float32."""
+  weights = tf.convert_to_tensor(weights, tf.float32)
+  scale, zero_point = tensor_quantization(weights, scheme)
+  safe = tf.where(scale > 0, scale, 1.0)
+  low = (-INT8_WEIGHT_MAX if scheme == PER_TENSOR_SYMMETRIC
+         else INT8_LEVEL_MIN)
+  levels = tf.clip_by_value(_round_half_away(weights / safe + zero_point),
+                            low, INT8_LEVEL_MAX)
+  return levels, scale, zero_point
+
+
+def fake_quantize(weights, scheme: str = PER_CHANNEL) -> tf.Tensor:
+  """`weights` rounded to the converter's int8 grid of `scheme`, in float.
+
+  PER_CHANNEL: `fake_quantize_kernel`. Per tensor, with s and z from
+  `tensor_quantization`: q(w) = (clip(round(w / s + z), lo, 127) - z) * s,
+  lo = -127 (symmetric) or -128 (asymmetric); all zeros stay zeros.
+
+  Args:
+    weights: float, any shape (`[..., C]` for PER_CHANNEL).
+    scheme: one of PER_CHANNEL, PER_TENSOR_SYMMETRIC, PER_TENSOR_ASYMMETRIC.
+
+  Returns:
+    float32, the shape of `weights`.
+  """
+  if scheme == PER_CHANNEL:
+    return fake_quantize_kernel(weights)
+  levels, scale, zero_point = _tensor_levels(weights, scheme)
+  return tf.where(scale > 0, (levels - zero_point) * scale,
+                  tf.zeros_like(levels))
+
+
+def int8_tensor(weights, scheme: str) -> Tuple[np.ndarray, float, int]:
+  """The int8 values, scale and zero point the converter stores per tensor.
+
+  Args:
+    weights: float, any shape.
+    scheme: PER_TENSOR_SYMMETRIC or PER_TENSOR_ASYMMETRIC.
+
+  Returns:
+    `(int8 values, scale, zero_point)`, weights ~ (values - z) * s.
+  """
+  levels, scale, zero_point = _tensor_levels(weights, scheme)
+  return (levels.numpy().astype(np.int8), float(scale),
+          int(zero_point.numpy()))
+
+
 def fold_batch_norm(kernel: np.ndarray, gamma: np.ndarray, beta: np.ndarray,
                     mean: np.ndarray, variance: np.ndarray, epsilon: float
                     ) -> Tuple[np.ndarray, np.ndarray]:
@@ -156,28 +265,64 @@ def _all_layers(network: keras.Model) -> List[keras.layers.Layer]:
   return list(network._flatten_layers(include_self=False, recursive=True))  # pylint: disable=protected-access
 
 
-def quantized_kernels(network: keras.Model) -> List[QuantizedKernel]:
-  """The kernels the converter rounds per output channel (Conv2D, Dense).
+def check_weight_target(weight_target: str) -> str:
+  """Returns `weight_target` if it is one of `WEIGHT_TARGETS`.
+
+  Raises:
+    QuantizationAwareError: any other value.
+  """
+  if weight_target not in WEIGHT_TARGETS:
+    raise QuantizationAwareError(
+        f"weight_target={weight_target!r}; use one of {WEIGHT_TARGETS}")
+  return weight_target
+
+
+def quantized_kernels(network: keras.Model, weight_target: str = "dynamic"
+                      ) -> List[QuantizedKernel]:
+  """The weights the converter rounds to int8 in the `weight_target` file.
+
+  Conv2D / Dense kernels: PER_CHANNEL (both files). Structurally connected
+  layers (`PER_TENSOR_LAYERS`): the per-vertical kernel and the SC
+  classifier's kernel, PER_TENSOR_SYMMETRIC for `dynamic`;
+  PER_TENSOR_ASYMMETRIC for `int8`, with their biases (int8 ADD constants).
+  The shared kernel of a `VerticalBlockDense` with shared units is not
+  measured and stays float (`unsnapped_kernels` lists it).
 
   Args:
     network: a built network.
+    weight_target: one of `WEIGHT_TARGETS`.
 
   Returns:
-    One `QuantizedKernel` per Conv2D / Dense layer, in layer order.
+    `QuantizedKernel`s in layer order.
+
+  Raises:
+    QuantizationAwareError: an unknown `weight_target`.
   """
-  return [QuantizedKernel(layer=layer.name, variable=layer.kernel)
-          for layer in _all_layers(network)
-          if isinstance(layer, PER_CHANNEL_LAYERS)]
+  check_weight_target(weight_target)
+  per_tensor = (PER_TENSOR_SYMMETRIC if weight_target == "dynamic"
+                else PER_TENSOR_ASYMMETRIC)
+  kernels = []
+  for layer in _all_layers(network):
+    if isinstance(layer, PER_CHANNEL_LAYERS):
+      kernels.append(QuantizedKernel(layer.name, layer.kernel))
+    elif isinstance(layer, PER_TENSOR_LAYERS):
+      weights = [layer.kernel]
+      if weight_target == "int8":
+        weights.append(layer.bias)
+      kernels.extend(QuantizedKernel(layer.name, w, per_tensor)
+                     for w in weights if w is not None)
+  return kernels
 
 
-def unsnapped_kernels(network: keras.Model) -> List[str]:
+def unsnapped_kernels(network: keras.Model, weight_target: str = "dynamic"
+                      ) -> List[str]:
   """Paths of weights with >= 2 dims that `quantized_kernels` leaves float.
 
-  The structurally connected layers' kernels (BATCH_MATMUL / gathered
-  constants in TFLite) are not snapped: their quantization in the
-  converter is not the per-channel scheme above.
+  E.g. a `VerticalBlockDense` bias for `dynamic` (float in that file too)
+  or its shared kernel (not measured).
   """
-  snapped = {id(k.variable) for k in quantized_kernels(network)}
+  snapped = {id(k.variable)
+             for k in quantized_kernels(network, weight_target)}
   return [w.path for w in network.weights
           if len(w.shape) >= 2 and id(w) not in snapped]
 
@@ -206,10 +351,11 @@ def folded_kernels(network: keras.Model) -> Dict[str, np.ndarray]:
   """Layer name -> the kernel as the converter quantizes it (BN folded in).
 
   Conv2D layers followed by a BatchNormalization get `fold_batch_norm`;
-  every other Conv2D / Dense kernel is returned as is.
+  every other Conv2D / Dense kernel is returned as is (PER_CHANNEL only).
   """
   kernels = {k.layer: np.asarray(k.variable.numpy(), np.float32)
-             for k in quantized_kernels(network)}
+             for k in quantized_kernels(network)
+             if k.scheme == PER_CHANNEL}
   for conv, bn in conv_batch_norm_pairs(network):
     kernels[conv.name], _ = fold_batch_norm(
         kernels[conv.name], bn.gamma.numpy(), bn.beta.numpy(),
@@ -217,22 +363,149 @@ def folded_kernels(network: keras.Model) -> Dict[str, np.ndarray]:
   return kernels
 
 
-def snap_to_int8_grid(network: keras.Model) -> float:
-  """Rounds every `quantized_kernels` kernel to its int8 grid, in place.
+def snap_to_int8_grid(network: keras.Model,
+                      weight_target: str = "dynamic") -> float:
+  """Rounds every `quantized_kernels` weight to its int8 grid, in place.
 
-  After this the converter's int8 rounding of these kernels (BN folded or
-  not) reproduces them: `dynamic` and `int8` files hold the Keras weights.
+  After this the converter's int8 rounding of these weights (BN folded or
+  not) reproduces them: the `weight_target` file holds the Keras weights
+  (the other file too, except the structurally connected layers').
+
+  Args:
+    network: a built network.
+    weight_target: one of `WEIGHT_TARGETS`.
 
   Returns:
     The largest |change| of a weight.
   """
   change = 0.0
-  for kernel in quantized_kernels(network):
+  for kernel in quantized_kernels(network, weight_target):
     before = kernel.variable.numpy()
-    after = fake_quantize_kernel(before).numpy()
+    after = kernel.quantize(before).numpy()
     change = max(change, float(np.max(np.abs(after - before), initial=0.0)))
     kernel.variable.assign(after)
   return change
+
+
+# ------------------------------------------------------------ equalization
+# Layers between a BatchNormalization and the next Conv2D that commute with
+# a positive per-channel scale (ReLU without a cap or threshold is checked
+# separately): y(s x) = s y(x).
+_SCALE_COMMUTING = (keras.layers.MaxPooling2D, keras.layers.Dropout)
+# A channel whose range is below this fraction of the largest is left as is
+# (a dead channel would otherwise get an unbounded scale).
+EQUALIZE_MIN_RANGE_FRACTION = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class EqualizedPair:
+  """One BN -> ... -> Conv2D pair `equalize_ranges` rescaled.
+
+  Attributes:
+    batch_norm: the BatchNormalization's name (gamma, beta scaled by s).
+    conv: the next Conv2D's name (input channels divided by s).
+    scales: s, float32 `[C]`.
+  """
+
+  batch_norm: str
+  conv: str
+  scales: np.ndarray
+
+
+def _positively_homogeneous(layer) -> bool:
+  if isinstance(layer, keras.layers.ReLU):
+    return layer.max_value is None and not layer.threshold
+  return isinstance(layer, _SCALE_COMMUTING)
+
+
+def equalizable_pairs(network: keras.Model
+                      ) -> List[Tuple[keras.layers.BatchNormalization,
+                                      List[keras.layers.Layer],
+                                      keras.layers.Conv2D]]:
+  """(BN, layers in between, Conv2D) in the backbone chain, in order.
+
+  The BN feeds the Conv2D through layers that commute with a positive
+  per-channel scale only (uncapped ReLU, max pooling, dropout), so scaling
+  the BN's output channels by s and the Conv2D's input channels by 1 / s
+  leaves the network's function unchanged.
+
+  Raises:
+    QuantizationAwareError: the backbone is not a chain (`inference_layers`).
+  """
+  chain = inference_layers(network)
+  pairs = []
+  for i, layer in enumerate(chain):
+    if not (isinstance(layer, keras.layers.BatchNormalization)
+            and layer.scale and layer.center):
+      continue
+    between = []
+    for following in chain[i + 1:]:
+      if isinstance(following, keras.layers.Conv2D):
+        pairs.append((layer, between, following))
+        break
+      if not _positively_homogeneous(following):
+        break
+      between.append(following)
+  return pairs
+
+
+def equalize_ranges(network: keras.Model, images: np.ndarray,
+                    strength: float, batch_size: int
+                    ) -> List[EqualizedPair]:
+  """Cross-layer range equalization before each Conv2D, in place.
+
+  For every `equalizable_pairs` (BN, ..., Conv2D), with r_c the largest
+  value of channel c at the Conv2D's input over `images` (the float
+  network, in inference mode):
+    s_c = (max_c' r_c' / r_c) ** strength   (s_c = 1 where r_c is below
+          `EQUALIZE_MIN_RANGE_FRACTION` of the largest),
+    gamma_c, beta_c <- s_c gamma_c, s_c beta_c;  K[..., c, :] <- K[..., c, :] / s_c.
+  The float network computes the same function (the layers in between
+  commute with a positive scale); the channels' ranges move towards the
+  largest one, so the `dynamic` file's per-example 8-bit rounding of the
+  Conv2D's input, whose step the largest channel sets, costs the small
+  channels less. BN folding keeps the earlier conv on its per-channel
+  grid; the Conv2D's kernel leaves its grid and is snapped again by the
+  fine-tuning.
+
+  Args:
+    network: a `HierarchicalClassifier` with a chain backbone.
+    images: float32 `[E, H, W, C]` measuring the ranges.
+    strength: the exponent in [0, 1] (0: no change, 1: equal ranges).
+    batch_size: images per forward pass.
+
+  Returns:
+    One `EqualizedPair` per rescaled pair.
+
+  Raises:
+    QuantizationAwareError: `strength` outside [0, 1], no images, or a
+      backbone that is not a chain.
+  """
+  if not 0.0 <= strength <= 1.0:
+    raise QuantizationAwareError(
+        f"equalize strength must be in [0, 1], got {strength!r}")
+  if len(images) == 0:
+    raise QuantizationAwareError("equalize_ranges needs images, got none")
+  pairs = equalizable_pairs(network)
+  backbone = network.backbone
+  equalized = []
+  for batch_norm, between, conv in pairs:
+    last = between[-1] if between else batch_norm
+    probe = keras.Model(backbone.inputs, last.output)
+    ranges = np.zeros(int(conv.kernel.shape[-2]), np.float32)
+    for start in range(0, len(images), batch_size):
+      outputs = np.asarray(probe(images[start:start + batch_size],
+                                 training=False))
+      ranges = np.maximum(ranges, outputs.reshape(-1, ranges.size).max(0))
+    largest = float(ranges.max())
+    live = ranges > EQUALIZE_MIN_RANGE_FRACTION * largest
+    scales = np.ones_like(ranges)
+    scales[live] = (largest / ranges[live]) ** strength
+    batch_norm.gamma.assign(batch_norm.gamma.numpy() * scales)
+    batch_norm.beta.assign(batch_norm.beta.numpy() * scales)
+    conv.kernel.assign(conv.kernel.numpy() / scales[:, None])
+    equalized.append(EqualizedPair(batch_norm.name, conv.name, scales))
+  return equalized
 
 
 # ------------------------------------------------------------ activations
@@ -287,7 +560,9 @@ class ActivationSimulator:
   mode='dynamic' (the `dynamic` file's hybrid ops): the input of each
   Conv2D / Dense whose kernel has >= `min_elements` weights (the
   converter leaves smaller ones float) is rounded per example to 8 bits
-  over [min(x_i, 0), max(x_i, 0)], step (max - min) / 255.
+  over [min(x_i, 0), max(x_i, 0)], step (max - min) / 255; the input of a
+  structurally connected layer (hybrid BATCH_MATMUL) likewise per row
+  (one example, or one example and vertical).
   mode='int8' (full integer): the images and the output of every fused op
   (conv+BN+ReLU, Dense with its activation, input scaling, pooling means)
   are rounded to 8 bits over the range the converter calibrates: min/max
@@ -333,13 +608,21 @@ class ActivationSimulator:
       points.append(layer.name)
     return points
 
+  def _is_hybrid(self, layer) -> bool:
+    """Whether the `dynamic` file runs `layer` as a hybrid (int8-weight) op."""
+    if not isinstance(layer, PER_CHANNEL_LAYERS + PER_TENSOR_LAYERS):
+      return False
+    kernel = layer.kernel
+    return (kernel is not None
+            and int(np.prod(kernel.shape)) >= self.min_elements)
+
   def _walk(self, images, on_point: Callable, round_inputs: bool):
     """The layers in order; `on_point(name, x)` at each int8 point."""
     x = on_point("images", images) if self.points else images
     for layer in self.layers:
-      if (round_inputs and isinstance(layer, PER_CHANNEL_LAYERS)
-          and int(np.prod(layer.kernel.shape)) >= self.min_elements):
-        x = _round_per_example(x)
+      if round_inputs and self._is_hybrid(layer):
+        x = (_round_per_example(x) if isinstance(layer, PER_CHANNEL_LAYERS)
+             else _round_per_row(x))
       x = layer(x, training=False)
       if layer.name in self.ranges:
         x = on_point(layer.name, x)
@@ -392,6 +675,22 @@ class ActivationSimulator:
         walked - self.network(images, training=False))))
 
 
+def _round_per_row(x):
+  """x rounded to 8 bits per row (last axis) over [min(row, 0), max(row, 0)].
+
+  The hybrid BATCH_MATMUL quantizes each row of its left operand on the
+  fly: one example ([B, D] inputs) or one example and vertical
+  ([B, M, s2] inputs of the SC classifier and of 3-D block layers).
+  Straight-through, as `_round_per_example`.
+  """
+  low = tf.minimum(tf.reduce_min(x, axis=-1, keepdims=True), 0.0)
+  high = tf.maximum(tf.reduce_max(x, axis=-1, keepdims=True), 0.0)
+  step = tf.where(high > low, (high - low) / ACTIVATION_STEPS,
+                  tf.ones_like(high))
+  rounded = tf.round((x - low) / step) * step + low
+  return x + tf.stop_gradient(rounded - x)
+
+
 def _round_per_example(x):
   """x rounded per example to 8 bits over [min(x_i, 0), max(x_i, 0)] (STE).
 
@@ -411,8 +710,9 @@ def _round_per_example(x):
 class QuantizationAwareTrainer:
   """Straight-through fine-tuning on the int8 weight grid.
 
-  Each step sets every `quantized_kernels` kernel to q(w) of its float
-  copy w (`fake_quantize_kernel`), computes the loss of the network as
+  Each step sets every `quantized_kernels` weight to q(w) of its float
+  copy w (`QuantizedKernel.quantize`: per channel for Conv2D / Dense, per
+  tensor for the structurally connected layers), computes the loss of the network as
   it runs in inference mode (BatchNorm on its moving statistics, which
   the converter folds; no dropout), and applies the gradient taken at
   q(w) to w (the straight-through estimator: dq/dw := 1); the other
@@ -437,16 +737,20 @@ class QuantizationAwareTrainer:
     loss_type: 'sigmoid' or 'softmax'.
     forward: images -> logits; default `network(x, training=False)`.
     consistency_weight: c >= 0 (0: labels only).
+    weight_target: the file whose grid the weights train on
+      (`quantized_kernels`).
 
   Raises:
-    QuantizationAwareError: a negative `consistency_weight`.
+    QuantizationAwareError: a negative `consistency_weight`, an unknown
+      `weight_target`.
   """
 
   def __init__(self, network: keras.Model,
                optimizer: keras.optimizers.Optimizer,
                loss_type: str = "sigmoid",
                forward: Optional[Callable] = None,
-               consistency_weight: float = 0.0):
+               consistency_weight: float = 0.0,
+               weight_target: str = "dynamic"):
     if not consistency_weight >= 0:
       raise QuantizationAwareError(
           f"consistency_weight must be >= 0, got {consistency_weight!r}")
@@ -456,9 +760,9 @@ class QuantizationAwareTrainer:
     self.optimizer = optimizer
     self.loss_type = loss_type
     self.num_classes = int(network.output.shape[-1])
-    self.kernels = quantized_kernels(network)
+    self.kernels = quantized_kernels(network, weight_target)
     self.shadows = [keras.Variable(k.variable.numpy(), trainable=True,
-                                   name=f"{k.layer}_float_kernel")
+                                   name=f"{k.layer}_float_{k.variable.name}")
                     for k in self.kernels]
     shadow_of = {id(k.variable): s for k, s in zip(self.kernels,
                                                    self.shadows)}
@@ -469,7 +773,7 @@ class QuantizationAwareTrainer:
 
   def _quantize(self):
     for kernel, shadow in zip(self.kernels, self.shadows):
-      kernel.variable.assign(fake_quantize_kernel(shadow))
+      kernel.variable.assign(kernel.quantize(shadow))
 
   def _train_step(self, images, label_ids):
     self._quantize()
@@ -576,6 +880,8 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
               representative_examples: int = 200,
               calibration_interval: int = 50,
               consistency_weight: float = 0.0,
+              weight_target: Optional[str] = None,
+              equalize_strength: float = 0.0,
               log: Callable[[str], None] = print,
               log_every: int = 50) -> FineTuneResult:
   """Fine-tunes a trained network on its int8 weight grid and writes a run dir.
@@ -607,10 +913,16 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
     activations: `ActivationSimulator` mode of the training forward pass:
       'none' (weights only), 'dynamic' or 'int8'.
     logit_floor: 'int8' only: the floor the file will be exported with.
-    representative_examples: 'int8' only: training images calibrating the
-      ranges (`export_tflite_lib.training_images`, the converter's set).
+    representative_examples: training images calibrating the 'int8' ranges
+      and measuring `equalize_ranges` (`export_tflite_lib.training_images`,
+      the converter's set).
     calibration_interval: 'int8' only: steps between recalibrations.
     consistency_weight: see `QuantizationAwareTrainer`.
+    weight_target: the file whose weight grid is trained on and snapped to
+      (`WEIGHT_TARGETS`; they differ only for structurally connected
+      layers); default 'int8' when `activations='int8'`, else 'dynamic'.
+    equalize_strength: > 0: `equalize_ranges` with this exponent on the
+      `representative_examples` images before fine-tuning (0: off).
     log: progress lines.
     log_every: steps between progress lines.
 
@@ -620,7 +932,8 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
   Raises:
     QuantizationAwareError: `steps < 1`, `learning_rate <= 0`, a bad batch
       size, an existing non-empty `output_dir`, a missing checkpoint, an
-      unknown `activations` mode or a backbone it cannot simulate.
+      unknown `activations` mode or `weight_target`, or a backbone it
+      cannot simulate.
     export_saved_model_lib.ExportError: the checkpoint's run records
       another hierarchy than the config.
   """
@@ -629,28 +942,46 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
     raise QuantizationAwareError(
         f"calibration_interval={calibration_interval} and "
         f"representative_examples={representative_examples} must be >= 1")
+  if weight_target is None:
+    weight_target = "int8" if activations == "int8" else "dynamic"
+  check_weight_target(weight_target)
+  if not 0.0 <= equalize_strength <= 1.0:
+    raise QuantizationAwareError(
+        f"equalize_strength must be in [0, 1], got {equalize_strength!r}")
   prefix = check_checkpoint(checkpoint_path)
   network, hierarchy, restored, _ = saved_model_lib.load_network(params,
                                                                  prefix)
+  calibration = None
+  if activations == "int8" or equalize_strength > 0:
+    calibration = np.concatenate(list(export_tflite_lib.training_images(
+        params.task.data, representative_examples)))
+  equalized = []
+  if equalize_strength > 0:
+    equalized = equalize_ranges(network, calibration, equalize_strength,
+                                params.task.eval_batch_size)
   simulator = ActivationSimulator(network, activations, logit_floor)
   summary = dict(source_checkpoint=restored, steps=steps,
                  learning_rate=learning_rate, activations=activations,
                  consistency_weight=consistency_weight,
                  logit_floor=logit_floor,
                  batch_size=batch_size or params.task.train_batch_size,
-                 snapped_kernels=[k.layer for k in quantized_kernels(network)],
-                 float_kernels=unsnapped_kernels(network))
+                 weight_target=weight_target,
+                 equalize_strength=equalize_strength,
+                 equalized=[dict(batch_norm=e.batch_norm, conv=e.conv,
+                                 scale_min=float(e.scales.min()),
+                                 scale_max=float(e.scales.max()))
+                            for e in equalized],
+                 snapped_kernels=[
+                     k.variable.path
+                     for k in quantized_kernels(network, weight_target)],
+                 float_kernels=unsnapped_kernels(network, weight_target))
   if evaluate:
     summary["eval_before"] = evaluate_network(network, params, hierarchy)
     log(f"eval before: {summary['eval_before']}")
   trainer = QuantizationAwareTrainer(
       network, build_optimizer(params, steps, learning_rate),
       params.task.distillation.loss_type, forward=simulator,
-      consistency_weight=consistency_weight)
-  calibration = None
-  if activations == "int8":
-    calibration = np.concatenate(list(export_tflite_lib.training_images(
-        params.task.data, representative_examples)))
+      consistency_weight=consistency_weight, weight_target=weight_target)
   source = factory.build_source(params.task.data)
   dataset = pipeline.build_dataset(
       source, "train", params.task.data, training=True,
@@ -662,7 +993,7 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
           "the layer-by-layer forward of --activations differs from the "
           f"network by {simulator.check_walk(images)}: the network's call "
           "order changed; use activations='none'")
-    if calibration is not None and (step - 1) % calibration_interval == 0:
+    if activations == "int8" and (step - 1) % calibration_interval == 0:
       trainer.quantize()
       simulator.calibrate(calibration, params.task.eval_batch_size)
     losses.append(trainer.step(images, features["label_ids"]))

@@ -198,9 +198,11 @@ def test_fine_tune_writes_a_run_the_exporter_takes(trained_run, tmp_path,
                                                    activations):
   params, model_dir = trained_run
   out = str(tmp_path / "qat")
+  equalize = 0.5 if activations == "dynamic" else 0.0
   result = lib.fine_tune(params, model_dir, out, steps=3, evaluate=False,
                          activations=activations, logit_floor=-16.0,
-                         representative_examples=8, log=lambda _: None)
+                         representative_examples=8,
+                         equalize_strength=equalize, log=lambda _: None)
   assert sorted(os.listdir(tmp_path)) == ["qat"]  # no staging left.
   assert result.checkpoint.endswith("ckpt-123")
   for name in ("checkpoint", "hierarchy.json", "params.yaml",
@@ -214,6 +216,10 @@ def test_fine_tune_writes_a_run_the_exporter_takes(trained_run, tmp_path,
                                rtol=1e-6, atol=0)
   assert result.summary["float_kernels"] == []
   assert result.summary["activations"] == activations
+  assert result.summary["weight_target"] == (
+      "int8" if activations == "int8" else "dynamic")
+  assert [e["conv"] for e in result.summary["equalized"]] == (
+      ["block1_conv0"] if equalize else [])
 
 
 def test_activation_simulator_walk_and_ranges(reference):
@@ -251,6 +257,10 @@ def test_bad_input_is_named(trained_run, tmp_path):
     lib.fine_tune(params, str(tmp_path), out, steps=1)
   with pytest.raises(lib.QuantizationAwareError, match="activations='int4'"):
     lib.fine_tune(params, model_dir, out, steps=1, activations="int4")
+  with pytest.raises(lib.QuantizationAwareError, match="weight_target='int4'"):
+    lib.fine_tune(params, model_dir, out, steps=1, weight_target="int4")
+  with pytest.raises(lib.QuantizationAwareError, match="equalize_strength"):
+    lib.fine_tune(params, model_dir, out, steps=1, equalize_strength=2.0)
   with pytest.raises(lib.QuantizationAwareError, match="not empty"):
     lib.fine_tune(params, model_dir, model_dir, steps=1)
   assert not os.path.exists(out)
@@ -269,3 +279,145 @@ def test_failed_write_leaves_no_run_dir(reference, trained_run, tmp_path):
     lib.write_run_dir(reference.network, params, BrokenHierarchy(), out, 1,
                       {})
   assert os.listdir(tmp_path) == []
+
+
+def test_per_tensor_grids_hand_values():
+  weights = np.array([[0.5, -1.27], [0.004, 0.0]], np.float32)
+  # Symmetric: s = 1.27 / 127 = 0.01, 0.004 / 0.01 = 0.4 -> 0.
+  values, scale, zero_point = lib.int8_tensor(weights,
+                                              lib.PER_TENSOR_SYMMETRIC)
+  np.testing.assert_array_equal(values, [[50, -127], [0, 0]])
+  assert (scale, zero_point) == (pytest.approx(0.01), 0)
+  # Asymmetric over [-1.27, 0.5]: s = 1.77 / 255, z = round(-128 + 1.27 / s)
+  # = round(54.97) = 55.
+  values, scale, zero_point = lib.int8_tensor(weights,
+                                              lib.PER_TENSOR_ASYMMETRIC)
+  assert (scale, zero_point) == (pytest.approx(1.77 / 255), 55)
+  np.testing.assert_array_equal(values, [[127, -128], [56, 55]])
+  for scheme in (lib.PER_TENSOR_SYMMETRIC, lib.PER_TENSOR_ASYMMETRIC):
+    _, scale, _ = lib.int8_tensor(weights, scheme)
+    snapped = lib.fake_quantize(weights, scheme).numpy()
+    np.testing.assert_allclose(lib.fake_quantize(snapped, scheme), snapped,
+                               rtol=1e-6, atol=1e-7)
+    assert np.abs(snapped - weights).max() <= scale / 2 + 1e-7
+  with pytest.raises(lib.QuantizationAwareError, match="per_channel"):
+    lib.tensor_quantization(weights, lib.PER_CHANNEL)
+
+
+# The smoke config with an FC-SC head wide enough (s2 = 32) that the SC
+# classifier's kernel (40 x 32) passes the dynamic converter's 1024-weight
+# threshold.
+SC_OVERRIDE = "task.model.head.head_type=fc_sc,task.model.head.s2=32"
+
+
+def _sc_layout_candidates(layer, values):
+  """The int8 `values` of an SC layer's kernel in the layouts TFLite may hold."""
+  if isinstance(layer, lib.structurally_connected.VerticalBlockDense):
+    return [values, np.transpose(values, (0, 2, 1))]
+  gathered = values[layer._gather_index].reshape(  # pylint: disable=protected-access
+      layer.num_chunks, layer.resolved_chunk_size, -1)
+  return [gathered, np.transpose(gathered, (0, 2, 1))]
+
+
+def _interpreter_constants(path):
+  """int8 constant tensors of a .tflite file: (values, scales, zero points)."""
+  interpreter = Interpreter(model_path=path)
+  interpreter.allocate_tensors()
+  constants = []
+  for detail in interpreter.get_tensor_details():
+    if detail["dtype"] != np.int8:
+      continue
+    try:
+      values = interpreter.get_tensor(detail["index"])
+    except ValueError:  # an activation, no data before invoke.
+      continue
+    quantization = detail["quantization_parameters"]
+    constants.append((values, quantization["scales"],
+                      quantization["zero_points"]))
+  return constants
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weight_target", lib.WEIGHT_TARGETS)
+def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
+                                                             weight_target):
+  from export_test_utils import smoke_params  # pylint: disable=g-import-not-at-top
+  from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import model_builder  # pylint: disable=g-import-not-at-top
+  params = smoke_params(SC_OVERRIDE)
+  source = factory.build_source(params.task.data)
+  network = model_builder.build_network(params.task.model, source.hierarchy,
+                                        source.image_shape)
+  network(np.zeros((1, *source.image_shape), np.float32), training=False)
+  # Trained biases are not zero (an all-zero tensor has no range).
+  rng = np.random.default_rng(2)
+  for layer in (network.head.hidden2, network.head.classifier):
+    layer.bias.assign(rng.normal(scale=0.1, size=layer.bias.shape))
+  lib.snap_to_int8_grid(network, weight_target)
+  run = lib.write_run_dir(network, params, source.hierarchy,
+                          str(tmp_path / "run"), 1, {})
+  export = export_saved_model_lib.export_saved_model(
+      params, run, str(tmp_path / "export"), model_name=MODEL_NAME)
+  path = str(tmp_path / f"{weight_target}.tflite")
+  export_tflite_lib.export_tflite(
+      export.version_dir, path, weight_target, params=params,
+      representative_examples=INT8_CALIBRATION_EXAMPLES)
+  stored = _interpreter_constants(path)
+  per_tensor = [k for k in lib.quantized_kernels(network, weight_target)
+                if k.scheme != lib.PER_CHANNEL]
+  # dynamic: both SC kernels; int8: both kernels and both biases.
+  assert len(per_tensor) == (2 if weight_target == "dynamic" else 4)
+  for kernel in per_tensor:
+    values, scale, zero_point = lib.int8_tensor(kernel.variable.numpy(),
+                                                kernel.scheme)
+    layer = next(l for l in lib._all_layers(network)  # pylint: disable=protected-access
+                 if l.name == kernel.layer)
+    candidates = (_sc_layout_candidates(layer, values)
+                  if kernel.variable is layer.kernel else [values])
+    matches = [(v, s, z) for v, s, z in stored for c in candidates
+               if v.shape == c.shape and np.array_equal(v, c)]
+    assert matches, (weight_target, kernel.variable.path)
+    _, scales, zero_points = matches[0]
+    np.testing.assert_allclose(scales, [scale], rtol=1e-6)
+    np.testing.assert_array_equal(zero_points, [zero_point])
+
+
+def test_equalize_ranges_preserves_the_function():
+  from export_test_utils import smoke_params  # pylint: disable=g-import-not-at-top
+  from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import model_builder  # pylint: disable=g-import-not-at-top
+  params = smoke_params()
+  source = factory.build_source(params.task.data)
+  network = model_builder.build_network(params.task.model, source.hierarchy,
+                                        source.image_shape)
+  rng = np.random.default_rng(3)
+  images = rng.uniform(size=(16, *source.image_shape)).astype(np.float32)
+  network(images[:1], training=False)
+  # Unequal channel ranges: random BN weights and moving statistics.
+  for layer in lib._all_layers(network):  # pylint: disable=protected-access
+    if isinstance(layer, keras.layers.BatchNormalization):
+      channels = layer.gamma.shape[0]
+      layer.set_weights([rng.uniform(0.1, 3.0, channels),
+                         rng.normal(size=channels),
+                         rng.normal(size=channels),
+                         rng.uniform(0.1, 3.0, channels)])
+  before = np.asarray(network(images, training=False))
+  pairs = lib.equalizable_pairs(network)
+  assert [(b.name, [l.name for l in between], c.name)
+          for b, between, c in pairs] == [
+              ("block0_bn0", ["block0_relu0", "block0_pool"], "block1_conv0")]
+  probe = keras.Model(network.backbone.inputs,
+                      network.backbone.get_layer("block0_pool").output)
+  equalized = lib.equalize_ranges(network, images, strength=1.0,
+                                  batch_size=8)
+  after = np.asarray(network(images, training=False))
+  np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
+  assert [(e.batch_norm, e.conv) for e in equalized] == [
+      ("block0_bn0", "block1_conv0")]
+  assert equalized[0].scales.min() >= 1.0
+  # strength 1: every live channel now reaches the largest range.
+  ranges = np.asarray(probe(images, training=False)).max(axis=(0, 1, 2))
+  live = ranges > lib.EQUALIZE_MIN_RANGE_FRACTION * ranges.max()
+  np.testing.assert_allclose(ranges[live], ranges.max(), rtol=1e-4)
+  with pytest.raises(lib.QuantizationAwareError, match="strength"):
+    lib.equalize_ranges(network, images, strength=1.5, batch_size=8)
