@@ -4,7 +4,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import tempfile
 from typing import List, Optional, Sequence, Tuple
 
@@ -546,9 +545,7 @@ def export_saved_model(params: kc_config.ExperimentConfig,
                       "are immutable, pick another --version")
   network, hierarchy, restored, image_shape = load_network(params,
                                                            checkpoint_path)
-  os.makedirs(base, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=base)
-  try:
+  with files.staged_directory(version_dir) as staging:
     with tempfile.TemporaryDirectory() as assets_dir:
       module = ServingModule(network, hierarchy, image_shape, config,
                              assets_dir)
@@ -558,10 +555,6 @@ def export_saved_model(params: kc_config.ExperimentConfig,
     check_only_network_variables(staging, network)
     _write_assets_extra(staging, model_name, image_shape, config, params,
                         hierarchy, restored)
-    os.rename(staging, version_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   models_config = os.path.join(export_dir, MODELS_CONFIG_FILE)
   files.atomic_write_text(models_config, models_config_text(
       model_name, f"{config.serving_base_path.rstrip('/')}/{model_name}"))

@@ -2,8 +2,6 @@
 
 import dataclasses
 import os
-import shutil
-import tempfile
 from typing import Callable, Dict, List, Optional, Tuple
 
 import keras
@@ -1028,12 +1026,7 @@ def write_run_dir(network: keras.Model, params: kc_config.ExperimentConfig,
   Returns:
     The checkpoint prefix inside `output_dir`.
   """
-  parent = os.path.dirname(os.path.abspath(output_dir))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(
-      prefix=f".tmp-{os.path.basename(os.path.abspath(output_dir))}-",
-      dir=parent)
-  try:
+  with files.staged_directory(output_dir) as staging:
     holder = tf.train.Checkpoint(model=tf.train.Checkpoint(student=network))
     manager = tf.train.CheckpointManager(holder, staging, max_to_keep=1,
                                          checkpoint_name=CHECKPOINT_NAME)
@@ -1041,10 +1034,4 @@ def write_run_dir(network: keras.Model, params: kc_config.ExperimentConfig,
     hierarchy.save(os.path.join(staging, saved_model_lib.HIERARCHY_FILE))
     modes.save_params(params, staging)
     files.atomic_write_json(os.path.join(staging, SUMMARY_FILE), summary)
-    if tf.io.gfile.exists(output_dir):
-      os.rmdir(output_dir)  # empty (checked): replaced by the rename.
-    os.rename(staging, output_dir)
-  except BaseException:
-    shutil.rmtree(staging, ignore_errors=True)
-    raise
   return os.path.join(output_dir, f"{CHECKPOINT_NAME}-{step}")

@@ -207,6 +207,27 @@ class AtomicWriteTest(tf.test.TestCase):
     with open(path, "rb") as f:
       self.assertEqual(f.read(), b"old")
 
+  def test_staged_directory_appears_whole_or_not_at_all(self):
+    root = self.create_tempdir().full_path
+    final = os.path.join(root, "run")
+    with self.assertRaisesRegex(RuntimeError, "crash"):
+      with files.staged_directory(final) as staging:
+        files.atomic_write_text(os.path.join(staging, "a.txt"), "a")
+        raise RuntimeError("crash")
+    self.assertEqual(os.listdir(root), [])
+    os.makedirs(final)  # An empty directory is replaced.
+    with files.staged_directory(final) as staging:
+      self.assertEqual(os.path.dirname(staging), root)
+      files.atomic_write_text(os.path.join(staging, "a.txt"), "a")
+      self.assertEqual(os.listdir(final), [])
+    self.assertEqual(os.listdir(root), ["run"])
+    self.assertEqual(os.listdir(final), ["a.txt"])
+    with self.assertRaises(OSError):  # A non-empty one is not.
+      with files.staged_directory(final) as staging:
+        files.atomic_write_text(os.path.join(staging, "b.txt"), "b")
+    self.assertEqual(os.listdir(root), ["run"])
+    self.assertEqual(os.listdir(final), ["a.txt"])
+
 
 class RunDirGuardTest(tf.test.TestCase):
 
