@@ -17,8 +17,9 @@ flags.DEFINE_enum("quantization", "none", list(export_tflite_lib.QUANTIZATIONS),
                   "int8_float_head (int8, the logits layer float) | "
                   "int16x8 (int16 activations, int8 weights).")
 flags.DEFINE_list("float_layers", [],
-                  "int8_float_head: more Keras layer names kept float "
-                  "(e.g. input_scaling,block0_conv0).")
+                  "int8_float_head and dynamic: Keras layer names kept "
+                  "float (e.g. input_scaling,block0_conv0; dynamic: those "
+                  "ops compute in float on their int8-grid weights).")
 flags.DEFINE_bool("float_head", True,
                   "int8_float_head: keep the logits layer float; "
                   "--nofloat_head keeps only --float_layers float.")

@@ -12,12 +12,15 @@ import tensorflow as tf
 import yaml
 
 from export import export_saved_model_lib as saved_model_lib
+from export import tflite_float_kernels
 from kc_keras.utils import files
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int8_float_head",
                  "int16x8")
 # Variants calibrated on training images (activation ranges).
 CALIBRATED = ("int8", "int8_float_head", "int16x8")
+# Variants that take `float_layers`.
+FLOAT_LAYER_VARIANTS = ("dynamic", "int8_float_head")
 # Layers `int8_float_head` keeps in float (matched as a path segment of the
 # TFLite op output names, Keras call suffixes `_1` allowed): the logits
 # producer. A trained model's logits span a wide range (demo: -59 to +3.3)
@@ -242,6 +245,38 @@ def default_floor_helps(function, loaded, logit_floor: float,
           == _float_op_count(function.get_concrete_function(), loaded) + 1)
 
 
+def _unmatched_layers_error(unmatched, op_names) -> TFLiteExportError:
+  return TFLiteExportError(
+      f"float_layers {unmatched} match no op of the model; op names look "
+      f"like {list(op_names)[:3]}")
+
+
+def _dynamic_float_layers(model: bytes, float_layers: Sequence[str]) -> bytes:
+  """A `dynamic` model whose `float_layers` ops compute in float (see tflite_float_kernels).
+
+  Raises:
+    TFLiteExportError: a layer names no op, or shares a kernel with an op
+      that stays quantized.
+  """
+  matched, seen = set(), []
+
+  def op_is_float(name: str) -> bool:
+    seen.append(name)
+    hits = [layer for layer in float_layers
+            if float_node_names([name], (), [layer])]
+    matched.update(hits)
+    return bool(hits)
+
+  try:
+    model, _ = tflite_float_kernels.restore_float_kernels(model, op_is_float)
+  except ValueError as e:
+    raise TFLiteExportError(f"float_layers {list(float_layers)}: {e}") from e
+  unmatched = [layer for layer in float_layers if layer not in matched]
+  if unmatched:
+    raise _unmatched_layers_error(unmatched, seen)
+  return model
+
+
 def _selective_int8(converter, dataset, extra_layers: Sequence[str],
                     float_head: bool = True) -> bytes:
   """int8 everywhere except the head, `extra_layers` and the output ops.
@@ -264,9 +299,7 @@ def _selective_int8(converter, dataset, extra_layers: Sequence[str],
   unmatched = [layer for layer in extra_layers
                if not float_node_names(tensor_names, (), [layer])]
   if unmatched:
-    raise TFLiteExportError(
-        f"float_layers {unmatched} match no op of the model; op names look "
-        f"like {tensor_names[:3]}")
+    raise _unmatched_layers_error(unmatched, tensor_names)
   output_names = [d["name"] for d in interpreter.get_output_details()]
   debugger.options = tf.lite.experimental.QuantizationDebugOptions(
       denylisted_nodes=float_node_names(
@@ -310,7 +343,9 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
   Quantization:
     none: float32 weights and activations.
     fp16: float16 weights, float32 compute.
-    dynamic: int8 weights, activations quantized on the fly.
+    dynamic: int8 weights, activations quantized on the fly; the ops of
+      `float_layers` compute in float on their int8-grid weights
+      (`tflite_float_kernels`): no on-the-fly rounding of their inputs.
     int8: full integer (weights and activations int8, int8 input and
       outputs), calibrated on `representative_images`; the demo reads the
       input/output scale and zero point from the model.
@@ -327,8 +362,9 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
     quantization: one of `QUANTIZATIONS`.
     representative_images: for int8, a callable returning an iterable of
       float32 `[1, H, W, C]` batches.
-    float_layers: `int8_float_head` only: more Keras layer names kept float
-      (e.g. the first convolution, "block0_conv0").
+    float_layers: `int8_float_head` and `dynamic` only: Keras layer names
+      kept float (e.g. "block0_conv0"; matched as path segments of the ops'
+      output names, fused names included).
     logit_floor: a negative number: the model outputs
       logits = max(logits, logit_floor) (probs follow). The scores and the
       top-k are unchanged unless fewer than k logits exceed the floor;
@@ -348,9 +384,10 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
   Raises:
     TFLiteExportError: unknown quantization, int8 without images, a
       `logit_floor` that is not a finite negative number,
-      `float_layers` or `float_head=False` with another quantization than
-      int8_float_head, `float_layers` naming no layer of the model, or a
-      SavedModel without the `serve_image` signature.
+      `float_layers` with another quantization than `FLOAT_LAYER_VARIANTS`,
+      `float_head=False` with another than int8_float_head, `float_layers`
+      naming no layer of the model, or a SavedModel without the
+      `serve_image` signature.
   """
   if quantization not in QUANTIZATIONS:
     raise TFLiteExportError(
@@ -363,10 +400,11 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
     raise TFLiteExportError(
         f"float_head=False only applies to int8_float_head, not "
         f"quantization={quantization!r}")
-  if float_layers and quantization != "int8_float_head":
+  if float_layers and quantization not in FLOAT_LAYER_VARIANTS:
     raise TFLiteExportError(
-        f"float_layers={list(float_layers)} only apply to int8_float_head, "
-        f"not quantization={quantization!r}")
+        f"float_layers={list(float_layers)} only apply to "
+        f"{' and '.join(FLOAT_LAYER_VARIANTS)}, not "
+        f"quantization={quantization!r}")
   is_default = (isinstance(logit_floor, str)
                 and logit_floor.strip().lower() == DEFAULT)
   logit_floor = resolve_logit_floor(logit_floor, quantization, float_head)
@@ -410,7 +448,10 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
   if quantization == "int16x8":
     converter.target_spec.supported_ops = [
         tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-  return converter.convert(), logit_floor
+  model = converter.convert()
+  if quantization == "dynamic" and float_layers:
+    model = _dynamic_float_layers(model, float_layers)
+  return model, logit_floor
 
 
 def _label_lines(saved_model_dir: str) -> List[str]:

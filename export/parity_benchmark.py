@@ -30,7 +30,8 @@ flags.DEFINE_integer("throughput_batch", parity_lib.THROUGHPUT_BATCH,
 flags.DEFINE_integer("throughput_repeats", parity_lib.THROUGHPUT_REPEATS,
                      "Timed batches (median) per throughput figure.")
 flags.DEFINE_list("float_layers", [],
-                  "int8_float_head: more Keras layer names kept float.")
+                  "int8_float_head and dynamic: Keras layer names kept "
+                  "float (dynamic: their inputs are not rounded).")
 flags.DEFINE_bool("float_head", True,
                   "int8_float_head: keep the logits layer float; "
                   "--nofloat_head keeps only --float_layers float.")
@@ -58,12 +59,16 @@ def main(_):
   for quantization in FLAGS.quantizations:
     float_head = FLAGS.float_head or quantization != "int8_float_head"
     variant = quantization if float_head else f"{quantization} --nofloat_head"
+    if FLAGS.float_layers and (
+        quantization in export_tflite_lib.FLOAT_LAYER_VARIANTS):
+      variant += f" (float: {','.join(FLAGS.float_layers)})"
     path = os.path.join(FLAGS.tflite_dir, f"model_{quantization}.tflite")
     result = export_tflite_lib.export_tflite(
         FLAGS.saved_model_dir, path, quantization, params=params,
         representative_examples=FLAGS.representative_examples,
-        float_layers=(FLAGS.float_layers
-                      if quantization == "int8_float_head" else ()),
+        float_layers=(
+            FLAGS.float_layers
+            if quantization in export_tflite_lib.FLOAT_LAYER_VARIANTS else ()),
         logit_floor=FLAGS.logit_floor, float_head=float_head)
     floors[variant] = result["logit_floor"]
     paths[variant] = path

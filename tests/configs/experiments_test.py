@@ -34,6 +34,17 @@ class ExperimentsTest(tf.test.TestCase, parameterized.TestCase):
     config = experiments.get_experiment(name)
     config.validate()
 
+  @parameterized.parameters("omniglot", "embedded_rich")
+  def test_student_has_the_generalists_network_teachers_the_trunks(self, data):
+    generalist = experiments.get_experiment(f"kc_generalist_{data}").task.model
+    trunk = experiments.get_experiment(f"kc_trunk_{data}").task.model
+    student = experiments.get_experiment(f"kc_student_{data}").task
+    self.assertEqual(student.model.backbone.as_dict(),
+                     generalist.backbone.as_dict())
+    self.assertEqual((student.model.head.s1, student.model.head.s2),
+                     (generalist.head.s1, generalist.head.s2))
+    self.assertEqual(student.specialists.model.as_dict(), trunk.as_dict())
+
   def test_unknown_experiment_lists_registered_ones(self):
     with self.assertRaisesRegex(ValueError, "kc_generalist_demo"):
       experiments.get_experiment("kc_nope")

@@ -67,3 +67,21 @@ def tflite_model(exported, tmp_path_factory):
     return cache[quantization]
 
   return get
+
+
+@pytest.fixture(scope="session")
+def snapped_run(trained_run, tmp_path_factory):
+  """`(network, checkpoint, export)`: the smoke run with its kernels snapped to the int8 grid (no training), exported."""
+  from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
+  from export import quantization_aware_lib  # pylint: disable=g-import-not-at-top
+  params, model_dir = trained_run
+  network, hierarchy, _, _ = export_saved_model_lib.load_network(
+      params, model_dir)
+  quantization_aware_lib.snap_to_int8_grid(network)
+  out = str(tmp_path_factory.mktemp("qat") / "snapped")
+  checkpoint = quantization_aware_lib.write_run_dir(
+      network, params, hierarchy, out, 1, {})
+  export = export_saved_model_lib.export_saved_model(
+      params, out, str(tmp_path_factory.mktemp("qat_export")),
+      model_name=MODEL_NAME)
+  return network, checkpoint, export

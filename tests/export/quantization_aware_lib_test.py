@@ -131,21 +131,6 @@ def _converter_layout(kernel):
   return kernel.T
 
 
-@pytest.fixture(scope="module")
-def snapped_run(trained_run, tmp_path_factory):
-  """The smoke run with its kernels only snapped (no training), exported."""
-  params, model_dir = trained_run
-  network, hierarchy, _, _ = export_saved_model_lib.load_network(
-      params, model_dir)
-  lib.snap_to_int8_grid(network)
-  out = str(tmp_path_factory.mktemp("qat") / "snapped")
-  checkpoint = lib.write_run_dir(network, params, hierarchy, out, 1, {})
-  export = export_saved_model_lib.export_saved_model(
-      params, out, str(tmp_path_factory.mktemp("qat_export")),
-      model_name=MODEL_NAME)
-  return network, checkpoint, export
-
-
 @pytest.mark.slow
 def test_snapped_kernels_are_the_converters_int8_weights(snapped_run, params_of,
                                                           tmp_path):
