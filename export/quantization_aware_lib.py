@@ -673,35 +673,33 @@ class ActivationSimulator:
         walked - self.network(images, training=False))))
 
 
-def _round_per_row(x):
-  """x rounded to 8 bits per row (last axis) over [min(row, 0), max(row, 0)].
-
-  The hybrid BATCH_MATMUL quantizes each row of its left operand on the
-  fly: one example ([B, D] inputs) or one example and vertical
-  ([B, M, s2] inputs of the SC classifier and of 3-D block layers).
-  Straight-through, as `_round_per_example`.
-  """
-  low = tf.minimum(tf.reduce_min(x, axis=-1, keepdims=True), 0.0)
-  high = tf.maximum(tf.reduce_max(x, axis=-1, keepdims=True), 0.0)
-  step = tf.where(high > low, (high - low) / ACTIVATION_STEPS,
-                  tf.ones_like(high))
-  rounded = tf.round((x - low) / step) * step + low
-  return x + tf.stop_gradient(rounded - x)
-
-
-def _round_per_example(x):
-  """x rounded per example to 8 bits over [min(x_i, 0), max(x_i, 0)] (STE).
+def _round_over(x, axes):
+  """x rounded to 8 bits over [min(x, 0), max(x, 0)] taken over `axes` (STE).
 
   round((x - low) / step) * step + low with step = (high - low) / 255: the
-  hybrid kernels' on-the-fly input quantization.
+  hybrid kernels' on-the-fly input quantization; the gradient passes
+  straight through.
   """
-  axes = list(range(1, len(x.shape)))
   low = tf.minimum(tf.reduce_min(x, axis=axes, keepdims=True), 0.0)
   high = tf.maximum(tf.reduce_max(x, axis=axes, keepdims=True), 0.0)
   step = tf.where(high > low, (high - low) / ACTIVATION_STEPS,
                   tf.ones_like(high))
   rounded = tf.round((x - low) / step) * step + low
   return x + tf.stop_gradient(rounded - x)
+
+
+def _round_per_row(x):
+  """x rounded per row (last axis), as the hybrid BATCH_MATMUL rounds its left operand.
+
+  One row = one example ([B, D] inputs) or one example and vertical
+  ([B, M, s2] inputs of the SC classifier and of 3-D block layers).
+  """
+  return _round_over(x, [-1])
+
+
+def _round_per_example(x):
+  """x rounded per example (all axes but the batch), as hybrid Conv2D / Dense do."""
+  return _round_over(x, list(range(1, len(x.shape))))
 
 
 # ------------------------------------------------------------ training
