@@ -337,7 +337,7 @@ def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
   build_generalist = None
   init_dir = params.task.specialists.init_checkpoint
   if init_dir:
-    generalist_params = _load_params_of(init_dir)
+    generalist_params = load_params_of(init_dir)
 
     def build_generalist():
       return model_builder.build_kc_model(
@@ -349,15 +349,19 @@ def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
       build_generalist=build_generalist, verbose=verbose)
 
 
-def _load_params_of(run_dir: str) -> kc_config.ExperimentConfig:
-  """The `params.yaml` of another run, read into a config of the same schema."""
+def load_params_of(run_dir: str) -> kc_config.ExperimentConfig:
+  """The `params.yaml` of another run, read into a config of the same schema.
+
+  Raises:
+    FileNotFoundError: when `run_dir` has no `params.yaml` (not a run directory).
+  """
   import yaml  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(run_dir, "params.yaml")
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"{path} not found: task.specialists.init_checkpoint must be the "
-        f"model_dir of a trained generalist.")
+        f"{path} not found: {run_dir!r} is not the model_dir of a trained run "
+        f"(e.g. task.specialists.init_checkpoint must name a trained generalist's).")
   other = kc_config.ExperimentConfig()
   with open(path) as f:
     other.override(yaml.safe_load(f), is_strict=True)
