@@ -13,6 +13,10 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 
+def _mean_or_nan(values) -> float:
+  return float(np.mean(values)) if np.size(values) else float("nan")
+
+
 def vertical_logit_statistics(
     logits: np.ndarray,
     labels: np.ndarray,
@@ -71,24 +75,20 @@ def vertical_logit_statistics(
     true = own_block[rows, position]
     others = own_block.copy()
     others[rows, position] = -np.inf
-    nan = float("nan")
-
-    def mean(values):
-      return float(np.mean(values)) if np.size(values) else nan
-
     stats.append({
         "vertical": v,
         "num_classes": int(classes.size),
         "num_own_images": int(own.sum()),
-        "own_mean": mean(own_block),
-        "own_spread": mean(own_block.std(axis=1)) if own.any() else nan,
-        "own_true": mean(true),
-        "own_best_other": (mean(others.max(axis=1))
-                           if own.any() and classes.size > 1 else nan),
-        "own_top1": mean(own_block.argmax(axis=1) == position),
-        "own_norm": mean(np.linalg.norm(own_block, axis=1)),
-        "other_mean": mean(other_block),
-        "other_max": mean(other_block.max(axis=1)) if (~own).any() else nan,
-        "other_norm": mean(np.linalg.norm(other_block, axis=1)),
+        "own_mean": _mean_or_nan(own_block),
+        "own_spread": _mean_or_nan(own_block.std(axis=1)),
+        "own_true": _mean_or_nan(true),
+        # A one-class vertical has no other class to compare with.
+        "own_best_other": (_mean_or_nan(others.max(axis=1))
+                           if classes.size > 1 else float("nan")),
+        "own_top1": _mean_or_nan(own_block.argmax(axis=1) == position),
+        "own_norm": _mean_or_nan(np.linalg.norm(own_block, axis=1)),
+        "other_mean": _mean_or_nan(other_block),
+        "other_max": _mean_or_nan(other_block.max(axis=1)),
+        "other_norm": _mean_or_nan(np.linalg.norm(other_block, axis=1)),
     })
   return stats
