@@ -2,6 +2,7 @@
 
 from typing import Dict, List
 
+from kc_keras.configs import experiments
 from kc_keras.training.pipeline_lib import Stage
 
 GENERALIST = "generalist FC-FC"
@@ -30,15 +31,19 @@ def _paths(generalist_dir: str) -> Dict:
 
 def _teacher_stages(student_experiment: str, generalist_dir: str
                     ) -> List[Stage]:
+  """Train and evaluate the specialists; cache their targets if the student reads a cache."""
   paths = _paths(generalist_dir)
-  return [
+  stages = [
       Stage("specialists (train)", student_experiment, "train_specialists",
             "specialists", paths, row_of=SPECIALISTS),
       Stage(SPECIALISTS, student_experiment, "eval_specialists",
             "specialists", paths, report=True),
-      Stage("soft targets (cache)", student_experiment, "cache_targets",
-            "specialists", paths),
   ]
+  distillation = experiments.get_experiment(student_experiment).task.distillation
+  if distillation.target_source == "cache":
+    stages.append(Stage("soft targets (cache)", student_experiment,
+                        "cache_targets", "specialists", paths))
+  return stages
 
 
 def _student_stage(name: str, student_experiment: str, head: Dict,
