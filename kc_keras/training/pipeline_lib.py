@@ -33,6 +33,9 @@ class Stage:
     row_of: for a stage that only prepares a row (e.g. specialists training
       before their evaluation), the row it belongs to: its wall time is
       added to that row's.
+    only_if_target_source: run the stage only when its config (experiment,
+      files, overrides) has this `task.distillation.target_source`: the
+      soft-target cache is written only for students that read it.
   """
 
   name: str
@@ -42,6 +45,7 @@ class Stage:
   overrides: Dict = dataclasses.field(default_factory=dict)
   report: bool = False
   row_of: Optional[str] = None
+  only_if_target_source: Optional[str] = None
 
 
 def _fill(value, workdir: str):
@@ -97,6 +101,11 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     if only and stage.name not in only:
       continue
     params = stage_params(stage, workdir, config_files, params_override)
+    source = params.task.distillation.target_source
+    if stage.only_if_target_source not in (None, source):
+      logging.info("Skipping stage %s: target_source is %r, not %r.",
+                   stage.name, source, stage.only_if_target_source)
+      continue
     model_dir = os.path.join(workdir, stage.model_dir)
     print(f"=== {stage.name}: --experiment={stage.experiment} "
           f"--mode={stage.mode} --model_dir={model_dir}", flush=True)

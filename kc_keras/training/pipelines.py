@@ -2,7 +2,6 @@
 
 from typing import Dict, List
 
-from kc_keras.configs import experiments
 from kc_keras.training.pipeline_lib import Stage
 
 GENERALIST = "generalist FC-FC"
@@ -31,19 +30,16 @@ def _paths(generalist_dir: str) -> Dict:
 
 def _teacher_stages(student_experiment: str, generalist_dir: str
                     ) -> List[Stage]:
-  """Train and evaluate the specialists; cache their targets if the student reads a cache."""
   paths = _paths(generalist_dir)
-  stages = [
+  return [
       Stage("specialists (train)", student_experiment, "train_specialists",
             "specialists", paths, row_of=SPECIALISTS),
       Stage(SPECIALISTS, student_experiment, "eval_specialists",
             "specialists", paths, report=True),
+      # Students with online targets (the Omniglot ones) never read it.
+      Stage("soft targets (cache)", student_experiment, "cache_targets",
+            "specialists", paths, only_if_target_source="cache"),
   ]
-  distillation = experiments.get_experiment(student_experiment).task.distillation
-  if distillation.target_source == "cache":
-    stages.append(Stage("soft targets (cache)", student_experiment,
-                        "cache_targets", "specialists", paths))
-  return stages
 
 
 def _student_stage(name: str, student_experiment: str, head: Dict,

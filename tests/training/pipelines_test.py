@@ -1,28 +1,15 @@
-"""Tests for the registered pipelines: which stages run, and where."""
+"""Tests for the registered pipelines and the stages `run_pipeline` runs."""
 
 import pytest
 
 from kc_keras.configs import experiments
+from kc_keras.training import pipeline_lib
 from kc_keras.training import pipelines
 
-
-def _stage_names(name):
-  return [stage.name for stage in pipelines.get_pipeline(name)]
+CACHE_STAGE = "soft targets (cache)"
 
 
-@pytest.mark.parametrize("name, student, caches", [
-    ("ablation_omniglot", "kc_student_omniglot", False),
-    ("ablation_embedded_rich", "kc_student_embedded_rich", True),
-    ("demo", "kc_student_demo", True),
-])
-def test_cache_stage_runs_only_for_students_that_read_the_cache(
-    name, student, caches):
-  source = experiments.get_experiment(student).task.distillation.target_source
-  assert source == ("cache" if caches else "online")
-  assert ("soft targets (cache)" in _stage_names(name)) == caches
-
-
-def test_ablation_has_the_papers_rows_in_order():
+def test_ablation_reports_the_papers_rows_in_order():
   reported = [s.name for s in pipelines.get_pipeline("ablation_omniglot")
               if s.report]
   assert reported == [
@@ -30,17 +17,46 @@ def test_ablation_has_the_papers_rows_in_order():
       "FC-SC + D", "FC-SC + D + S (vertical)", "FC-SC + D + S (class)"]
 
 
-def test_every_student_row_shares_backbone_and_schedule():
-  student_names = [row[0] for row in pipelines.STUDENT_ROWS]
+def test_student_rows_differ_only_in_head_and_self_paced_scaling():
+  names = [row[0] for row in pipelines.STUDENT_ROWS]
   rows = [s for s in pipelines.get_pipeline("ablation_omniglot")
-          if s.name in student_names]
-  assert len(rows) == len(pipelines.STUDENT_ROWS)
+          if s.name in names]
   assert {s.experiment for s in rows} == {"kc_student_omniglot"}
-  heads = [s.overrides["task"]["model"]["head"]["head_type"] for s in rows]
-  assert heads == ["fc_fc", "sc_sc", "fc_sc", "fc_sc", "fc_sc"]
+  assert [(s.overrides["task"]["model"]["head"]["head_type"],
+           s.overrides["task"]["model"]["self_paced"]["mode"])
+          for s in rows] == [("fc_fc", "none"), ("sc_sc", "none"),
+                             ("fc_sc", "none"), ("fc_sc", "vertical"),
+                             ("fc_sc", "class")]
 
 
 def test_unknown_pipeline_lists_registered_ones():
   with pytest.raises(ValueError,
                      match="ablation_embedded_rich, ablation_omniglot, demo"):
     pipelines.get_pipeline("nope")
+
+
+@pytest.fixture
+def runs(monkeypatch):
+  """Records (stage mode, model_dir) instead of training."""
+  calls = []
+  monkeypatch.setattr(pipeline_lib.experiment_runner, "run",
+                      lambda params, mode, model_dir: calls.append(mode))
+  return calls
+
+
+@pytest.mark.parametrize("pipeline, student, override, writes_cache", [
+    # Omniglot's student trains on online targets: no cache to write...
+    ("ablation_omniglot", "kc_student_omniglot", None, False),
+    # ...unless the user switches it to the cache.
+    ("ablation_omniglot", "kc_student_omniglot",
+     "task.distillation.target_source=cache", True),
+    ("ablation_embedded_rich", "kc_student_embedded_rich", None, True),
+    ("demo", "kc_student_demo", None, True),
+])
+def test_cache_stage_runs_only_when_the_students_read_the_cache(
+    runs, tmp_path, pipeline, student, override, writes_cache):
+  default = experiments.get_experiment(student).task.distillation.target_source
+  assert default == ("online" if pipeline == "ablation_omniglot" else "cache")
+  pipeline_lib.run_pipeline(pipelines.get_pipeline(pipeline), str(tmp_path),
+                            params_override=override, only=[CACHE_STAGE])
+  assert runs == (["cache_targets"] if writes_cache else [])
