@@ -37,7 +37,7 @@ def test_unknown_pipeline_lists_registered_ones():
 
 @pytest.fixture
 def runs(monkeypatch):
-  """Records (stage mode, model_dir) instead of training."""
+  """Records each stage's mode instead of running it."""
   calls = []
   monkeypatch.setattr(pipeline_lib.experiment_runner, "run",
                       lambda params, mode, model_dir: calls.append(mode))
