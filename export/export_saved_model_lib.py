@@ -279,10 +279,11 @@ class ServingModule(tf.Module):
     serve_examples(examples: string [B] serialized tf.Example with
       'image/encoded') -> as serving_default.
   Plus the function attribute `tflite_serve_image` (serve_image for B >= 1,
-  no control flow), which `export_tflite_lib` converts.
+  no control flow, the network's `quantizable_logits` graph), which
+  `export_tflite_lib` converts.
 
   Args:
-    network: images -> logits `[B, N]`.
+    network: a `HierarchicalClassifier` (images -> logits `[B, N]`).
     hierarchy: names of the N classes and M verticals.
     image_shape: `(H, W, C)` of the network's input.
     config: a validated `ServingConfig`.
@@ -358,7 +359,9 @@ class ServingModule(tf.Module):
         lambda: tf.zeros([0, self.num_classes], tf.float32))
 
   def _network_outputs(self, images):
-    logits = tf.cast(self.network(images, training=False), tf.float32)
+    # The integer-friendly graph of the same function (see
+    # HierarchicalClassifier.quantizable_logits): what int8 files are made of.
+    logits = tf.cast(self.network.quantizable_logits(images), tf.float32)
     return {"logits": logits, "probs": tf.sigmoid(logits)}
 
   def _check_image_shape(self, images):

@@ -49,7 +49,8 @@ flags.DEFINE_enum("weight_target", None,
 flags.DEFINE_float("equalize_ranges", 0.0,
                    "Cross-layer range equalization before fine-tuning: the "
                    "exponent in [0, 1] of s_c = (max range / range_c)^e per "
-                   "channel between each BatchNorm and the next Conv2D "
+                   "channel between each BatchNorm and the next Conv2D, and "
+                   "between the head's ReLU layers and the next one "
                    "(function-preserving in float; ranges over "
                    "--representative_examples training images); 0: off.")
 flags.mark_flags_as_required(["experiment", "checkpoint_path", "output_dir"])

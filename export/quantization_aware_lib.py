@@ -16,6 +16,7 @@ from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import labels as labels_lib
 from kc_keras.dataloaders import pipeline
 from kc_keras.losses import sigmoid_cross_entropy
+from kc_keras.modeling import backbones
 from kc_keras.modeling.layers import structurally_connected
 from kc_keras.training import evaluate as evaluate_lib
 from kc_keras.training import modes
@@ -397,16 +398,19 @@ EQUALIZE_MIN_RANGE_FRACTION = 1e-3
 
 @dataclasses.dataclass(frozen=True)
 class EqualizedPair:
-  """One BN -> ... -> Conv2D pair `equalize_ranges` rescaled.
+  """One pair of layers `equalize_ranges` rescaled.
 
   Attributes:
-    batch_norm: the BatchNormalization's name (gamma, beta scaled by s).
-    conv: the next Conv2D's name (input channels divided by s).
+    producer: the layer whose output channels were scaled by s (a
+      BatchNormalization's gamma and beta, or a ReLU Dense layer's kernel
+      columns and bias).
+    consumer: the next layer, whose input channels were divided by s (a
+      Conv2D, or the next Dense layer).
     scales: s, float32 `[C]`.
   """
 
-  batch_norm: str
-  conv: str
+  producer: str
+  consumer: str
   scales: np.ndarray
 
 
@@ -447,10 +451,57 @@ def equalizable_pairs(network: keras.Model
   return pairs
 
 
+def _is_relu_layer(layer) -> bool:
+  return getattr(layer, "activation", None) is keras.activations.relu
+
+
+def equalizable_head_pairs(network: keras.Model
+                           ) -> List[Tuple[keras.layers.Dense,
+                                           keras.layers.Dense]]:
+  """(producer, consumer) Dense pairs of the head whose channels can be rescaled.
+
+  A Dense producer with a ReLU activation (relu(s z) = s relu(z) for
+  s > 0) feeding a Dense consumer directly (dropout is the identity at
+  inference): the FC-FC head's fc1 -> fc2 -> classifier. The int8 file
+  rounds each of these activations over one range per tensor; equal
+  channel ranges make that range fit every channel. Structurally connected
+  consumers are left out: their kernels are quantized per tensor, so
+  dividing some input rows by s up to ~100 rounds those rows to a few int8
+  levels (measured on the Omniglot FC-SC student: int8 agreement 95.6% ->
+  78.6%, docs/BENCHMARKS.md).
+  """
+  head = network.head
+  layers = [head.hidden1, head.hidden2, head.classifier]
+  return [(producer, consumer)
+          for producer, consumer in zip(layers, layers[1:])
+          if isinstance(producer, keras.layers.Dense)
+          and isinstance(consumer, keras.layers.Dense)
+          and _is_relu_layer(producer)]
+
+
+def _scale_head_pair(producer: keras.layers.Dense,
+                     consumer: keras.layers.Dense,
+                     scales: np.ndarray) -> None:
+  """Producer channel c (kernel column, bias) times s_c, consumer kernel row c over s_c."""
+  producer.kernel.assign(producer.kernel.numpy() * scales[None, :])
+  if producer.use_bias:
+    producer.bias.assign(producer.bias.numpy() * scales)
+  consumer.kernel.assign(consumer.kernel.numpy() / scales[:, None])
+
+
+def _equal_range_scales(ranges: np.ndarray, strength: float) -> np.ndarray:
+  """s_c = (max range / range_c) ** strength; 1 for dead channels."""
+  largest = float(ranges.max())
+  live = ranges > EQUALIZE_MIN_RANGE_FRACTION * largest
+  scales = np.ones_like(ranges)
+  scales[live] = (largest / ranges[live]) ** strength
+  return scales
+
+
 def equalize_ranges(network: keras.Model, images: np.ndarray,
                     strength: float, batch_size: int
                     ) -> List[EqualizedPair]:
-  """Cross-layer range equalization before each Conv2D, in place.
+  """Cross-layer range equalization, in place.
 
   For every `equalizable_pairs` (BN, ..., Conv2D), with r_c the largest
   value of channel c at the Conv2D's input over `images` (the float
@@ -458,13 +509,18 @@ def equalize_ranges(network: keras.Model, images: np.ndarray,
     s_c = (max_c' r_c' / r_c) ** strength   (s_c = 1 where r_c is below
           `EQUALIZE_MIN_RANGE_FRACTION` of the largest),
     gamma_c, beta_c <- s_c gamma_c, s_c beta_c;  K[..., c, :] <- K[..., c, :] / s_c.
+  Then, likewise, for every `equalizable_head_pairs` (Dense, Dense):
+  the producer's kernel column and bias of channel c times s_c, the
+  consumer's kernel rows of input channel c over s_c, with r_c measured at
+  the producer's output (after the earlier pairs are rescaled).
   The float network computes the same function (the layers in between
   commute with a positive scale); the channels' ranges move towards the
-  largest one, so the `dynamic` file's per-example 8-bit rounding of the
-  Conv2D's input, whose step the largest channel sets, costs the small
-  channels less. BN folding keeps the earlier conv on its per-channel
-  grid; the Conv2D's kernel leaves its grid and is snapped again by the
-  fine-tuning.
+  largest one, so an 8-bit rounding of the whole tensor (the `dynamic`
+  file's per example, the `int8` file's calibrated one), whose step the
+  largest channel sets, costs the small channels less. BN folding keeps
+  the earlier conv on its per-channel grid, and a per-column scale keeps a
+  Dense producer on its grid; the consumers' kernels leave theirs and are
+  snapped again by the fine-tuning.
 
   Args:
     network: a `HierarchicalClassifier` with a chain backbone.
@@ -495,14 +551,24 @@ def equalize_ranges(network: keras.Model, images: np.ndarray,
       outputs = np.asarray(probe(images[start:start + batch_size],
                                  training=False))
       ranges = np.maximum(ranges, outputs.reshape(-1, ranges.size).max(0))
-    largest = float(ranges.max())
-    live = ranges > EQUALIZE_MIN_RANGE_FRACTION * largest
-    scales = np.ones_like(ranges)
-    scales[live] = (largest / ranges[live]) ** strength
+    scales = _equal_range_scales(ranges, strength)
     batch_norm.gamma.assign(batch_norm.gamma.numpy() * scales)
     batch_norm.beta.assign(batch_norm.beta.numpy() * scales)
     conv.kernel.assign(conv.kernel.numpy() / scales[:, None])
     equalized.append(EqualizedPair(batch_norm.name, conv.name, scales))
+  for producer, consumer in equalizable_head_pairs(network):
+    ranges = None
+    for start in range(0, len(images), batch_size):
+      x = backbone(images[start:start + batch_size], training=False)
+      for layer in (network.head.hidden1, network.head.hidden2):
+        x = layer(x)
+        if layer is producer:
+          break
+      batch_max = np.asarray(x).max(0)
+      ranges = batch_max if ranges is None else np.maximum(ranges, batch_max)
+    scales = _equal_range_scales(ranges, strength)
+    _scale_head_pair(producer, consumer, scales)
+    equalized.append(EqualizedPair(producer.name, consumer.name, scales))
   return equalized
 
 
@@ -598,10 +664,15 @@ class ActivationSimulator:
   def _int8_points(self) -> List[str]:
     """'images' and each layer whose output TFLite rounds to int8."""
     points = ["images"]
+    # The export of the snapped network folds it into the first conv (no
+    # rounding there; the kernel is on its grid once snapped).
+    folded_scaling = backbones.has_input_scaling_conv(self.network.backbone)
     for layer, following in zip(self.layers, self.layers[1:] + [None]):
       if isinstance(following, _FUSED) or isinstance(layer, _SAME_SCALE):
         continue
       if layer is self.network.self_paced:
+        continue
+      if layer.name == backbones.INPUT_SCALING and folded_scaling:
         continue
       points.append(layer.name)
     return points
@@ -963,7 +1034,7 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
                  batch_size=batch_size or params.task.train_batch_size,
                  weight_target=weight_target,
                  equalize_strength=equalize_strength,
-                 equalized=[dict(batch_norm=e.batch_norm, conv=e.conv,
+                 equalized=[dict(producer=e.producer, consumer=e.consumer,
                                  scale_min=float(e.scales.min()),
                                  scale_max=float(e.scales.max()))
                             for e in equalized],

@@ -53,6 +53,29 @@ def test_int8_is_full_integer(tflite_model):
   assert scale == pytest.approx(1.0 / 255.0, rel=0.05)
 
 
+def test_int8_images_reach_the_first_conv_unrounded(snapped_run, tflite_model,
+                                                   tmp_path):
+  """small_cnn's input scaling is folded when the first conv's kernel is on
+  its int8 grid (backbones.quantizable_features): the int8 images (k / 255)
+  are padded and convolved; no int8 tensor holds 2x - 1, whose values fall
+  between the points of any int8 grid. Off the grid (the plain smoke run)
+  the scaling stays an op of its own."""
+  _, _, export = snapped_run
+  path = str(tmp_path / "snapped_int8.tflite")
+  lib.export_tflite(export.version_dir, path, "int8",
+                    representative_examples=INT8_CALIBRATION_EXAMPLES)
+  ops = _ops(path)
+  first_conv = [name for name, _, _ in ops].index("CONV_2D")
+  # Zero padding, then the constant border of 0.5 added.
+  assert [name for name, _, _ in ops[:first_conv]] == ["PAD", "ADD"]
+  assert ops[0][1][0] == np.int8
+  plain = _ops(tflite_model("int8"))
+  first_conv = [name for name, _, _ in plain].index("CONV_2D")
+  assert "PAD" not in [name for name, _, _ in plain[:first_conv]]
+  assert any("input_scaling" in outputs[0]
+             for _, _, outputs in plain[:first_conv])
+
+
 def test_quantized_files_are_smaller_and_labels_ship(tflite_model, reference):
   sizes = {q: os.path.getsize(tflite_model(q)) for q in lib.QUANTIZATIONS}
   assert sizes["fp16"] < sizes["none"]
@@ -293,3 +316,65 @@ def test_default_floor_helps(scaled, floor, helps):
       np.float32) for i in range(3)]
   assert lib.default_floor_helps(module.tflite_serve_image, module, floor,
                                  images) == helps
+
+
+class _SelfPacedServing(tf.Module):
+  """A small FC-SC student with trained-like self-paced logits.
+
+  Head logits near -20 (squared norms per vertical ~1e3-1e4) and gammas of
+  50-120, as on the Omniglot student; `quantizable` picks the graph that
+  `tflite_serve_image` holds: the network's `quantizable_logits` (what the
+  exporter writes) or its plain `call`.
+  """
+
+  def __init__(self, quantizable):
+    super().__init__()
+    from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top
+    c2v = np.repeat(np.arange(6), [4, 8, 12, 16, 6, 10])
+    self.network = classifier.HierarchicalClassifier(
+        c2v, (8, 8, 1), backbone={"type": "small_cnn", "filters": [4]},
+        head={"head_type": "fc_sc", "s1": 16, "s2": 4},
+        self_paced={"mode": "vertical", "seed": 0})
+    self.network(np.zeros((1, 8, 8, 1), np.float32))
+    rng = np.random.default_rng(0)
+    classifier_layer = self.network.head.classifier
+    classifier_layer.bias.assign(
+        -20.0 + 3.0 * rng.normal(size=classifier_layer.bias.shape))
+    classifier_layer.kernel.assign(
+        4.0 * np.asarray(classifier_layer.kernel))
+    self.network.self_paced.gamma.assign(np.linspace(50.0, 120.0, 6))
+    spec = tf.TensorSpec([None, 8, 8, 1], tf.float32, name="images")
+    forward = (self.network.quantizable_logits if quantizable
+               else lambda images: self.network(images, training=False))
+
+    def outputs(images):
+      logits = forward(images)
+      return {"logits": logits, "probs": tf.sigmoid(logits)}
+
+    self.tflite_serve_image = tf.function(outputs, input_signature=[spec])
+
+
+def test_int8_self_paced_tail_keeps_its_precision(tmp_path):
+  """The exported (quantizable) form of the self-paced tail survives full
+  int8; `call`'s form (squared norms ~1e4, inverse norms ~1e-2) does not."""
+  rng = np.random.default_rng(1)
+  images = rng.uniform(0, 1, (200, 8, 8, 1)).astype(np.float32)
+  calibration = lambda: [images[i:i + 1] for i in range(50)]  # noqa: E731
+  errors = {}
+  for quantizable in (True, False):
+    module = _SelfPacedServing(quantizable)
+    reference = np.asarray(module.network(images, training=False))
+    saved = str(tmp_path / f"sm_{quantizable}")
+    tf.saved_model.save(module, saved)
+    path = str(tmp_path / f"m_{quantizable}.tflite")
+    with open(path, "wb") as f:
+      f.write(lib.convert(saved, "int8", calibration))
+    for suffix in (lib.LABELS_SUFFIX, lib.VERTICALS_SUFFIX):
+      with open(path + suffix, "w") as f:
+        f.write("".join(f"{c}\n" for c in range(reference.shape[1])))
+    logits = tflite_demo_lib.TFLiteClassifier(path).logits(images)
+    errors[quantizable] = np.abs(logits - reference).mean()
+    step = np.ptp(reference) / 255
+  # One int8 step of the logits' range bounds the mean error of a good file.
+  assert errors[True] < step, errors
+  assert errors[False] > 3 * errors[True], errors

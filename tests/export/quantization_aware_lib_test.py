@@ -15,6 +15,7 @@ from export import quantization_aware_lib as lib
 from export import tflite_demo_lib
 from export_test_utils import INT8_CALIBRATION_EXAMPLES
 from export_test_utils import MODEL_NAME
+from kc_keras.modeling import backbones
 
 # Measured on the smoke model (120 steps), 120 eval images: max |dynamic
 # TFLite logit - Keras logit| 1.1e-2 before snapping (docs/BENCHMARKS.md
@@ -136,6 +137,10 @@ def test_snapped_kernels_are_the_converters_int8_weights(snapped_run, params_of,
                                                           tmp_path):
   network, _, export = snapped_run
   folded = lib.folded_kernels(network)
+  # The export folds y = a x + b into the first conv: it stores a W.
+  assert backbones.foldable_input_scaling(network.backbone)
+  scaling = network.backbone.get_layer(backbones.INPUT_SCALING)
+  folded["block0_conv0"] = folded["block0_conv0"] * float(scaling.scale)
   for quantization in ("dynamic", "int8"):
     path = str(tmp_path / f"{quantization}.tflite")
     export_tflite_lib.export_tflite(
@@ -203,7 +208,7 @@ def test_fine_tune_writes_a_run_the_exporter_takes(trained_run, tmp_path,
   assert result.summary["activations"] == activations
   assert result.summary["weight_target"] == (
       "int8" if activations == "int8" else "dynamic")
-  assert [e["conv"] for e in result.summary["equalized"]] == (
+  assert [e["consumer"] for e in result.summary["equalized"]][:1] == (
       ["block1_conv0"] if equalize else [])
 
 
@@ -224,6 +229,8 @@ def test_activation_simulator_walk_and_ranges(reference):
   # conv -> BN -> ReLU is one int8 op: its output is rounded once.
   assert "block0_conv0" not in simulator.points
   assert "block0_relu0" in simulator.points
+  # The exported graph folds the input scaling into the first conv.
+  assert "input_scaling" not in simulator.points
   rounded = np.asarray(simulator(tf.constant(images)))
   assert np.abs(rounded - logits).max() > 0.0
 
@@ -397,12 +404,40 @@ def test_equalize_ranges_preserves_the_function():
                                   batch_size=8)
   after = np.asarray(network(images, training=False))
   np.testing.assert_allclose(after, before, atol=1e-5, rtol=0)
-  assert [(e.batch_norm, e.conv) for e in equalized] == [
+  assert [(e.producer, e.consumer) for e in equalized][:1] == [
       ("block0_bn0", "block1_conv0")]
   assert equalized[0].scales.min() >= 1.0
   # strength 1: every live channel now reaches the largest range.
   ranges = np.asarray(probe(images, training=False)).max(axis=(0, 1, 2))
   live = ranges > lib.EQUALIZE_MIN_RANGE_FRACTION * ranges.max()
   np.testing.assert_allclose(ranges[live], ranges.max(), rtol=1e-4)
+  # The FC-FC head's pairs follow; fc2's output channels now share a range.
+  assert [(e.producer, e.consumer) for e in equalized][1:] == [
+      ("fc1", "fc2"), ("fc2", "classifier")]
+  features = network.backbone(images, training=False)
+  fc2 = np.asarray(network.head.hidden2(network.head.hidden1(features)))
+  ranges = fc2.max(axis=0)
+  live = ranges > lib.EQUALIZE_MIN_RANGE_FRACTION * ranges.max()
+  np.testing.assert_allclose(ranges[live], ranges.max(), rtol=1e-4)
   with pytest.raises(lib.QuantizationAwareError, match="strength"):
     lib.equalize_ranges(network, images, strength=1.5, batch_size=8)
+
+
+@pytest.mark.parametrize("head_type", ["fc_sc", "sc_sc"])
+def test_structurally_connected_heads_are_not_equalized(head_type):
+  from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top
+  network = classifier.HierarchicalClassifier(
+      [0, 0, 1, 2, 2, 2], (8, 8, 1),
+      backbone={"type": "small_cnn", "filters": [4]},
+      head={"head_type": head_type, "s1": 6, "s2": 3},
+      self_paced={"mode": "vertical"})
+  images = np.random.default_rng(4).uniform(size=(12, 8, 8, 1)).astype(
+      np.float32)
+  network(images[:1], training=False)
+  weights = [w.copy() for w in network.head.get_weights()]
+  # Their consumers' kernels are quantized per tensor (see the docstring).
+  assert lib.equalizable_head_pairs(network) == []
+  assert lib.equalize_ranges(network, images, strength=1.0,
+                             batch_size=4) == []
+  for before, after in zip(weights, network.head.get_weights()):
+    np.testing.assert_array_equal(before, after)

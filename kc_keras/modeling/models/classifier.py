@@ -96,6 +96,28 @@ class HierarchicalClassifier(keras.Model):
   def feature_dim(self) -> int:
     return int(self.backbone.output.shape[-1])
 
+  def quantizable_logits(self, images):
+    """`self(images, training=False)` as the graph TFLite converts.
+
+    The same function up to float rounding, written so int8 tensors can hold
+    it: the backbone with its input scaling folded into the first
+    convolution (`backbones.quantizable_features`), the head as in `call`,
+    and the self-paced scale with its norm relative to gamma
+    (`SelfPacedScale.quantizable_call`), under the layer's own name scope
+    so its ops keep the `self_paced_scale` names that `float_layers` and
+    `int8_float_head` match.
+
+    Args:
+      images: [B, H, W, C] float images in [0, 1].
+
+    Returns:
+      Logits [B, N], float32.
+    """
+    features = backbones.quantizable_features(self.backbone, images)
+    logits = self.head(features, training=False)
+    with keras.name_scope(self.self_paced.name):
+      return self.self_paced.quantizable_call(logits)
+
   def classifier_inputs(self, images, training=False):
     """phi(x): the head's last hidden activations, the classifier's input.
 
