@@ -586,17 +586,12 @@ def inference_layers(network: keras.Model) -> List[keras.layers.Layer]:
     QuantizationAwareError: the backbone is not a chain of single layers
       (keras.applications backbones): name of the first layer that is not.
   """
-  backbone = network.backbone
-  chain = [l for l in backbone.layers
-           if not isinstance(l, keras.layers.InputLayer)]
-  previous = backbone.inputs[0]
-  for layer in chain:
-    if len(layer._inbound_nodes) != 1 or layer.input is not previous:  # pylint: disable=protected-access
-      raise QuantizationAwareError(
-          f"activation simulation needs a chain backbone (small_cnn); layer "
-          f"{layer.name!r} of {backbone.name!r} does not take the previous "
-          "layer's output; use activations='none'")
-    previous = layer.output
+  try:
+    chain = backbones.chain_layers(network.backbone)
+  except ValueError as e:
+    raise QuantizationAwareError(
+        f"activation simulation needs a chain backbone (small_cnn); {e}; use "
+        "activations='none'") from None
   head = network.head
   return chain + [head.hidden1, head.hidden2, head.classifier,
                   network.self_paced]

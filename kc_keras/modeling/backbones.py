@@ -152,14 +152,23 @@ def build_backbone(
   return keras.Model(inputs, features, name="kc_backbone")
 
 
-def _chain(backbone: keras.Model) -> List[keras.layers.Layer]:
-  """The backbone's layers when each takes the previous one's output, else []."""
+def chain_layers(backbone: keras.Model) -> List[keras.layers.Layer]:
+  """The backbone's layers in order, each taking the previous one's output.
+
+  Calling them one after the other is `backbone(x)` (small_cnn).
+
+  Raises:
+    ValueError: a layer that does not take the previous layer's output
+      (keras.applications backbones), named.
+  """
   layers = [layer for layer in backbone.layers
             if not isinstance(layer, keras.layers.InputLayer)]
   previous = backbone.inputs[0]
   for layer in layers:
     if len(layer._inbound_nodes) != 1 or layer.input is not previous:  # pylint: disable=protected-access
-      return []
+      raise ValueError(
+          f"layer {layer.name!r} of {backbone.name!r} does not take the "
+          "previous layer's output")
     previous = layer.output
   return layers
 
@@ -189,7 +198,10 @@ def has_input_scaling_conv(backbone: keras.Model) -> bool:
   scale and offset) followed by a stride-1, undilated Conv2D with 'same'
   padding: small_cnn.
   """
-  chain = _chain(backbone)
+  try:
+    chain = chain_layers(backbone)
+  except ValueError:
+    return False
   if len(chain) < 2 or chain[0].name != INPUT_SCALING:
     return False
   scaling, conv = chain[0], chain[1]
@@ -215,7 +227,7 @@ def foldable_input_scaling(backbone: keras.Model) -> bool:
   are equal.
   """
   return (has_input_scaling_conv(backbone)
-          and kernel_on_int8_grid(_chain(backbone)[1].kernel))
+          and kernel_on_int8_grid(chain_layers(backbone)[1].kernel))
 
 
 def quantizable_features(backbone: keras.Model, images):
@@ -245,7 +257,7 @@ def quantizable_features(backbone: keras.Model, images):
   """
   if not foldable_input_scaling(backbone):
     return backbone(images, training=False)
-  chain = _chain(backbone)
+  chain = chain_layers(backbone)
   scaling, conv = chain[0], chain[1]
   scale = float(np.reshape(scaling.scale, ()))
   offset = float(np.reshape(scaling.offset, ()))

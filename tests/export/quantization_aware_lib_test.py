@@ -423,6 +423,16 @@ def test_equalize_ranges_preserves_the_function():
     lib.equalize_ranges(network, images, strength=1.5, batch_size=8)
 
 
+def test_activation_simulation_needs_a_chain_backbone():
+  from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top
+  network = classifier.HierarchicalClassifier(
+      [0, 1], (32, 32, 1), backbone={"type": "mobilenet_v3_small"},
+      head={"head_type": "fc_fc", "s1": 4, "s2": 4})
+  with pytest.raises(lib.QuantizationAwareError,
+                     match="chain backbone.*does not take the previous"):
+    lib.ActivationSimulator(network, "int8")
+
+
 @pytest.mark.parametrize("head_type", ["fc_sc", "sc_sc"])
 def test_structurally_connected_heads_are_not_equalized(head_type):
   from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top

@@ -94,6 +94,18 @@ class SmallCnnTest(tf.test.TestCase, parameterized.TestCase):
 
 class ApplicationBackboneTest(tf.test.TestCase, parameterized.TestCase):
 
+  def test_chain_layers(self):
+    chain = backbones.chain_layers(
+        backbones.build_backbone({"filters": [4, 8]}, (8, 8, 1)))
+    self.assertEqual(
+        [layer.name for layer in chain],
+        ["input_scaling", "block0_conv0", "block0_bn0", "block0_relu0",
+         "block0_pool", "block1_conv0", "block1_bn0", "block1_relu0",
+         "avg_pool"])
+    rgb = backbones.build_backbone({"type": "mobilenet_v3_small"}, (32, 32, 1))
+    with self.assertRaisesRegex(ValueError, "does not take the previous"):
+      backbones.chain_layers(rgb)
+
   def test_quantizable_features_leave_applications_unchanged(self):
     model = backbones.build_backbone({"type": "mobilenet_v3_small"},
                                      (32, 32, 1))
