@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from kc_keras.configs import model as model_config
+from kc_keras.modeling import backbones
 from kc_keras.modeling.models import classifier
 
 C2V = [0, 2, 1, 0, 2, 2, 0, 2, 2]  # sizes 3, 1, 5
@@ -82,6 +83,27 @@ class HierarchicalClassifierTest(tf.test.TestCase, parameterized.TestCase):
       idx = np.flatnonzero(np.asarray(C2V) == v)
       self.assertAllClose(np.linalg.norm(out[:, idx], axis=1), [gamma[v]] * 2,
                           rtol=1e-4)
+
+  @parameterized.parameters(("fc_sc", "vertical", True),
+                            ("fc_fc", "none", True),
+                            ("sc_sc", "class", False))
+  def test_quantizable_logits_are_the_same_function(self, head_type, mode,
+                                                     on_grid):
+    """The graph TFLite converts: the self-paced tail relative to gamma and,
+    when the stem kernel is on its int8 grid, the input scaling folded."""
+    model = classifier.build_classifier(tiny_config(head_type, mode=mode),
+                                        C2V, SHAPE)
+    model(images(1))
+    conv = model.backbone.get_layer("block0_conv0")
+    if on_grid:
+      kernel = conv.kernel.numpy()
+      step = np.abs(kernel).max(axis=(0, 1, 2)) / 127
+      conv.kernel.assign(np.round(kernel / step) * step)
+    self.assertEqual(backbones.foldable_input_scaling(model.backbone),
+                     on_grid)
+    x = images(3, seed=5)
+    self.assertAllClose(model.quantizable_logits(x), model(x, training=False),
+                        rtol=1e-5, atol=1e-5)
 
   @parameterized.parameters(("fc_fc", 0), ("fc_sc", 0), ("fc_sc", 3),
                             ("sc_sc", 0))
