@@ -25,8 +25,9 @@ from kc_keras.utils import files
 
 # TFLite's int8 weights: symmetric, narrow range [-127, 127], one scale per
 # output channel, scale = max|w| / 127 (measured on the converter's output,
-# `tests/export/quantization_aware_lib_test.py`).
-INT8_WEIGHT_MAX = 127
+# `tests/export/quantization_aware_lib_test.py`); the backbones' fold checks
+# the same grid.
+INT8_WEIGHT_MAX = backbones.INT8_KERNEL_LEVELS
 # Keras layers whose kernel the converter quantizes per output channel (the
 # kernel's last axis: CONV_2D and FULLY_CONNECTED, in `dynamic` and `int8`).
 PER_CHANNEL_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)

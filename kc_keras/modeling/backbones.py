@@ -22,7 +22,8 @@ POOL_SIZE = 2
 # after it.
 INPUT_SCALING = "input_scaling"
 # TFLite's int8 kernels: symmetric, per output channel, levels [-127, 127]
-# (export/quantization_aware_lib.INT8_WEIGHT_MAX, measured there).
+# (measured on the converter's output in
+# tests/export/quantization_aware_lib_test.py; export's QAT snaps to it).
 INT8_KERNEL_LEVELS = 127
 # Relative tolerance of "the kernel lies on its int8 grid".
 GRID_TOLERANCE = 1e-5
