@@ -636,6 +636,11 @@ class ActivationSimulator:
     mode: one of `ACTIVATION_MODES` ('none': the plain network).
     logit_floor: int8 only: the logit floor of the exported file, or None.
     min_elements: dynamic only: the converter's weight-count threshold.
+    fold_input_scaling: int8 only: whether the simulated file folds
+      small_cnn's input scaling into the first conv (no rounding of its
+      output); None: as the export of a snapped network does
+      (`backbones.has_input_scaling_conv`). False simulates a file without
+      the fold (`bench/int8_rounding_probe.py` measures what the fold saves).
 
   Raises:
     QuantizationAwareError: unknown mode, or a backbone that is not a chain.
@@ -643,7 +648,8 @@ class ActivationSimulator:
 
   def __init__(self, network: keras.Model, mode: str = "none",
                logit_floor: Optional[float] = None,
-               min_elements: int = DYNAMIC_MIN_WEIGHTS):
+               min_elements: int = DYNAMIC_MIN_WEIGHTS,
+               fold_input_scaling: Optional[bool] = None):
     if mode not in ACTIVATION_MODES:
       raise QuantizationAwareError(
           f"activations={mode!r}; use one of {ACTIVATION_MODES}")
@@ -651,6 +657,9 @@ class ActivationSimulator:
     self.mode = mode
     self.logit_floor = logit_floor
     self.min_elements = min_elements
+    self.fold_input_scaling = (
+        backbones.has_input_scaling_conv(network.backbone)
+        if fold_input_scaling is None else fold_input_scaling)
     self.layers = inference_layers(network) if mode != "none" else []
     self.points = self._int8_points() if mode == "int8" else []
     self.ranges = {name: (keras.Variable(0.0, trainable=False),
@@ -660,15 +669,14 @@ class ActivationSimulator:
   def _int8_points(self) -> List[str]:
     """'images' and each layer whose output TFLite rounds to int8."""
     points = ["images"]
-    # The export of the snapped network folds it into the first conv (no
-    # rounding there; the kernel is on its grid once snapped).
-    folded_scaling = backbones.has_input_scaling_conv(self.network.backbone)
     for layer, following in zip(self.layers, self.layers[1:] + [None]):
       if isinstance(following, _FUSED) or isinstance(layer, _SAME_SCALE):
         continue
       if layer is self.network.self_paced:
         continue
-      if layer.name == backbones.INPUT_SCALING and folded_scaling:
+      # The export of the snapped network folds it into the first conv (no
+      # rounding there; the kernel is on its grid once snapped).
+      if layer.name == backbones.INPUT_SCALING and self.fold_input_scaling:
         continue
       points.append(layer.name)
     return points

@@ -231,6 +231,9 @@ def test_activation_simulator_walk_and_ranges(reference):
   assert "block0_relu0" in simulator.points
   # The exported graph folds the input scaling into the first conv.
   assert "input_scaling" not in simulator.points
+  # A file without the fold (bench/int8_rounding_probe.py) rounds it.
+  unfolded = lib.ActivationSimulator(network, "int8", fold_input_scaling=False)
+  assert unfolded.points[:2] == ["images", "input_scaling"]
   rounded = np.asarray(simulator(tf.constant(images)))
   assert np.abs(rounded - logits).max() > 0.0
 
