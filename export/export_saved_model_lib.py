@@ -280,7 +280,8 @@ class ServingModule(tf.Module):
       'image/encoded') -> as serving_default.
   Plus the function attribute `tflite_serve_image` (serve_image for B >= 1,
   no control flow, the network's `quantizable_logits` graph), which
-  `export_tflite_lib` converts.
+  `export_tflite_lib` converts, and for a self-paced network
+  `tflite_floor_parts` (its `floor_parts`: the int8 files' floored logits).
 
   Args:
     network: a `HierarchicalClassifier` (images -> logits `[B, N]`).
@@ -323,6 +324,11 @@ class ServingModule(tf.Module):
     # calibrate for int8; `export_tflite_lib` converts this function.
     self.tflite_serve_image = tf.function(self._network_outputs,
                                           input_signature=[spec])
+    if network.self_paced.mode != "none":
+      # The pieces of the floored logits, which `export_tflite_lib` composes
+      # for the int8 files with the floor chosen at conversion.
+      self.tflite_floor_parts = tf.function(network.floor_parts,
+                                            input_signature=[spec])
     self.serve_image_uint8 = tf.function(self._serve_image_uint8,
                                          input_signature=[spec8])
     self.serve_bytes = tf.function(self._serve_bytes,

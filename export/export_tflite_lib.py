@@ -13,6 +13,7 @@ import yaml
 
 from export import export_saved_model_lib as saved_model_lib
 from export import tflite_float_kernels
+from kc_keras.modeling.models import classifier as classifier_lib
 from kc_keras.utils import files
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int8_float_head",
@@ -44,6 +45,8 @@ LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
 # `serve_image` minus its empty-batch guard (see ServingModule).
 TFLITE_FUNCTION = "tflite_serve_image"
+# A self-paced network's `HierarchicalClassifier.floor_parts`, in the export.
+FLOOR_PARTS_FUNCTION = "tflite_floor_parts"
 
 
 class TFLiteExportError(ValueError):
@@ -208,6 +211,28 @@ def _floored_function(function, logit_floor: float):
   return floored.get_concrete_function()
 
 
+def _floored_parts_function(parts_function, logit_floor: float):
+  """The floored logits of a self-paced network (`classifier.floored_logits`).
+
+  logits = max(shifted, floor * norm) * scale = max(y, max(floor, -c r_v))
+  from the export's `tflite_floor_parts`: the shifted logits are rounded
+  over [-c, max] in int8 and the output over about [floor, max], where the
+  unfloored self-paced logits span their full negative range in both
+  (docs/BENCHMARKS.md).
+  """
+  concrete = parts_function.get_concrete_function()
+  spec = tf.TensorSpec(concrete.inputs[0].shape, tf.float32,
+                       name=saved_model_lib.IMAGES_INPUT)
+
+  @tf.function(input_signature=[spec])
+  def floored(images):
+    logits = classifier_lib.floored_logits(parts_function(images),
+                                           logit_floor)
+    return {"logits": logits, "probs": tf.sigmoid(logits)}
+
+  return floored.get_concrete_function()
+
+
 def _float_op_count(concrete, loaded) -> int:
   """Ops of `concrete` converted to a float TFLite model."""
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
@@ -222,11 +247,12 @@ def default_floor_helps(function, loaded, logit_floor: float,
 
   It does when (1) some calibration logits lie below it (else relu(x -
   floor) spans [0, max - floor], wider than [min, max]) and (2) the
-  converter folds it into the op producing the logits: its float graph then
-  has exactly one more op (the final ADD). With self-paced scaling the
-  logits come from a data-dependent MUL that the constant cannot be folded
-  into; the floor would add two coarse int8 ops after it (measured on the
-  smoke model: the logits step grew 10x).
+  floor has an integer-friendly form: a self-paced network's
+  `tflite_floor_parts` (its logits come from a data-dependent MUL that a
+  constant floor cannot be folded into; appended after it, the floor would
+  add two coarse int8 ops: the smoke model's logits step grew 10x), or
+  else the converter folds the floor into the op producing the logits (its
+  float graph then has exactly one more op, the final ADD).
 
   Args:
     function: the export's `tflite_serve_image` function.
@@ -241,6 +267,8 @@ def default_floor_helps(function, loaded, logit_floor: float,
                for batch in representative_images())
   if lowest >= logit_floor:
     return False
+  if hasattr(loaded, FLOOR_PARTS_FUNCTION):
+    return True
   return (_float_op_count(_floored_function(function, logit_floor), loaded)
           == _float_op_count(function.get_concrete_function(), loaded) + 1)
 
@@ -420,8 +448,13 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
       and not default_floor_helps(function, loaded, logit_floor,
                                   representative_images)):
     logit_floor = None
-  concrete = (function.get_concrete_function() if logit_floor is None
-              else _floored_function(function, logit_floor))
+  parts = getattr(loaded, FLOOR_PARTS_FUNCTION, None)
+  if logit_floor is None:
+    concrete = function.get_concrete_function()
+  elif parts is not None:
+    concrete = _floored_parts_function(parts, logit_floor)
+  else:
+    concrete = _floored_function(function, logit_floor)
   converter = tf.lite.TFLiteConverter.from_concrete_functions(
       [concrete], loaded)
   if quantization != "none":

@@ -12,6 +12,7 @@ from export import export_saved_model_lib
 from export import tflite_demo_lib
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import pipeline
+from kc_keras.modeling.models import classifier as classifier_lib
 
 
 # Batch size of the throughput column (issue 6 item 7).
@@ -134,16 +135,35 @@ def _dir_bytes(path: str) -> int:
              for root, _, names in os.walk(path) for name in names)
 
 
+def floored_reference(network, images: np.ndarray, reference: np.ndarray,
+                      logit_floor: float,
+                      batch_size: int = THROUGHPUT_BATCH) -> np.ndarray:
+  """The logits a file converted with `logit_floor` is meant to output.
+
+  max(reference, floor) for a network without self-paced scaling; for a
+  self-paced one `classifier.floored_logits` of its `floor_parts` in float,
+  max(y, max(floor, -c r_v)) (`export_tflite_lib` converts that).
+  """
+  if network.self_paced.mode == "none":
+    return np.maximum(reference, logit_floor)
+  return np.concatenate([
+      np.asarray(classifier_lib.floored_logits(
+          network.floor_parts(images[start:start + batch_size]),
+          logit_floor))
+      for start in range(0, len(images), batch_size)])
+
+
 def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
             file_bytes: int, latency_ms: float,
             throughput: float = 0.0,
-            logit_floor: Optional[float] = None) -> ParityRow:
+            meant: Optional[np.ndarray] = None) -> ParityRow:
   """One row: `logits` `[E, N]` of a variant against the Keras `reference`.
 
   top1_agreement = mean_i [argmax logits_i == argmax reference_i];
   top1_in_top2 = mean_i [argmax reference_i in the 2 largest logits_i];
-  max_logit_diff = max_ij |logits_ij - max(reference_ij, logit_floor)|
-  (the floor only when given: the variant outputs floored logits).
+  max_logit_diff = max_ij |logits_ij - meant_ij|, `meant` the logits the
+  variant is meant to output (default `reference`; a floored file's:
+  `floored_reference`).
   """
   top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
   target = reference.argmax(1)
@@ -152,8 +172,7 @@ def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
       top1_agreement=float(np.mean(logits.argmax(1) == target)),
       top1_in_top2=float(np.mean(np.any(top2 == target[:, None], axis=1))),
       max_logit_diff=float(np.abs(logits - (
-          reference if logit_floor is None
-          else np.maximum(reference, logit_floor))).max()),
+          reference if meant is None else meant)).max()),
       file_bytes=int(file_bytes), latency_ms=float(latency_ms),
       throughput=float(throughput))
 
@@ -212,8 +231,11 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
     logit_floor = (logit_floors or {}).get(variant)
     if logit_floor is not None:
       name += f" (logit floor {logit_floor:g})"
-    rows.append(compare(name, logits, reference, os.path.getsize(path),
-                        t.latency_ms, t.throughput, logit_floor))
+    rows.append(compare(
+        name, logits, reference, os.path.getsize(path), t.latency_ms,
+        t.throughput,
+        None if logit_floor is None else floored_reference(
+            network, images, reference, logit_floor)))
   return rows
 
 

@@ -39,8 +39,12 @@ PER_CHANNEL_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 # [min(w, 0), max(w, 0)] in 255 steps, levels [-128, 127], zero point
 # round(-128 - min / scale). The two files need different grids, hence
 # `WEIGHT_TARGETS`.
-PER_TENSOR_LAYERS = (structurally_connected.VerticalBlockDense,
-                     structurally_connected.StructurallyConnectedClassifier)
+# The export converts the SC classifier and a block layer that reads [B, D]
+# features in their quantizable forms (`quantizable_call`): a
+# DEPTHWISE_CONV_2D quantized per class (`PER_ROW`) and a FULLY_CONNECTED
+# quantized per output unit (m, u) (`PER_BLOCK_CHANNEL`), in both files; only
+# a block layer on [B, M, D] inputs stays a per-tensor BATCH_MATMUL.
+PER_TENSOR_LAYERS = (structurally_connected.VerticalBlockDense,)
 INT8_LEVEL_MIN = -128
 INT8_LEVEL_MAX = 127
 INT8_ASYMMETRIC_STEPS = INT8_LEVEL_MAX - INT8_LEVEL_MIN
@@ -48,6 +52,12 @@ INT8_ASYMMETRIC_STEPS = INT8_LEVEL_MAX - INT8_LEVEL_MIN
 # differ only on `PER_TENSOR_LAYERS`).
 WEIGHT_TARGETS = ("dynamic", "int8")
 PER_CHANNEL = "per_channel"
+# A block kernel [M, D, U] as its dense form [D, M * U] is quantized:
+# one scale per (m, u), over the input axis D.
+PER_BLOCK_CHANNEL = "per_block_channel"
+# The SC classifier's kernel [N, s2] as its depthwise filter: one scale per
+# class (row), over s2.
+PER_ROW = "per_row"
 PER_TENSOR_SYMMETRIC = "per_tensor_symmetric"
 PER_TENSOR_ASYMMETRIC = "per_tensor_asymmetric"
 CHECKPOINT_NAME = "ckpt"
@@ -68,6 +78,8 @@ class QuantizedKernel:
     layer: the Keras layer's name.
     variable: the weight (a kernel, or an `int8`-target SC bias).
     scheme: `PER_CHANNEL` (the last axis is the output channel),
+      `PER_BLOCK_CHANNEL` (a [M, D, U] block kernel, channel (m, u)),
+      `PER_ROW` (the SC classifier's [N, s2] kernel, channel = class),
       `PER_TENSOR_SYMMETRIC` or `PER_TENSOR_ASYMMETRIC`.
   """
 
@@ -198,19 +210,33 @@ def _tensor_levels(weights, scheme: str):
 def fake_quantize(weights, scheme: str = PER_CHANNEL) -> tf.Tensor:
   """`weights` rounded to the converter's int8 grid of `scheme`, in float.
 
-  PER_CHANNEL: `fake_quantize_kernel`. Per tensor, with s and z from
+  PER_CHANNEL: `fake_quantize_kernel`; PER_BLOCK_CHANNEL: the same on
+  the [D, M * U] dense form of a [M, D, U] block kernel; PER_ROW: the same
+  on the transpose (one scale per row). Per tensor, with s and z from
   `tensor_quantization`: q(w) = (clip(round(w / s + z), lo, 127) - z) * s,
   lo = -127 (symmetric) or -128 (asymmetric); all zeros stay zeros.
 
   Args:
-    weights: float, any shape (`[..., C]` for PER_CHANNEL).
-    scheme: one of PER_CHANNEL, PER_TENSOR_SYMMETRIC, PER_TENSOR_ASYMMETRIC.
+    weights: float, any shape (`[..., C]` for PER_CHANNEL, `[M, D, U]` for
+      PER_BLOCK_CHANNEL, `[N, s2]` for PER_ROW).
+    scheme: one of PER_CHANNEL, PER_BLOCK_CHANNEL, PER_ROW,
+      PER_TENSOR_SYMMETRIC, PER_TENSOR_ASYMMETRIC.
 
   Returns:
     float32, the shape of `weights`.
   """
   if scheme == PER_CHANNEL:
     return fake_quantize_kernel(weights)
+  if scheme == PER_BLOCK_CHANNEL:
+    # [M, D, U] -> [D, M, U]: the last two axes are the output units.
+    blocks = tf.transpose(tf.convert_to_tensor(weights, tf.float32),
+                          (1, 0, 2))
+    dense = tf.reshape(blocks, (blocks.shape[0], -1))
+    return tf.transpose(tf.reshape(fake_quantize_kernel(dense), blocks.shape),
+                        (1, 0, 2))
+  if scheme == PER_ROW:
+    return tf.transpose(fake_quantize_kernel(
+        tf.transpose(tf.convert_to_tensor(weights, tf.float32))))
   levels, scale, zero_point = _tensor_levels(weights, scheme)
   return tf.where(scale > 0, (levels - zero_point) * scale,
                   tf.zeros_like(levels))
@@ -281,11 +307,15 @@ def quantized_kernels(network: keras.Model, weight_target: str = "dynamic"
                       ) -> List[QuantizedKernel]:
   """The weights the converter rounds to int8 in the `weight_target` file.
 
-  Conv2D / Dense kernels: PER_CHANNEL (both files). Structurally connected
-  layers (`PER_TENSOR_LAYERS`): the per-vertical kernel and the SC
-  classifier's kernel, PER_TENSOR_SYMMETRIC for `dynamic`;
-  PER_TENSOR_ASYMMETRIC for `int8`, with their biases (int8 ADD constants).
-  The shared kernel of a `VerticalBlockDense` with shared units is not
+  Conv2D / Dense kernels: PER_CHANNEL (both files). The SC classifier
+  (the export converts it to a DEPTHWISE_CONV_2D): its kernel PER_ROW. A
+  `VerticalBlockDense` with a dense form (it reads [B, D] features; the
+  export converts it to one FULLY_CONNECTED): its kernel PER_BLOCK_CHANNEL
+  and its shared kernel PER_CHANNEL. In both files; their biases are int32
+  there (scale = input scale x weight scale) and are not snapped. A block
+  layer on [B, M, D] inputs (`PER_TENSOR_LAYERS`, a BATCH_MATMUL): its
+  kernel PER_TENSOR_SYMMETRIC for `dynamic`; PER_TENSOR_ASYMMETRIC for
+  `int8`, with its bias (an int8 ADD constant); its shared kernel is not
   measured and stays float (`unsnapped_kernels` lists it).
 
   Args:
@@ -305,6 +335,15 @@ def quantized_kernels(network: keras.Model, weight_target: str = "dynamic"
   for layer in _all_layers(network):
     if isinstance(layer, PER_CHANNEL_LAYERS):
       kernels.append(QuantizedKernel(layer.name, layer.kernel))
+    elif isinstance(layer,
+                    structurally_connected.StructurallyConnectedClassifier):
+      kernels.append(QuantizedKernel(layer.name, layer.kernel, PER_ROW))
+    elif (isinstance(layer, structurally_connected.VerticalBlockDense)
+          and layer.has_dense_form):
+      kernels.extend(
+          QuantizedKernel(layer.name, w, scheme) for w, scheme in (
+              (layer.kernel, PER_BLOCK_CHANNEL),
+              (layer.shared_kernel, PER_CHANNEL)) if w is not None)
     elif isinstance(layer, PER_TENSOR_LAYERS):
       weights = [layer.kernel]
       if weight_target == "int8":
@@ -351,11 +390,12 @@ def folded_kernels(network: keras.Model) -> Dict[str, np.ndarray]:
   """Layer name -> the kernel as the converter quantizes it (BN folded in).
 
   Conv2D layers followed by a BatchNormalization get `fold_batch_norm`;
-  every other Conv2D / Dense kernel is returned as is (PER_CHANNEL only).
+  every other Conv2D / Dense kernel is returned as is (block layers'
+  dense forms are not included).
   """
-  kernels = {k.layer: np.asarray(k.variable.numpy(), np.float32)
-             for k in quantized_kernels(network)
-             if k.scheme == PER_CHANNEL}
+  kernels = {layer.name: np.asarray(layer.kernel.numpy(), np.float32)
+             for layer in _all_layers(network)
+             if isinstance(layer, PER_CHANNEL_LAYERS)}
   for conv, bn in conv_batch_norm_pairs(network):
     kernels[conv.name], _ = fold_batch_norm(
         kernels[conv.name], bn.gamma.numpy(), bn.beta.numpy(),
@@ -466,10 +506,12 @@ def equalizable_head_pairs(network: keras.Model
   inference): the FC-FC head's fc1 -> fc2 -> classifier. The int8 file
   rounds each of these activations over one range per tensor; equal
   channel ranges make that range fit every channel. Structurally connected
-  consumers are left out: their kernels are quantized per tensor, so
-  dividing some input rows by s up to ~100 rounds those rows to a few int8
-  levels (measured on the Omniglot FC-SC student: int8 agreement 95.6% ->
-  78.6%, docs/BENCHMARKS.md).
+  layers are left out. When their kernels were per-tensor BATCH_MATMULs,
+  dividing some input rows by s up to ~100 rounded those rows to a few
+  int8 levels (the Omniglot FC-SC student: int8 agreement 95.6% -> 78.6%);
+  in their quantizable forms (one scale per output unit or class)
+  equalizing fc1 -> sc2 -> classifier still bought nothing (96.9% ->
+  96.7%, within noise; docs/BENCHMARKS.md).
   """
   head = network.head
   layers = [head.hidden1, head.hidden2, head.classifier]
@@ -603,6 +645,10 @@ _FUSED = (keras.layers.BatchNormalization, keras.layers.ReLU)
 # Layers whose int8 output keeps their input's scale.
 _SAME_SCALE = (keras.layers.MaxPooling2D, keras.layers.Flatten)
 ACTIVATION_MODES = ("none", "dynamic", "int8")
+# Layers with an int8 kernel, which the `dynamic` file runs as hybrid ops.
+_KERNEL_LAYERS = PER_CHANNEL_LAYERS + (
+    structurally_connected.VerticalBlockDense,
+    structurally_connected.StructurallyConnectedClassifier)
 # 8-bit activations: 2^8 - 1 steps between the range's ends.
 ACTIVATION_BITS = 8
 ACTIVATION_STEPS = 2 ** ACTIVATION_BITS - 1
@@ -618,11 +664,11 @@ class ActivationSimulator:
   """`network(x)` at inference with TFLite's activation rounding (straight-through).
 
   mode='dynamic' (the `dynamic` file's hybrid ops): the input of each
-  Conv2D / Dense whose kernel has >= `min_elements` weights (the
-  converter leaves smaller ones float) is rounded per example to 8 bits
-  over [min(x_i, 0), max(x_i, 0)], step (max - min) / 255; the input of a
-  structurally connected layer (hybrid BATCH_MATMUL) likewise per row
-  (one example, or one example and vertical).
+  Conv2D / Dense / SC classifier / dense-form block layer whose kernel has
+  >= `min_elements` weights (the converter leaves smaller ones float) is
+  rounded per example to 8 bits over [min(x_i, 0), max(x_i, 0)], step
+  (max - min) / 255; the input of a block layer on [B, M, D] inputs
+  (hybrid BATCH_MATMUL) likewise per row (one example and vertical).
   mode='int8' (full integer): the images and the output of every fused op
   (conv+BN+ReLU, Dense with its activation, input scaling, pooling means)
   are rounded to 8 bits over the range the converter calibrates: min/max
@@ -683,7 +729,7 @@ class ActivationSimulator:
 
   def _is_hybrid(self, layer) -> bool:
     """Whether the `dynamic` file runs `layer` as a hybrid (int8-weight) op."""
-    if not isinstance(layer, PER_CHANNEL_LAYERS + PER_TENSOR_LAYERS):
+    if not isinstance(layer, _KERNEL_LAYERS):
       return False
     kernel = layer.kernel
     return (kernel is not None
@@ -694,8 +740,10 @@ class ActivationSimulator:
     x = on_point("images", images) if self.points else images
     for layer in self.layers:
       if round_inputs and self._is_hybrid(layer):
-        x = (_round_per_example(x) if isinstance(layer, PER_CHANNEL_LAYERS)
-             else _round_per_row(x))
+        # Only a block layer's BATCH_MATMUL rounds its input per row; a
+        # dense form's input is [B, D] (a row is an example).
+        x = (_round_per_row(x) if isinstance(layer, PER_TENSOR_LAYERS)
+             else _round_per_example(x))
       x = layer(x, training=False)
       if layer.name in self.ranges:
         x = on_point(layer.name, x)
@@ -767,13 +815,13 @@ def _round_per_row(x):
   """x rounded per row (last axis), as the hybrid BATCH_MATMUL rounds its left operand.
 
   One row = one example ([B, D] inputs) or one example and vertical
-  ([B, M, s2] inputs of the SC classifier and of 3-D block layers).
+  ([B, M, D] inputs of block layers).
   """
   return _round_over(x, [-1])
 
 
 def _round_per_example(x):
-  """x rounded per example (all axes but the batch), as hybrid Conv2D / Dense do."""
+  """x rounded per example (all axes but the batch), as hybrid Conv2D / Dense / depthwise do."""
   return _round_over(x, list(range(1, len(x.shape))))
 
 

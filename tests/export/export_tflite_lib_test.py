@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 from export import export_tflite_lib as lib
+from export import parity_lib
 from export import tflite_demo_lib
 from export_test_utils import INT8_CALIBRATION_EXAMPLES
 
@@ -327,7 +328,7 @@ class _SelfPacedServing(tf.Module):
   exporter writes) or its plain `call`.
   """
 
-  def __init__(self, quantizable):
+  def __init__(self, quantizable, floor_parts=False):
     super().__init__()
     from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top
     c2v = np.repeat(np.arange(6), [4, 8, 12, 16, 6, 10])
@@ -352,6 +353,58 @@ class _SelfPacedServing(tf.Module):
       return {"logits": logits, "probs": tf.sigmoid(logits)}
 
     self.tflite_serve_image = tf.function(outputs, input_signature=[spec])
+    if floor_parts:  # As `export_saved_model_lib.ServingModule` adds it.
+      self.tflite_floor_parts = tf.function(self.network.floor_parts,
+                                            input_signature=[spec])
+
+
+def test_int8_self_paced_floor_keeps_the_top_logits(tmp_path):
+  """With the floor parts, int8's default floor applies, and a floored file
+  (the shifted logits and the output rounded over ranges ending near the
+  floor) outputs its floored logits more precisely, and agrees on top-1 at
+  least as often, as the unfloored file outputs the logits."""
+  rng = np.random.default_rng(1)
+  images = rng.uniform(0, 1, (200, 8, 8, 1)).astype(np.float32)
+  calibration = lambda: [images[i:i + 1] for i in range(50)]  # noqa: E731
+  module = _SelfPacedServing(quantizable=True, floor_parts=True)
+  # As on the Omniglot student: head logits from ~-150 ("no" classes) to
+  # near 0, so the top needs a fraction of the full range.
+  classifier_layer = module.network.head.classifier
+  classifier_layer.bias.assign(np.random.default_rng(3).uniform(
+      -150.0, 0.0, classifier_layer.bias.shape))
+  reference = np.asarray(module.network(images, training=False))
+  saved = str(tmp_path / "sm")
+  tf.saved_model.save(module, saved)
+  assert reference.min() < lib.SUGGESTED_LOGIT_FLOOR
+  assert lib.convert_with_floor(saved, "int8", calibration)[1] == (
+      lib.SUGGESTED_LOGIT_FLOOR)
+  floor = float(np.percentile(reference, 50))
+  errors, agreement = {}, {}
+  for asked in (floor, None):
+    model, applied = lib.convert_with_floor(saved, "int8", calibration,
+                                            logit_floor=asked)
+    assert applied == asked
+    path = str(tmp_path / f"m_{asked}.tflite")
+    with open(path, "wb") as f:
+      f.write(model)
+    for suffix in (lib.LABELS_SUFFIX, lib.VERTICALS_SUFFIX):
+      with open(path + suffix, "w") as f:
+        f.write("".join(f"{c}\n" for c in range(reference.shape[1])))
+    ops = [op["op_name"] for op in Interpreter(
+        model_content=model)._get_ops_details()]  # pylint: disable=protected-access
+    logits = tflite_demo_lib.TFLiteClassifier(path).logits(images)
+    meant = reference
+    if asked is not None:
+      # Two classifier copies: the logits (for the norms) and the shifted.
+      assert ops.count("DEPTHWISE_CONV_2D") == 2 and "MAXIMUM" in ops
+      meant = parity_lib.floored_reference(module.network, images, reference,
+                                           floor)
+    else:
+      assert ops.count("DEPTHWISE_CONV_2D") == 1 and "MAXIMUM" not in ops
+    errors[asked] = np.abs(logits - meant).mean()
+    agreement[asked] = np.mean(logits.argmax(1) == reference.argmax(1))
+  assert errors[floor] < 0.5 * errors[None], errors
+  assert agreement[floor] >= agreement[None], agreement
 
 
 def test_int8_self_paced_tail_keeps_its_precision(tmp_path):

@@ -299,19 +299,48 @@ def test_per_tensor_grids_hand_values():
     lib.tensor_quantization(weights, lib.PER_CHANNEL)
 
 
-# The smoke config with an FC-SC head wide enough (s2 = 32) that the SC
-# classifier's kernel (40 x 32) passes the dynamic converter's 1024-weight
+def test_block_and_row_grids_are_their_forms_per_channel_grids():
+  rng = np.random.default_rng(5)
+  blocks = rng.normal(size=(3, 4, 2)).astype(np.float32)  # [M, D, U]
+  dense = np.transpose(blocks, (1, 0, 2)).reshape(4, 6)
+  snapped = lib.fake_quantize(blocks, lib.PER_BLOCK_CHANNEL).numpy()
+  np.testing.assert_allclose(
+      np.transpose(snapped, (1, 0, 2)).reshape(4, 6),
+      lib.fake_quantize_kernel(dense), rtol=1e-6)
+  rows = rng.normal(size=(5, 3)).astype(np.float32)  # [N, s2]
+  np.testing.assert_allclose(lib.fake_quantize(rows, lib.PER_ROW),
+                             lib.fake_quantize_kernel(rows.T).numpy().T,
+                             rtol=1e-6)
+  # One scale per (m, u) / per row: the largest entry of each is on +-127.
+  levels = np.abs(snapped) / (np.abs(blocks).max(axis=1, keepdims=True) / 127)
+  np.testing.assert_allclose(levels, np.round(levels), atol=1e-4)
+
+
+def test_quantized_kernels_follow_the_exported_forms():
+  from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top
+  network = classifier.HierarchicalClassifier(
+      [0, 0, 1, 2, 2, 2], (8, 8, 1),
+      backbone={"type": "small_cnn", "filters": [4]},
+      head={"head_type": "sc_sc", "s1": 6, "s2": 3},
+      self_paced={"mode": "vertical"})
+  network(np.zeros((1, 8, 8, 1), np.float32))
+  for target, sc2 in (("dynamic", [lib.PER_TENSOR_SYMMETRIC]),
+                      ("int8", [lib.PER_TENSOR_ASYMMETRIC] * 2)):
+    schemes = {}
+    for kernel in lib.quantized_kernels(network, target):
+      schemes.setdefault(kernel.layer, []).append(kernel.scheme)
+    assert schemes["sc1"] == [lib.PER_BLOCK_CHANNEL]
+    assert schemes["sc2"] == sc2
+    assert schemes["classifier"] == [lib.PER_ROW]
+
+
+# The smoke config with an SC-SC head: sc1 reads the features (dense form,
+# a FULLY_CONNECTED), sc2 reads sc1's blocks (a per-tensor BATCH_MATMUL),
+# the classifier converts to a DEPTHWISE_CONV_2D; s2 = 32 puts the
+# classifier's kernel (40 x 32) over the dynamic converter's 1024-weight
 # threshold.
-SC_OVERRIDE = "task.model.head.head_type=fc_sc,task.model.head.s2=32"
-
-
-def _sc_layout_candidates(layer, values):
-  """The int8 `values` of an SC layer's kernel in the layouts TFLite may hold."""
-  if isinstance(layer, lib.structurally_connected.VerticalBlockDense):
-    return [values, np.transpose(values, (0, 2, 1))]
-  gathered = values[layer._gather_index].reshape(  # pylint: disable=protected-access
-      layer.num_chunks, layer.resolved_chunk_size, -1)
-  return [gathered, np.transpose(gathered, (0, 2, 1))]
+SC_OVERRIDE = ("task.model.head.head_type=sc_sc,task.model.head.s1=8,"
+               "task.model.head.s2=32,task.model.self_paced.mode=vertical")
 
 
 def _interpreter_constants(path):
@@ -332,6 +361,23 @@ def _interpreter_constants(path):
   return constants
 
 
+def _stored_per_channel(stored, values, scales):
+  """Whether `stored` holds int8 `values` [in, out] (any layout) with `scales`."""
+  outputs = values.shape[-1]
+  for stored_values, stored_scales, _ in stored:
+    if stored_values.size != values.size:
+      continue
+    # FULLY_CONNECTED stores [out, in]; DEPTHWISE_CONV_2D [1, 1, in, out].
+    out_last = (stored_values.shape[-1] == outputs and np.array_equal(
+        stored_values.reshape(-1, outputs), values))
+    out_first = (stored_values.shape[0] == outputs and np.array_equal(
+        stored_values.reshape(outputs, -1), values.T))
+    if out_last or out_first:
+      np.testing.assert_allclose(stored_scales, scales, rtol=1e-6)
+      return True
+  return False
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("weight_target", lib.WEIGHT_TARGETS)
 def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
@@ -346,7 +392,8 @@ def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
   network(np.zeros((1, *source.image_shape), np.float32), training=False)
   # Trained biases are not zero (an all-zero tensor has no range).
   rng = np.random.default_rng(2)
-  for layer in (network.head.hidden2, network.head.classifier):
+  head = network.head
+  for layer in (head.hidden1, head.hidden2, head.classifier):
     layer.bias.assign(rng.normal(scale=0.1, size=layer.bias.shape))
   lib.snap_to_int8_grid(network, weight_target)
   run = lib.write_run_dir(network, params, source.hierarchy,
@@ -358,17 +405,35 @@ def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
       export.version_dir, path, weight_target, params=params,
       representative_examples=INT8_CALIBRATION_EXAMPLES)
   stored = _interpreter_constants(path)
+  assert hasattr(tf.saved_model.load(export.version_dir),
+                 export_tflite_lib.FLOOR_PARTS_FUNCTION)
+  schemes = {k.layer: k.scheme
+             for k in lib.quantized_kernels(network, weight_target)
+             if k.variable is getattr(
+                 next(l for l in lib._all_layers(network)  # pylint: disable=protected-access
+                      if l.name == k.layer), "kernel")}
+  assert (schemes["sc1"], schemes["classifier"]) == (lib.PER_BLOCK_CHANNEL,
+                                                     lib.PER_ROW)
+  # sc1's dense form: one FULLY_CONNECTED kernel [M * U, D], a scale per
+  # output unit; the classifier's depthwise filter: a scale per class.
+  for kernel in (head.hidden1.dense_kernel(),
+                 np.transpose(head.classifier.kernel.numpy())):
+    values, scales = lib.int8_kernel(kernel)
+    if (weight_target == "dynamic"
+        and values.size < lib.DYNAMIC_MIN_WEIGHTS):
+      continue  # the converter leaves small kernels float.
+    assert _stored_per_channel(stored, values, scales), weight_target
   per_tensor = [k for k in lib.quantized_kernels(network, weight_target)
-                if k.scheme != lib.PER_CHANNEL]
-  # dynamic: both SC kernels; int8: both kernels and both biases.
-  assert len(per_tensor) == (2 if weight_target == "dynamic" else 4)
+                if k.scheme not in (lib.PER_CHANNEL, lib.PER_BLOCK_CHANNEL,
+                                    lib.PER_ROW)]
+  # sc2 (a BATCH_MATMUL): its kernel (dynamic), kernel and bias (int8).
+  assert [k.layer for k in per_tensor] == (
+      ["sc2"] if weight_target == "dynamic" else ["sc2", "sc2"])
   for kernel in per_tensor:
     values, scale, zero_point = lib.int8_tensor(kernel.variable.numpy(),
                                                 kernel.scheme)
-    layer = next(l for l in lib._all_layers(network)  # pylint: disable=protected-access
-                 if l.name == kernel.layer)
-    candidates = (_sc_layout_candidates(layer, values)
-                  if kernel.variable is layer.kernel else [values])
+    candidates = ([values, np.transpose(values, (0, 2, 1))]
+                  if kernel.variable is head.hidden2.kernel else [values])
     matches = [(v, s, z) for v, s, z in stored for c in candidates
                if v.shape == c.shape and np.array_equal(v, c)]
     assert matches, (weight_target, kernel.variable.path)
@@ -448,7 +513,7 @@ def test_structurally_connected_heads_are_not_equalized(head_type):
       np.float32)
   network(images[:1], training=False)
   weights = [w.copy() for w in network.head.get_weights()]
-  # Their consumers' kernels are quantized per tensor (see the docstring).
+  # Not equalized (see the docstring: no gain measured).
   assert lib.equalizable_head_pairs(network) == []
   assert lib.equalize_ranges(network, images, strength=1.0,
                              batch_size=4) == []

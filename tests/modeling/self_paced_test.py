@@ -160,6 +160,23 @@ class SelfPacedScaleTest(tf.test.TestCase, parameterized.TestCase):
                           atol=1e-5)
       self.assertAllEqual(quantizable[0, [0, 3, 6]], np.zeros(3))
 
+  @parameterized.parameters("fixed", "vertical", "class")
+  def test_quantizable_scales(self, mode):
+    layer = self_paced.SelfPacedScale(C2V, mode=mode, init_stddev=0.5,
+                                      seed=1)
+    layer.build((None, 8))
+    x = self.x * 5.0 - 20.0
+    scale, norm = (np.asarray(t) for t in layer.quantizable_scales(x))
+    factors = layer.class_factors()
+    self.assertEqual(factors is None, mode != "class")
+    factors = 1.0 if factors is None else np.asarray(factors)
+    # y = k x r, and s = 1 / r.
+    self.assertAllClose(x * factors * scale, np.asarray(layer(x)), rtol=1e-5,
+                        atol=1e-5)
+    self.assertAllClose(norm * scale, np.ones_like(scale), rtol=1e-5)
+    with self.assertRaisesRegex(ValueError, "no scale"):
+      self_paced.SelfPacedScale(C2V, mode="none").quantizable_scales(x)
+
   def test_config_round_trip(self):
     layer = self_paced.SelfPacedScale(
         C2V, mode="class", init="constant", init_value=3.0, init_stddev=0.5,

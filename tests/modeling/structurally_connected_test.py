@@ -89,6 +89,26 @@ class StructurallyConnectedClassifierTest(tf.test.TestCase,
         sc.dense_masked_reference(h, kernel, bias, c2v), expected, atol=1e-5
     )
 
+  @parameterized.parameters((UNEVEN, True), ([0, 1, 1, 2, 2, 2], False))
+  def test_quantizable_forms(self, c2v, use_bias):
+    layer = sc.StructurallyConnectedClassifier(
+        c2v, chunk_size=2, use_bias=use_bias,
+        bias_initializer="random_normal")
+    h = np.random.default_rng(3).normal(size=(4, max(c2v) + 1, 5)).astype(
+        np.float32)
+    logits = np.asarray(layer(h))
+    self.assertAllClose(layer.quantizable_call(h), logits, atol=1e-5)
+    # Depthwise filter [1, s2, N, 1] = W^T.
+    self.assertAllEqual(np.asarray(layer.depthwise_kernel())[0, :, :, 0],
+                        layer.kernel.numpy().T)
+    factors = np.linspace(0.5, 2.0, len(c2v)).astype(np.float32)
+    shift = float(np.median(np.abs(logits)))
+    shifted = layer.shifted_quantizable_call(h, shift, factors)
+    self.assertAllClose(shifted, np.maximum(logits * factors, -shift),
+                        atol=1e-5)
+    self.assertAllClose(layer.shifted_quantizable_call(h, shift),
+                        np.maximum(logits, -shift), atol=1e-5)
+
   def test_param_count_and_gradients(self):
     layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=4)
     h = tf.random.normal((2, 3, 7))
@@ -228,6 +248,42 @@ class VerticalBlockDenseTest(tf.test.TestCase, parameterized.TestCase):
     kernels = sum(int(np.prod(w.shape)) for w in layer.weights
                   if "kernel" in w.name)
     self.assertEqual(kernels, 6 * shared_units + 3 * 6 * (5 - shared_units))
+
+  @parameterized.named_parameters(
+      ("2d_no_shared", 2, 0, True), ("2d_shared", 2, 2, True),
+      ("2d_all_shared", 2, 5, True), ("2d_no_bias", 2, 2, False),
+      ("3d_shared", 3, 3, True),
+  )
+  def test_quantizable_call_is_call(self, rank, shared_units, use_bias):
+    rng = np.random.default_rng(1)
+    shape = (4, 6) if rank == 2 else (4, 3, 6)
+    x = rng.normal(size=shape).astype(np.float32)
+    layer = sc.VerticalBlockDense(
+        3, 5, shared_units=shared_units, activation="relu",
+        use_bias=use_bias, bias_initializer="random_normal",
+    )
+    called = layer(x)
+    expected = self._reference(x, layer) if use_bias else called
+    self.assertAllClose(layer.quantizable_call(x), expected, atol=1e-5)
+    self.assertEqual(layer.has_dense_form, rank == 2)
+
+  def test_dense_form_layout(self):
+    # Column m * U + u of the dense kernel is block m's unit u.
+    layer = sc.VerticalBlockDense(3, 4, shared_units=1,
+                                  bias_initializer="random_normal")
+    layer(tf.zeros((1, 5)))
+    kernel = np.asarray(layer.dense_kernel())
+    bias = np.asarray(layer.dense_bias())
+    self.assertEqual(kernel.shape, (5, 12))
+    for m in range(3):
+      self.assertAllEqual(kernel[:, 4 * m], layer.shared_kernel.numpy()[:, 0])
+      self.assertAllEqual(kernel[:, 4 * m + 1:4 * m + 4],
+                          layer.kernel.numpy()[m])
+      self.assertAllEqual(bias[4 * m + 1:4 * m + 4], layer.bias.numpy()[m])
+    block_input = sc.VerticalBlockDense(3, 4)
+    block_input(tf.zeros((1, 3, 5)))
+    with self.assertRaisesRegex(ValueError, r"only a layer built on a \[B, D\]"):
+      block_input.dense_kernel()
 
   def test_gradients_reach_all_weights(self):
     layer = sc.VerticalBlockDense(3, 4, shared_units=1, activation="tanh")

@@ -196,21 +196,47 @@ class SelfPacedScale(keras.layers.Layer):
     if self.mode == "none":
       return inputs
     x = ops.cast(inputs, "float32")
+    scale, _ = self.quantizable_scales(x)
+    factors = self.class_factors()
+    if factors is not None:
+      x = x * factors
+    return ops.cast(x * scale, self.compute_dtype)
+
+  def _reference(self):
+    """g_v: gamma_v ('fixed', 'vertical') or the mean gamma_c of v ('class')."""
     if self.mode == "fixed":
-      reference = ops.convert_to_tensor(self._sqrt_sizes)
-    elif self.mode == "vertical":
-      reference = self.scale_values()
-    else:
-      # Mean gamma_c per vertical: one_hot^T gamma / N_v.
-      reference = (ops.matmul(self.scale_values()[None, :], self._one_hot)[0]
-                   / ops.convert_to_tensor(self._sqrt_sizes ** 2))
-    inverse_square = 1.0 / ops.square(reference)
+      return ops.convert_to_tensor(self._sqrt_sizes)
+    if self.mode == "vertical":
+      return self.scale_values()
+    # Mean gamma_c per vertical: one_hot^T gamma / N_v.
+    return (ops.matmul(self.scale_values()[None, :], self._one_hot)[0]
+            / ops.convert_to_tensor(self._sqrt_sizes ** 2))
+
+  def class_factors(self):
+    """gamma_c / g_v(c) [N] for 'class' (None in the other modes: 1)."""
+    if self.mode != "class":
+      return None
+    return self.scale_values() / ops.take(self._reference(), self._c2v)
+
+  def quantizable_scales(self, inputs):
+    """(r, s) per class [B, N]: r = g_v / sqrt(||x_v||^2 + eps), s = 1 / r.
+
+    The scale `quantizable_call` applies (y = x k_c r, k_c =
+    `class_factors`) and its inverse, both from u_v = ||x_v||^2 / g_v^2 +
+    eps / g_v^2 (O(1) in int8, see `quantizable_call`): r = rsqrt(u),
+    s = sqrt(u), gathered from verticals to classes.
+
+    Raises:
+      ValueError: mode 'none' (no scale).
+    """
+    if self.mode == "none":
+      raise ValueError(f"{self.name}: mode 'none' has no scale")
+    x = ops.cast(inputs, "float32")
+    inverse_square = 1.0 / ops.square(self._reference())
     u = (ops.matmul(ops.square(x), self._one_hot * inverse_square[None, :])
          + self.epsilon * inverse_square[None, :])
-    scale = ops.take(ops.rsqrt(u), self._c2v, axis=1)
-    if self.mode == "class":
-      x = x * (self.scale_values() / ops.take(reference, self._c2v))
-    return ops.cast(x * scale, self.compute_dtype)
+    return (ops.take(ops.rsqrt(u), self._c2v, axis=1),
+            ops.take(ops.sqrt(u), self._c2v, axis=1))
 
   def compute_output_shape(self, input_shape):
     return input_shape
