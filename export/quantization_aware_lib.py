@@ -39,12 +39,14 @@ PER_CHANNEL_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 # [min(w, 0), max(w, 0)] in 255 steps, levels [-128, 127], zero point
 # round(-128 - min / scale). The two files need different grids, hence
 # `WEIGHT_TARGETS`.
-# The export converts the SC classifier and a block layer that reads [B, D]
-# features in their quantizable forms (`quantizable_call`): a
-# DEPTHWISE_CONV_2D quantized per class (`PER_ROW`) and a FULLY_CONNECTED
-# quantized per output unit (m, u) (`PER_BLOCK_CHANNEL`), in both files; only
-# a block layer on [B, M, D] inputs stays a per-tensor BATCH_MATMUL.
-PER_TENSOR_LAYERS = (structurally_connected.VerticalBlockDense,)
+# The export converts a block layer that reads [B, D] features and an SC
+# classifier with s2 <= 25 in their quantizable forms (`quantizable_call`):
+# a FULLY_CONNECTED quantized per output unit (m, u) (`PER_BLOCK_CHANNEL`)
+# and a DEPTHWISE_CONV_2D quantized per class (`PER_ROW`), in both files;
+# a block layer on [B, M, D] inputs and a wider classifier stay per-tensor
+# BATCH_MATMULs.
+PER_TENSOR_LAYERS = (structurally_connected.VerticalBlockDense,
+                     structurally_connected.StructurallyConnectedClassifier)
 INT8_LEVEL_MIN = -128
 INT8_LEVEL_MAX = 127
 INT8_ASYMMETRIC_STEPS = INT8_LEVEL_MAX - INT8_LEVEL_MIN
@@ -307,16 +309,18 @@ def quantized_kernels(network: keras.Model, weight_target: str = "dynamic"
                       ) -> List[QuantizedKernel]:
   """The weights the converter rounds to int8 in the `weight_target` file.
 
-  Conv2D / Dense kernels: PER_CHANNEL (both files). The SC classifier
-  (the export converts it to a DEPTHWISE_CONV_2D): its kernel PER_ROW. A
-  `VerticalBlockDense` with a dense form (it reads [B, D] features; the
-  export converts it to one FULLY_CONNECTED): its kernel PER_BLOCK_CHANNEL
-  and its shared kernel PER_CHANNEL. In both files; their biases are int32
-  there (scale = input scale x weight scale) and are not snapped. A block
-  layer on [B, M, D] inputs (`PER_TENSOR_LAYERS`, a BATCH_MATMUL): its
-  kernel PER_TENSOR_SYMMETRIC for `dynamic`; PER_TENSOR_ASYMMETRIC for
-  `int8`, with its bias (an int8 ADD constant); its shared kernel is not
-  measured and stays float (`unsnapped_kernels` lists it).
+  Conv2D / Dense kernels: PER_CHANNEL (both files). An SC classifier with
+  a depthwise form (s2 <= 25; the export converts it to a
+  DEPTHWISE_CONV_2D): its kernel PER_ROW. A `VerticalBlockDense` with a
+  dense form (it reads [B, D] features; the export converts it to one
+  FULLY_CONNECTED): its kernel PER_BLOCK_CHANNEL and its shared kernel
+  PER_CHANNEL. In both files; their biases are int32 there (scale = input
+  scale x weight scale) and are not snapped. The other SC layers
+  (`PER_TENSOR_LAYERS` as BATCH_MATMULs: a block layer on [B, M, D] inputs,
+  a wider classifier): their kernels PER_TENSOR_SYMMETRIC for `dynamic`;
+  PER_TENSOR_ASYMMETRIC for `int8`, with their biases (int8 ADD
+  constants); a block layer's shared kernel is not measured and stays
+  float (`unsnapped_kernels` lists it).
 
   Args:
     network: a built network.
@@ -335,8 +339,9 @@ def quantized_kernels(network: keras.Model, weight_target: str = "dynamic"
   for layer in _all_layers(network):
     if isinstance(layer, PER_CHANNEL_LAYERS):
       kernels.append(QuantizedKernel(layer.name, layer.kernel))
-    elif isinstance(layer,
-                    structurally_connected.StructurallyConnectedClassifier):
+    elif (isinstance(layer,
+                     structurally_connected.StructurallyConnectedClassifier)
+          and layer.has_depthwise_form):
       kernels.append(QuantizedKernel(layer.name, layer.kernel, PER_ROW))
     elif (isinstance(layer, structurally_connected.VerticalBlockDense)
           and layer.has_dense_form):
@@ -646,9 +651,7 @@ _FUSED = (keras.layers.BatchNormalization, keras.layers.ReLU)
 _SAME_SCALE = (keras.layers.MaxPooling2D, keras.layers.Flatten)
 ACTIVATION_MODES = ("none", "dynamic", "int8")
 # Layers with an int8 kernel, which the `dynamic` file runs as hybrid ops.
-_KERNEL_LAYERS = PER_CHANNEL_LAYERS + (
-    structurally_connected.VerticalBlockDense,
-    structurally_connected.StructurallyConnectedClassifier)
+_KERNEL_LAYERS = PER_CHANNEL_LAYERS + PER_TENSOR_LAYERS
 # 8-bit activations: 2^8 - 1 steps between the range's ends.
 ACTIVATION_BITS = 8
 ACTIVATION_STEPS = 2 ** ACTIVATION_BITS - 1
@@ -664,11 +667,11 @@ class ActivationSimulator:
   """`network(x)` at inference with TFLite's activation rounding (straight-through).
 
   mode='dynamic' (the `dynamic` file's hybrid ops): the input of each
-  Conv2D / Dense / SC classifier / dense-form block layer whose kernel has
-  >= `min_elements` weights (the converter leaves smaller ones float) is
-  rounded per example to 8 bits over [min(x_i, 0), max(x_i, 0)], step
-  (max - min) / 255; the input of a block layer on [B, M, D] inputs
-  (hybrid BATCH_MATMUL) likewise per row (one example and vertical).
+  Conv2D / Dense / quantizable SC form whose kernel has >= `min_elements`
+  weights (the converter leaves smaller ones float) is rounded per example
+  to 8 bits over [min(x_i, 0), max(x_i, 0)], step (max - min) / 255; the
+  input of a BATCH_MATMUL form (a block layer on [B, M, D] inputs, an SC
+  classifier with s2 > 25) likewise per row (one example and vertical).
   mode='int8' (full integer): the images and the output of every fused op
   (conv+BN+ReLU, Dense with its activation, input scaling, pooling means)
   are rounded to 8 bits over the range the converter calibrates: min/max
@@ -740,9 +743,7 @@ class ActivationSimulator:
     x = on_point("images", images) if self.points else images
     for layer in self.layers:
       if round_inputs and self._is_hybrid(layer):
-        # Only a block layer's BATCH_MATMUL rounds its input per row; a
-        # dense form's input is [B, D] (a row is an example).
-        x = (_round_per_row(x) if isinstance(layer, PER_TENSOR_LAYERS)
+        x = (_round_per_row(x) if _is_batch_matmul(layer)
              else _round_per_example(x))
       x = layer(x, training=False)
       if layer.name in self.ranges:
@@ -811,11 +812,20 @@ def _round_over(x, axes):
   return x + tf.stop_gradient(rounded - x)
 
 
+def _is_batch_matmul(layer) -> bool:
+  """Whether the export converts `layer` to a BATCH_MATMUL (its hybrid rounds per row)."""
+  if isinstance(layer, structurally_connected.VerticalBlockDense):
+    return not layer.has_dense_form
+  if isinstance(layer, structurally_connected.StructurallyConnectedClassifier):
+    return not layer.has_depthwise_form
+  return False
+
+
 def _round_per_row(x):
   """x rounded per row (last axis), as the hybrid BATCH_MATMUL rounds its left operand.
 
-  One row = one example ([B, D] inputs) or one example and vertical
-  ([B, M, D] inputs of block layers).
+  One row = one example and vertical ([B, M, D] inputs of the
+  BATCH_MATMUL forms: block layers, an SC classifier with s2 > 25).
   """
   return _round_over(x, [-1])
 

@@ -379,7 +379,7 @@ def test_int8_self_paced_floor_keeps_the_top_logits(tmp_path):
   assert lib.convert_with_floor(saved, "int8", calibration)[1] == (
       lib.SUGGESTED_LOGIT_FLOOR)
   floor = float(np.percentile(reference, 50))
-  errors, agreement = {}, {}
+  errors, agreement, convs = {}, {}, {}
   for asked in (floor, None):
     model, applied = lib.convert_with_floor(saved, "int8", calibration,
                                             logit_floor=asked)
@@ -393,16 +393,16 @@ def test_int8_self_paced_floor_keeps_the_top_logits(tmp_path):
     ops = [op["op_name"] for op in Interpreter(
         model_content=model)._get_ops_details()]  # pylint: disable=protected-access
     logits = tflite_demo_lib.TFLiteClassifier(path).logits(images)
+    convs[asked] = ops.count("DEPTHWISE_CONV_2D")
+    assert ("MAXIMUM" in ops) == (asked is not None)
     meant = reference
     if asked is not None:
-      # Two classifier copies: the logits (for the norms) and the shifted.
-      assert ops.count("DEPTHWISE_CONV_2D") == 2 and "MAXIMUM" in ops
       meant = parity_lib.floored_reference(module.network, images, reference,
                                            floor)
-    else:
-      assert ops.count("DEPTHWISE_CONV_2D") == 1 and "MAXIMUM" not in ops
     errors[asked] = np.abs(logits - meant).mean()
     agreement[asked] = np.mean(logits.argmax(1) == reference.argmax(1))
+  # A second classifier copy (the shifted logits) beside the one the norms read.
+  assert convs[floor] == convs[None] + 1, convs
   assert errors[floor] < 0.5 * errors[None], errors
   assert agreement[floor] >= agreement[None], agreement
 

@@ -324,23 +324,41 @@ def test_quantized_kernels_follow_the_exported_forms():
       head={"head_type": "sc_sc", "s1": 6, "s2": 3},
       self_paced={"mode": "vertical"})
   network(np.zeros((1, 8, 8, 1), np.float32))
-  for target, sc2 in (("dynamic", [lib.PER_TENSOR_SYMMETRIC]),
-                      ("int8", [lib.PER_TENSOR_ASYMMETRIC] * 2)):
-    schemes = {}
-    for kernel in lib.quantized_kernels(network, target):
-      schemes.setdefault(kernel.layer, []).append(kernel.scheme)
-    assert schemes["sc1"] == [lib.PER_BLOCK_CHANNEL]
-    assert schemes["sc2"] == sc2
-    assert schemes["classifier"] == [lib.PER_ROW]
+  wide = classifier.HierarchicalClassifier(
+      [0, 0, 1, 2, 2, 2], (8, 8, 1),
+      backbone={"type": "small_cnn", "filters": [4]},
+      head={"head_type": "sc_sc", "s1": 6, "s2": 26},
+      self_paced={"mode": "vertical"})
+  wide(np.zeros((1, 8, 8, 1), np.float32))
+  for target, per_tensor in (("dynamic", [lib.PER_TENSOR_SYMMETRIC]),
+                             ("int8", [lib.PER_TENSOR_ASYMMETRIC] * 2)):
+    for net, classifier_schemes in ((network, [lib.PER_ROW]),
+                                    (wide, per_tensor)):
+      schemes = {}
+      for kernel in lib.quantized_kernels(net, target):
+        schemes.setdefault(kernel.layer, []).append(kernel.scheme)
+      assert schemes["sc1"] == [lib.PER_BLOCK_CHANNEL]
+      assert schemes["sc2"] == per_tensor
+      # s2 = 26: the classifier stays a BATCH_MATMUL (per tensor).
+      assert schemes["classifier"] == classifier_schemes
 
 
 # The smoke config with an SC-SC head: sc1 reads the features (dense form,
-# a FULLY_CONNECTED), sc2 reads sc1's blocks (a per-tensor BATCH_MATMUL),
-# the classifier converts to a DEPTHWISE_CONV_2D; s2 = 32 puts the
-# classifier's kernel (40 x 32) over the dynamic converter's 1024-weight
-# threshold.
+# a FULLY_CONNECTED), sc2 reads sc1's blocks (a per-tensor BATCH_MATMUL);
+# the classifier converts to a DEPTHWISE_CONV_2D for s2 <= 25, else to a
+# per-tensor BATCH_MATMUL (s2 = 32 also puts its 40 x 32 kernel over the
+# dynamic converter's 1024-weight threshold).
 SC_OVERRIDE = ("task.model.head.head_type=sc_sc,task.model.head.s1=8,"
-               "task.model.head.s2=32,task.model.self_paced.mode=vertical")
+               "task.model.self_paced.mode=vertical,task.model.head.s2=")
+
+
+def _sc_layout_candidates(layer, values):
+  """The int8 `values` of a per-tensor SC kernel in the layouts TFLite may hold."""
+  if isinstance(layer, lib.structurally_connected.VerticalBlockDense):
+    return [values, np.transpose(values, (0, 2, 1))]
+  gathered = values[layer._gather_index].reshape(  # pylint: disable=protected-access
+      layer.num_chunks, layer.resolved_chunk_size, -1)
+  return [gathered, np.transpose(gathered, (0, 2, 1))]
 
 
 def _interpreter_constants(path):
@@ -379,13 +397,15 @@ def _stored_per_channel(stored, values, scales):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("units", [16, 32])
 @pytest.mark.parametrize("weight_target", lib.WEIGHT_TARGETS)
 def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
-                                                             weight_target):
+                                                             weight_target,
+                                                             units):
   from export_test_utils import smoke_params  # pylint: disable=g-import-not-at-top
   from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
   from kc_keras.training import model_builder  # pylint: disable=g-import-not-at-top
-  params = smoke_params(SC_OVERRIDE)
+  params = smoke_params(SC_OVERRIDE + str(units))
   source = factory.build_source(params.task.data)
   network = model_builder.build_network(params.task.model, source.hierarchy,
                                         source.image_shape)
@@ -412,12 +432,16 @@ def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
              if k.variable is getattr(
                  next(l for l in lib._all_layers(network)  # pylint: disable=protected-access
                       if l.name == k.layer), "kernel")}
-  assert (schemes["sc1"], schemes["classifier"]) == (lib.PER_BLOCK_CHANNEL,
-                                                     lib.PER_ROW)
+  depthwise = head.classifier.has_depthwise_form
+  assert depthwise == (units <= 25)
+  assert schemes["sc1"] == lib.PER_BLOCK_CHANNEL
+  assert (schemes["classifier"] == lib.PER_ROW) == depthwise
   # sc1's dense form: one FULLY_CONNECTED kernel [M * U, D], a scale per
   # output unit; the classifier's depthwise filter: a scale per class.
-  for kernel in (head.hidden1.dense_kernel(),
-                 np.transpose(head.classifier.kernel.numpy())):
+  per_channel = [head.hidden1.dense_kernel()]
+  if depthwise:
+    per_channel.append(np.transpose(head.classifier.kernel.numpy()))
+  for kernel in per_channel:
     values, scales = lib.int8_kernel(kernel)
     if (weight_target == "dynamic"
         and values.size < lib.DYNAMIC_MIN_WEIGHTS):
@@ -426,14 +450,22 @@ def test_snapped_sc_weights_are_the_converters_int8_weights(tmp_path,
   per_tensor = [k for k in lib.quantized_kernels(network, weight_target)
                 if k.scheme not in (lib.PER_CHANNEL, lib.PER_BLOCK_CHANNEL,
                                     lib.PER_ROW)]
-  # sc2 (a BATCH_MATMUL): its kernel (dynamic), kernel and bias (int8).
-  assert [k.layer for k in per_tensor] == (
-      ["sc2"] if weight_target == "dynamic" else ["sc2", "sc2"])
+  # The BATCH_MATMULs (sc2; the classifier when s2 > 25): their kernels
+  # (dynamic), kernels and biases (int8).
+  batch_matmuls = ["sc2"] if depthwise else ["sc2", "classifier"]
+  assert sorted(k.layer for k in per_tensor) == sorted(
+      batch_matmuls if weight_target == "dynamic"
+      else [name for name in batch_matmuls for _ in range(2)])
   for kernel in per_tensor:
+    if (weight_target == "dynamic"
+        and kernel.variable.numpy().size < lib.DYNAMIC_MIN_WEIGHTS):
+      continue  # the converter leaves small kernels float.
     values, scale, zero_point = lib.int8_tensor(kernel.variable.numpy(),
                                                 kernel.scheme)
-    candidates = ([values, np.transpose(values, (0, 2, 1))]
-                  if kernel.variable is head.hidden2.kernel else [values])
+    layer = next(l for l in lib._all_layers(network)  # pylint: disable=protected-access
+                 if l.name == kernel.layer)
+    candidates = (_sc_layout_candidates(layer, values)
+                  if kernel.variable is layer.kernel else [values])
     matches = [(v, s, z) for v, s, z in stored for c in candidates
                if v.shape == c.shape and np.array_equal(v, c)]
     assert matches, (weight_target, kernel.variable.path)

@@ -89,14 +89,17 @@ class StructurallyConnectedClassifierTest(tf.test.TestCase,
         sc.dense_masked_reference(h, kernel, bias, c2v), expected, atol=1e-5
     )
 
-  @parameterized.parameters((UNEVEN, True), ([0, 1, 1, 2, 2, 2], False))
-  def test_quantizable_forms(self, c2v, use_bias):
+  @parameterized.parameters((UNEVEN, True, 5), ([0, 1, 1, 2, 2, 2], False, 5),
+                            (UNEVEN, True, sc.DEPTHWISE_MAX_UNITS + 1))
+  def test_quantizable_forms(self, c2v, use_bias, units):
     layer = sc.StructurallyConnectedClassifier(
         c2v, chunk_size=2, use_bias=use_bias,
         bias_initializer="random_normal")
-    h = np.random.default_rng(3).normal(size=(4, max(c2v) + 1, 5)).astype(
-        np.float32)
+    h = np.random.default_rng(3).normal(
+        size=(4, max(c2v) + 1, units)).astype(np.float32)
     logits = np.asarray(layer(h))
+    self.assertEqual(layer.has_depthwise_form,
+                     units <= sc.DEPTHWISE_MAX_UNITS)
     self.assertAllClose(layer.quantizable_call(h), logits, atol=1e-5)
     # Depthwise filter [1, s2, N, 1] = W^T.
     self.assertAllEqual(np.asarray(layer.depthwise_kernel())[0, :, :, 0],

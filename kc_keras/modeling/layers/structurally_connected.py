@@ -11,6 +11,11 @@ import tensorflow as tf
 # Auto chunk size targets about this many chunks per average vertical, so
 # padding stays small while each chunk is a reasonably large matmul.
 DEFAULT_CHUNKS_PER_VERTICAL = 8
+# The widest block (s2) the SC classifier's quantizable form takes as a
+# depthwise filter: XNNPACK's int8 depthwise kernels do up to 25 taps in one
+# pass; from 26 on the depthwise form measured 27-43x slower than the
+# BATCH_MATMUL, up to 25 faster (`bench/sc_classifier_form_bench.py`).
+DEPTHWISE_MAX_UNITS = 25
 
 
 def validate_class_to_vertical(class_to_vertical) -> np.ndarray:
@@ -521,6 +526,11 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
       logits = logits + self.bias
     return logits
 
+  @property
+  def has_depthwise_form(self) -> bool:
+    """Whether `quantizable_call` converts to one depthwise convolution (s2 <= 25)."""
+    return int(self.kernel.shape[-1]) <= DEPTHWISE_MAX_UNITS
+
   def depthwise_kernel(self):
     """The classifier's kernel as a depthwise filter [1, s2, N, 1]: W^T."""
     return ops.expand_dims(ops.expand_dims(ops.transpose(self.kernel), 0), -1)
@@ -550,17 +560,20 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
   def quantizable_call(self, inputs):
     """`call(inputs)` as a graph whose tensors integer arithmetic can hold.
 
-    One depthwise convolution over the classes: each class's block
-    activations as one channel of a 1 x s2 image,
+    For s2 <= `DEPTHWISE_MAX_UNITS` (`has_depthwise_form`), one depthwise
+    convolution over the classes: each class's block activations as one
+    channel of a 1 x s2 image,
       image[b, 0, s, c] = h[b, v(c), s],
       logit[b, c] = sum_s image[b, 0, s, c] W[c, s] + bias[c]
     (a VALID 1 x s2 depthwise filter W^T, `depthwise_kernel`). TFLite
     converts it to one DEPTHWISE_CONV_2D with the bias fused and one int8
     scale per class; `call`'s einsum converts to a BATCH_MATMUL with one
     scale for the whole kernel whose output is rounded to int8 before a
-    separate bias ADD is rounded again (docs/BENCHMARKS.md). The image
-    holds N x s2 values per example, as many as the kernel has weights.
-    Same function up to float rounding
+    separate bias ADD is rounded again (docs/BENCHMARKS.md). Wider blocks
+    run `call`: XNNPACK runs depthwise filters of more than 25 taps 27-43x
+    slower than the BATCH_MATMUL (`bench/sc_classifier_form_bench.py`). The
+    image holds N x s2 values per example, as many as the kernel has
+    weights. Same function up to float rounding
     (tests/modeling/structurally_connected_test.py).
 
     Args:
@@ -569,6 +582,8 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     Returns:
       Logits [B, N], as `call`.
     """
+    if not self.has_depthwise_form:
+      return self.call(inputs)
     return self._depthwise_logits(
         inputs, ops.transpose(self.kernel),
         self.bias if self.use_bias else None,
@@ -577,14 +592,16 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
   def shifted_quantizable_call(self, inputs, shift: float, factors=None):
     """max(k_c * call(inputs)_c, -shift), as a graph of its own.
 
-    Computed as relu(k x + shift) - shift with k x + shift one depthwise
-    convolution (kernel rows times k_c, biases k_c b_c + shift) whose ReLU
-    TFLite fuses: in int8 its output is rounded over [0, max + shift]
-    instead of the logits' full range, whose negative end (~-150 on the
-    Omniglot student) sets a step of ~0.6 (docs/BENCHMARKS.md). The classes
-    run in reverse order (filter and output gathers reversed): the same
-    filter as `quantizable_call` would let the converter merge the two
-    convolutions and round their shared product over the full range.
+    Computed as relu(k x + shift) - shift. In the depthwise form k x + shift
+    is one depthwise convolution (kernel rows times k_c, biases k_c b_c +
+    shift) whose ReLU TFLite fuses: in int8 its output is rounded over
+    [0, max + shift] instead of the logits' full range, whose negative end
+    (~-150 on the Omniglot student) sets a step of ~0.6
+    (docs/BENCHMARKS.md). Its classes run in reverse order (filter and
+    output gathers reversed): the same filter as `quantizable_call` would
+    let the converter merge the two convolutions and round their shared
+    product over the full range. Without the depthwise form it is computed
+    from `call`'s logits (same function, no precision gained).
 
     Args:
       inputs: [B, M, s2].
@@ -594,6 +611,11 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     Returns:
       [B, N], float32.
     """
+    if not self.has_depthwise_form:
+      logits = ops.cast(self.call(inputs), "float32")
+      if factors is not None:
+        logits = logits * factors
+      return ops.relu(logits + shift) - shift
     reverse = np.arange(self.num_classes - 1, -1, -1, dtype=np.int32)
     kernel = ops.transpose(self.kernel)
     bias = (self.bias if self.use_bias
