@@ -318,18 +318,17 @@ def test_block_and_row_grids_are_their_forms_per_channel_grids():
 
 def test_quantized_kernels_follow_the_exported_forms():
   from kc_keras.modeling.models import classifier  # pylint: disable=g-import-not-at-top
-  network = classifier.HierarchicalClassifier(
-      [0, 0, 1, 2, 2, 2], (8, 8, 1),
-      backbone={"type": "small_cnn", "filters": [4]},
-      head={"head_type": "sc_sc", "s1": 6, "s2": 3},
-      self_paced={"mode": "vertical"})
-  network(np.zeros((1, 8, 8, 1), np.float32))
-  wide = classifier.HierarchicalClassifier(
-      [0, 0, 1, 2, 2, 2], (8, 8, 1),
-      backbone={"type": "small_cnn", "filters": [4]},
-      head={"head_type": "sc_sc", "s1": 6, "s2": 26},
-      self_paced={"mode": "vertical"})
-  wide(np.zeros((1, 8, 8, 1), np.float32))
+
+  def sc_sc_network(units):
+    network = classifier.HierarchicalClassifier(
+        [0, 0, 1, 2, 2, 2], (8, 8, 1),
+        backbone={"type": "small_cnn", "filters": [4]},
+        head={"head_type": "sc_sc", "s1": 6, "s2": units},
+        self_paced={"mode": "vertical"})
+    network(np.zeros((1, 8, 8, 1), np.float32))
+    return network
+
+  network, wide = sc_sc_network(3), sc_sc_network(26)
   for target, per_tensor in (("dynamic", [lib.PER_TENSOR_SYMMETRIC]),
                              ("int8", [lib.PER_TENSOR_ASYMMETRIC] * 2)):
     for net, classifier_schemes in ((network, [lib.PER_ROW]),
