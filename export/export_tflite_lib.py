@@ -189,6 +189,23 @@ def resolve_logit_floor(logit_floor: Union[float, str, None],
   return check_logit_floor(logit_floor)
 
 
+def _outputs_function(function, logits_of):
+  """images -> {logits: logits_of(function(images)), probs: sigmoid(logits)}.
+
+  A concrete function over `function`'s image spec (the converter's input).
+  """
+  concrete = function.get_concrete_function()
+  spec = tf.TensorSpec(concrete.inputs[0].shape, tf.float32,
+                       name=saved_model_lib.IMAGES_INPUT)
+
+  @tf.function(input_signature=[spec])
+  def outputs(images):
+    logits = logits_of(function(images))
+    return {"logits": logits, "probs": tf.sigmoid(logits)}
+
+  return outputs.get_concrete_function()
+
+
 def _floored_function(function, logit_floor: float):
   """`function` (images -> logits, probs) with logits = max(logits, floor).
 
@@ -198,17 +215,9 @@ def _floored_function(function, logit_floor: float):
   calibrated over [0, max - floor] instead of the full logit range; a
   MAXIMUM (or SUB) op after it would leave that coarse rounding in place.
   """
-  concrete = function.get_concrete_function()
-  spec = tf.TensorSpec(concrete.inputs[0].shape, tf.float32,
-                       name=saved_model_lib.IMAGES_INPUT)
-
-  @tf.function(input_signature=[spec])
-  def floored(images):
-    logits = function(images)["logits"]
-    logits = tf.nn.relu(logits + (-logit_floor)) + logit_floor
-    return {"logits": logits, "probs": tf.sigmoid(logits)}
-
-  return floored.get_concrete_function()
+  return _outputs_function(
+      function, lambda outputs: tf.nn.relu(
+          outputs["logits"] + (-logit_floor)) + logit_floor)
 
 
 def _floored_parts_function(parts_function, logit_floor: float):
@@ -220,17 +229,9 @@ def _floored_parts_function(parts_function, logit_floor: float):
   unfloored self-paced logits span their full negative range in both
   (docs/BENCHMARKS.md).
   """
-  concrete = parts_function.get_concrete_function()
-  spec = tf.TensorSpec(concrete.inputs[0].shape, tf.float32,
-                       name=saved_model_lib.IMAGES_INPUT)
-
-  @tf.function(input_signature=[spec])
-  def floored(images):
-    logits = classifier_lib.floored_logits(parts_function(images),
-                                           logit_floor)
-    return {"logits": logits, "probs": tf.sigmoid(logits)}
-
-  return floored.get_concrete_function()
+  return _outputs_function(
+      parts_function,
+      lambda parts: classifier_lib.floored_logits(parts, logit_floor))
 
 
 def _float_op_count(concrete, loaded) -> int:

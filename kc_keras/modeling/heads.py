@@ -254,12 +254,15 @@ class ClassificationHead(keras.layers.Layer):
     Returns:
       Logits [B, N], the same function as `call` up to float rounding.
     """
-    x = self.quantizable_hidden(inputs)
+    return self.quantizable_logits_of(self.quantizable_hidden(inputs))
+
+  def quantizable_logits_of(self, hidden):
+    """The classifier on `quantizable_hidden`'s output, in its quantizable form."""
     if isinstance(self.classifier,
                   structurally_connected.StructurallyConnectedClassifier):
       with keras.name_scope(self.classifier.name):
-        return self.classifier.quantizable_call(x)
-    return self.classifier(x)
+        return self.classifier.quantizable_call(hidden)
+    return self.classifier(hidden)
 
   def shifted_logits(self, hidden, shift: float, factors=None):
     """max(k_c x_c, -shift) from the classifier's input, as a graph of its own.

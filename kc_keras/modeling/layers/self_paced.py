@@ -196,7 +196,8 @@ class SelfPacedScale(keras.layers.Layer):
     if self.mode == "none":
       return inputs
     x = ops.cast(inputs, "float32")
-    scale, _ = self.quantizable_scales(x)
+    scale = ops.take(ops.rsqrt(self._relative_squared_norms(x)), self._c2v,
+                     axis=1)
     factors = self.class_factors()
     if factors is not None:
       x = x * factors
@@ -211,6 +212,12 @@ class SelfPacedScale(keras.layers.Layer):
     # Mean gamma_c per vertical: one_hot^T gamma / N_v.
     return (ops.matmul(self.scale_values()[None, :], self._one_hot)[0]
             / ops.convert_to_tensor(self._sqrt_sizes ** 2))
+
+  def _relative_squared_norms(self, x):
+    """u_v = ||x_v||^2 / g_v^2 + eps / g_v^2 [B, M] (see `quantizable_call`)."""
+    inverse_square = 1.0 / ops.square(self._reference())
+    return (ops.matmul(ops.square(x), self._one_hot * inverse_square[None, :])
+            + self.epsilon * inverse_square[None, :])
 
   def class_factors(self):
     """gamma_c / g_v(c) [N] for 'class' (None in the other modes: 1)."""
@@ -231,10 +238,7 @@ class SelfPacedScale(keras.layers.Layer):
     """
     if self.mode == "none":
       raise ValueError(f"{self.name}: mode 'none' has no scale")
-    x = ops.cast(inputs, "float32")
-    inverse_square = 1.0 / ops.square(self._reference())
-    u = (ops.matmul(ops.square(x), self._one_hot * inverse_square[None, :])
-         + self.epsilon * inverse_square[None, :])
+    u = self._relative_squared_norms(ops.cast(inputs, "float32"))
     return (ops.take(ops.rsqrt(u), self._c2v, axis=1),
             ops.take(ops.sqrt(u), self._c2v, axis=1))
 
