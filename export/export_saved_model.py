@@ -1,23 +1,17 @@
 """Exports a trained checkpoint as a TF Serving SavedModel (absl binary)."""
 
-import os
+from kc_keras.common import startup
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 
-from export import export_saved_model_lib  # noqa: E402
-from kc_keras.training import experiment_runner  # noqa: E402
+from kc_keras.common import flags as kc_flags  # noqa: E402
 
-flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
-flags.DEFINE_multi_string("config_file", None,
-                          "YAML overrides, applied in order.")
-flags.DEFINE_string("params_override", None,
-                    "Last override: YAML/JSON string or 'a.b=1,c=2'.")
-flags.DEFINE_string("checkpoint_path", None,
-                    "A ckpt-N prefix or a model_dir (its latest checkpoint).")
+kc_flags.define_experiment_flags()
+kc_flags.define_checkpoint_flag()
 flags.DEFINE_string("export_dir", None,
                     "TF Serving model root: writes <it>/<model_name>/<version>/.")
 flags.DEFINE_integer("version", None,
@@ -34,6 +28,9 @@ FLAGS = flags.FLAGS
 
 
 def main(_):
+  # TensorFlow loads here, not at import, so that --help answers at once.
+  from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import experiment_runner  # pylint: disable=g-import-not-at-top
   params = experiment_runner.parse_configuration(FLAGS)
   config = export_saved_model_lib.ServingConfig(
       top_k=FLAGS.top_k, max_image_pixels=FLAGS.max_image_pixels,

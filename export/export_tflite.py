@@ -1,13 +1,14 @@
 """Converts an exported SavedModel to TFLite with its label files (absl binary)."""
 
-import os
+from kc_keras.common import startup
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from export import export_tflite_lib  # noqa: E402
+from kc_keras.common import flags as kc_flags  # noqa: E402
 
 flags.DEFINE_string("saved_model_dir", None,
                     "A version directory written by export.export_saved_model.")
@@ -31,11 +32,9 @@ flags.DEFINE_string("logit_floor", export_tflite_lib.DEFAULT,
                     "negative number.")
 flags.DEFINE_integer("representative_examples", 100,
                      "Training images calibrating int8/int16x8.")
-flags.DEFINE_string("experiment", None,
-                    "int8/int16x8: the experiment whose TRAINING split "
-                    "calibrates (default: params.yaml saved with the export).")
-flags.DEFINE_multi_string("config_file", None, "int8/int16x8: YAML overrides.")
-flags.DEFINE_string("params_override", None, "int8/int16x8: last override.")
+# int8/int16x8: the experiment whose training split calibrates (default:
+# the params.yaml saved with the export).
+kc_flags.define_experiment_flags("int8/int16x8 calibration: ")
 flags.mark_flags_as_required(["saved_model_dir", "output"])
 
 FLAGS = flags.FLAGS

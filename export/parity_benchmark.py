@@ -2,7 +2,9 @@
 
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from kc_keras.common import startup  # noqa: E402
+
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -10,12 +12,11 @@ from absl import flags  # noqa: E402
 from export import export_saved_model_lib  # noqa: E402
 from export import export_tflite_lib  # noqa: E402
 from export import parity_lib  # noqa: E402
+from kc_keras.common import flags as kc_flags  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
 
-flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
-flags.DEFINE_multi_string("config_file", None, "YAML overrides.")
-flags.DEFINE_string("params_override", None, "Last override.")
-flags.DEFINE_string("checkpoint_path", None, "ckpt-N prefix or model_dir.")
+kc_flags.define_experiment_flags()
+kc_flags.define_checkpoint_flag()
 flags.DEFINE_string("saved_model_dir", None,
                     "The export of that checkpoint (a version directory).")
 flags.DEFINE_string("tflite_dir", None,

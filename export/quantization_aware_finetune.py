@@ -1,20 +1,18 @@
 """Fine-tunes a trained run on TFLite's int8 weight grid and writes a new run directory (absl binary)."""
 
-import os
+from kc_keras.common import startup
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from export import quantization_aware_lib  # noqa: E402
+from kc_keras.common import flags as kc_flags  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
 
-flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
-flags.DEFINE_multi_string("config_file", None, "YAML overrides (the run's "
-                          "params.yaml).")
-flags.DEFINE_string("params_override", None, "Last override.")
-flags.DEFINE_string("checkpoint_path", None, "ckpt-N prefix or model_dir.")
+kc_flags.define_experiment_flags()
+kc_flags.define_checkpoint_flag()
 flags.DEFINE_string("output_dir", None,
                     "The new run directory (must not exist, or be empty).")
 flags.DEFINE_integer("steps", 200, "Fine-tuning steps.")

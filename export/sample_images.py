@@ -2,19 +2,18 @@
 
 import os
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from kc_keras.common import startup
+
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from export import parity_lib  # noqa: E402
-from kc_keras.training import experiment_runner  # noqa: E402
+from kc_keras.common import flags as kc_flags  # noqa: E402
 
-flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
-flags.DEFINE_multi_string("config_file", None, "YAML overrides.")
-flags.DEFINE_string("params_override", None, "Last override.")
+kc_flags.define_experiment_flags()
 flags.DEFINE_string("output_dir", None, "Where eval_<i>.png are written.")
 flags.DEFINE_integer("count", 2, "Images written.")
 flags.mark_flags_as_required(["experiment", "output_dir"])
@@ -37,6 +36,9 @@ def write_pngs(images: np.ndarray, output_dir: str) -> list:
 
 
 def main(_):
+  # TensorFlow loads here, not at import, so that --help answers at once.
+  from export import parity_lib  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import experiment_runner  # pylint: disable=g-import-not-at-top
   params = experiment_runner.parse_configuration(FLAGS)
   images = parity_lib.eval_images(params, FLAGS.count, FLAGS.count)
   print("\n".join(write_pngs(images, FLAGS.output_dir)))

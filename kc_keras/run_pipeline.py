@@ -1,8 +1,8 @@
 """Runs a registered end-to-end pipeline (generalist, specialists, soft targets, students, report)."""
 
-import os
+from kc_keras.common import startup
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402

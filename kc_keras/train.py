@@ -1,30 +1,16 @@
 """Knowledge Concentration trainer binary (model-garden style flags)."""
 
-import os
+from kc_keras.common import startup
 
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+startup.quiet_tensorflow()
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from kc_keras.training import experiment_runner  # noqa: E402
+from kc_keras.common import flags as kc_flags  # noqa: E402
 
-flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
-flags.DEFINE_enum(
-    "mode", None, experiment_runner.MODES,
-    "train | eval | train_and_eval (the experiment's network: a generalist or "
-    "a student), train_specialists (one teacher per vertical), cache_targets "
-    "(offline soft targets), eval_specialists (the teachers as a set).")
-flags.DEFINE_string("model_dir", None, "Checkpoints, summaries and reports.")
-flags.DEFINE_multi_string(
-    "config_file", None,
-    "YAML files overriding the registered experiment, applied in order.")
-flags.DEFINE_string(
-    "params_override", None,
-    "YAML/JSON string or file applied last; unknown keys are errors.")
-flags.DEFINE_string("tpu", None, "TPU address (sets runtime.tpu).")
-flags.DEFINE_string(
-    "checkpoint_path", None, "Checkpoint to evaluate (default: latest).")
+kc_flags.define_experiment_flags()
+kc_flags.define_run_flags()
 flags.DEFINE_list(
     "verticals", None,
     "train_specialists: vertical ids to train (default: "
@@ -41,6 +27,8 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  # TensorFlow loads here, not at import, so that --help answers at once.
+  from kc_keras.training import experiment_runner  # pylint: disable=g-import-not-at-top
   params = experiment_runner.parse_configuration(FLAGS)
   experiment_runner.run(
       params,

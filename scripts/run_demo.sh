@@ -7,7 +7,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
-export TF_CPP_MIN_LOG_LEVEL=2 KERAS_BACKEND=tensorflow
 RUN_DIR=runs/demo
 PY=.venv/bin/python
 STUDENT_DIR="$RUN_DIR/student_fc_sc_d_s_vertical"

@@ -4,5 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh
-export TF_CPP_MIN_LOG_LEVEL=2 KERAS_BACKEND=tensorflow
 exec .venv/bin/python -m pytest tests -q --timeout=1200 "$@"

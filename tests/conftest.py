@@ -3,9 +3,12 @@
 import os
 import pathlib
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from kc_keras.common import startup  # noqa: E402
+
+startup.quiet_tensorflow()
+# oneDNN's kernels are chosen by the CPU's instruction set: results would
+# differ in their last bits between machines.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402

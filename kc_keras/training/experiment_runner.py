@@ -2,6 +2,7 @@
 
 from typing import Optional, Sequence
 
+from kc_keras.common import run_modes
 from kc_keras.configs import checks
 from kc_keras.configs import experiments  # noqa: F401  (registers kc_*)
 from kc_keras.configs import kc_config
@@ -46,8 +47,7 @@ def parse_configuration(
   return params
 
 
-MODES = ("train", "eval", "train_and_eval", "train_specialists",
-         "cache_targets", "eval_specialists")
+MODES = run_modes.MODES
 
 
 def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
