@@ -6,6 +6,7 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.distillation import soft_targets as soft_targets_lib
+from kc_keras.utils import class_maps
 
 
 def model_fingerprint(model):
@@ -141,18 +142,8 @@ class TeacherBank:
                vertical_names=None,
                share_trunk=True,
                temperature=1.0):
-    class_to_vertical = np.asarray(class_to_vertical)
-    if class_to_vertical.ndim != 1 or class_to_vertical.size == 0:
-      raise ValueError(
-          "class_to_vertical must be a non-empty 1-D array, got shape "
-          f"{class_to_vertical.shape}.")
-    if not np.issubdtype(class_to_vertical.dtype, np.integer):
-      raise ValueError(
-          f"class_to_vertical must hold ints, got {class_to_vertical.dtype}.")
-    if class_to_vertical.min() < 0:
-      raise ValueError(
-          "class_to_vertical has a negative vertical id at class "
-          f"{int(np.argmin(class_to_vertical))}.")
+    class_to_vertical = class_maps.validate_class_to_vertical(
+        class_to_vertical)
     if not isinstance(top_k, int) or top_k < 1:
       raise ValueError(f"top_k must be an int >= 1, got {top_k!r}.")
     if (not isinstance(max_teachers_per_example, int) or

@@ -3,6 +3,7 @@
 import numpy as np
 
 from kc_keras.metrics import average_precision as ap_lib
+from kc_keras.utils import class_maps
 
 
 def top_k_hits(scores, label_sets, k):
@@ -59,15 +60,7 @@ class Evaluator:
   """
 
   def __init__(self, class_to_vertical, vertical_names=None, top_ks=(1, 5)):
-    c2v = np.asarray(class_to_vertical)
-    if c2v.ndim != 1 or c2v.size == 0 or not np.issubdtype(c2v.dtype,
-                                                          np.integer):
-      raise ValueError(
-          "class_to_vertical must be a non-empty 1-D int array, got "
-          f"{c2v.dtype} {c2v.shape}.")
-    if c2v.min() < 0:
-      raise ValueError("class_to_vertical has a negative vertical at class "
-                       f"{int(np.argmin(c2v))}.")
+    c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     if not top_ks or any(int(k) < 1 for k in top_ks):
       raise ValueError(f"top_ks must be non-empty ints >= 1, got {top_ks}.")
     self.class_to_vertical = c2v.astype(np.int64)

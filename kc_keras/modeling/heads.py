@@ -8,6 +8,7 @@ from keras import ops
 import numpy as np
 
 from kc_keras.modeling.layers import structurally_connected
+from kc_keras.utils import class_maps
 
 HEAD_TYPES = ("fc_fc", "fc_sc", "sc_sc")
 CLASSIFIER_BIAS_INITS = ("zeros", "prior")
@@ -138,7 +139,7 @@ class ClassificationHead(keras.layers.Layer):
     _check_head_args(head_type, s1, s2, shared_units)
     if not 0.0 <= dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
-    c2v = structurally_connected.validate_class_to_vertical(class_to_vertical)
+    c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     self.class_to_vertical = [int(v) for v in c2v]
     self.num_classes = c2v.size
     self.num_verticals = int(c2v.max()) + 1

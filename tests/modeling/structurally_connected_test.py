@@ -47,14 +47,6 @@ class ChunkLayoutTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(sc.auto_chunk_size([0, 1, 1, 2]), 1)
     self.assertEqual(sc.auto_chunk_size(np.repeat([0, 1], [3, 200])), 16)
 
-  @parameterized.parameters(
-      ([], "non-empty"), ([0, -1], r"class_to_vertical\[1\] = -1"),
-      ([[0, 1]], "1-D"), ([0.5, 1], "integers"),
-  )
-  def test_bad_map(self, c2v, message):
-    with self.assertRaisesRegex(ValueError, message):
-      sc.validate_class_to_vertical(c2v)
-
   def test_bad_chunk_size(self):
     with self.assertRaisesRegex(ValueError, "chunk_size must be a positive"):
       sc.chunk_layout([0, 1], 0)

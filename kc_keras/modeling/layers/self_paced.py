@@ -6,7 +6,7 @@ import keras
 from keras import ops
 import numpy as np
 
-from kc_keras.modeling.layers import structurally_connected
+from kc_keras.utils import class_maps
 
 MODES = ("none", "fixed", "vertical", "class")
 INITS = ("sqrt_nv", "constant", "prior")
@@ -85,7 +85,7 @@ class SelfPacedScale(keras.layers.Layer):
       raise ValueError(
           f"learning_rate_multiplier must be > 0, got {learning_rate_multiplier}.")
     self.learning_rate_multiplier = float(learning_rate_multiplier)
-    c2v = structurally_connected.validate_class_to_vertical(class_to_vertical)
+    c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     self.class_to_vertical = [int(v) for v in c2v]
     self.num_classes = c2v.size
     self.num_verticals = int(c2v.max()) + 1

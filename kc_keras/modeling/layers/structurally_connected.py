@@ -8,6 +8,8 @@ from keras import ops
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.utils import class_maps
+
 # Auto chunk size targets about this many chunks per average vertical, so
 # padding stays small while each chunk is a reasonably large matmul.
 DEFAULT_CHUNKS_PER_VERTICAL = 8
@@ -16,42 +18,6 @@ DEFAULT_CHUNKS_PER_VERTICAL = 8
 # pass; from 26 on the depthwise form measured 27-43x slower than the
 # BATCH_MATMUL, up to 25 faster (`bench/sc_classifier_form_bench.py`).
 DEPTHWISE_MAX_UNITS = 25
-
-
-def validate_class_to_vertical(class_to_vertical) -> np.ndarray:
-  """Checks a class -> vertical map and returns it as an int64 array.
-
-  Args:
-    class_to_vertical: sequence of N non-negative ints, `class_to_vertical[c]`
-      is the vertical of class c. The number of verticals is `max + 1`.
-
-  Returns:
-    np.int64 array of shape [N].
-
-  Raises:
-    ValueError: if the map is empty, not 1-D, not integer or has a negative
-      entry (the first offending class is named).
-  """
-  array = np.asarray(class_to_vertical)
-  if array.ndim != 1 or array.size == 0:
-    raise ValueError(
-        "class_to_vertical must be a non-empty 1-D sequence of ints, got "
-        f"shape {array.shape}."
-    )
-  if not np.issubdtype(array.dtype, np.integer):
-    if not np.all(np.mod(array, 1) == 0):
-      raise ValueError(
-          f"class_to_vertical must hold integers, got dtype {array.dtype}."
-      )
-  array = array.astype(np.int64)
-  negative = np.flatnonzero(array < 0)
-  if negative.size:
-    c = int(negative[0])
-    raise ValueError(
-        f"class_to_vertical[{c}] = {int(array[c])} is negative; vertical ids "
-        "must be 0..M-1."
-    )
-  return array
 
 
 def auto_chunk_size(
@@ -77,7 +43,7 @@ def auto_chunk_size(
     raise ValueError(
         f"chunks_per_vertical must be >= 1, got {chunks_per_vertical}."
     )
-  c2v = validate_class_to_vertical(class_to_vertical)
+  c2v = class_maps.validate_class_to_vertical(class_to_vertical)
   num_classes = c2v.size
   num_verticals = int(c2v.max()) + 1
   target = max(num_classes / (chunks_per_vertical * num_verticals), 1.0)
@@ -110,7 +76,7 @@ def chunk_layout(class_to_vertical, chunk_size: int):
   if int(chunk_size) != chunk_size or chunk_size < 1:
     raise ValueError(f"chunk_size must be a positive int, got {chunk_size}.")
   chunk_size = int(chunk_size)
-  c2v = validate_class_to_vertical(class_to_vertical)
+  c2v = class_maps.validate_class_to_vertical(class_to_vertical)
   num_classes = c2v.size
   num_verticals = int(c2v.max()) + 1
   sizes = np.bincount(c2v, minlength=num_verticals)
@@ -150,7 +116,7 @@ def dense_masked_reference(h, kernel, bias, class_to_vertical) -> np.ndarray:
   """
   h = np.asarray(h, dtype=np.float64)
   kernel = np.asarray(kernel, dtype=np.float64)
-  c2v = validate_class_to_vertical(class_to_vertical)
+  c2v = class_maps.validate_class_to_vertical(class_to_vertical)
   batch, num_verticals, units = h.shape
   dense = np.zeros((c2v.size, num_verticals * units))
   for c, v in enumerate(c2v):
@@ -462,7 +428,7 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
   ):
     kwargs.setdefault("name", "kc_sc_classifier")
     super().__init__(**kwargs)
-    c2v = validate_class_to_vertical(class_to_vertical)
+    c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     self.class_to_vertical = [int(v) for v in c2v]
     self.num_classes = c2v.size
     self.num_verticals = int(c2v.max()) + 1

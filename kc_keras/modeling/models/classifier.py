@@ -9,7 +9,7 @@ from kc_keras.configs import model as model_config
 from kc_keras.modeling import backbones
 from kc_keras.modeling import heads
 from kc_keras.modeling.layers import self_paced as self_paced_lib
-from kc_keras.modeling.layers import structurally_connected
+from kc_keras.utils import class_maps
 
 # c of `floor_parts`: the shifted logits keep int8 precision over [-c, max]
 # (a smaller c, a finer step). The per-vertical floor max(F, -c r_v) it
@@ -81,7 +81,7 @@ class HierarchicalClassifier(keras.Model):
       **kwargs,
   ):
     kwargs.setdefault("name", "kc_classifier")
-    c2v = structurally_connected.validate_class_to_vertical(class_to_vertical)
+    c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     c2v = [int(v) for v in c2v]
     input_shape = tuple(int(d) for d in input_shape)
     backbone_cfg = model_config.BackboneConfig(**dict(backbone or {}))

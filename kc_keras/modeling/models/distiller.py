@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from kc_keras.distillation import soft_targets as soft_targets_lib
 from kc_keras.losses import sigmoid_cross_entropy
+from kc_keras.utils import class_maps
 
 TARGET_SOURCES = ("labels", "online", "cache")
 
@@ -66,12 +67,7 @@ class KnowledgeConcentrationModel(keras.Model):
                global_batch_size=None,
                **kwargs):
     super().__init__(**kwargs)
-    c2v = np.asarray(class_to_vertical)
-    if c2v.ndim != 1 or c2v.size == 0 or not np.issubdtype(c2v.dtype,
-                                                          np.integer):
-      raise ValueError(
-          "class_to_vertical must be a non-empty 1-D int sequence, got "
-          f"{c2v.dtype} {c2v.shape}.")
+    c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     if not 0.0 <= float(alpha) <= 1.0:
       raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
     if loss_type not in sigmoid_cross_entropy.LOSS_TYPES:
