@@ -8,6 +8,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from export import export_tflite_lib  # noqa: E402
+from export import tflite_flags  # noqa: E402
 from kc_keras.common import flags as kc_flags  # noqa: E402
 
 flags.DEFINE_string("saved_model_dir", None,
@@ -17,21 +18,7 @@ flags.DEFINE_enum("quantization", "none", list(export_tflite_lib.QUANTIZATIONS),
                   "none | fp16 | dynamic (int8 weights) | int8 (full integer) | "
                   "int8_float_head (int8, the logits layer float) | "
                   "int16x8 (int16 activations, int8 weights).")
-flags.DEFINE_list("float_layers", [],
-                  "int8_float_head and dynamic: Keras layer names kept "
-                  "float (e.g. input_scaling,block0_conv0; dynamic: those "
-                  "ops compute in float on their int8-grid weights).")
-flags.DEFINE_bool("float_head", True,
-                  "int8_float_head: keep the logits layer float; "
-                  "--nofloat_head keeps only --float_layers float.")
-flags.DEFINE_string("logit_floor", export_tflite_lib.DEFAULT,
-                    "The model outputs max(logit, floor): default (-16 where "
-                    "the logits layer is int8: int8, int8_float_head "
-                    "--nofloat_head, when it narrows their int8 logits to "
-                    "[floor, max]; no floor for the others) | none | a "
-                    "negative number.")
-flags.DEFINE_integer("representative_examples", 100,
-                     "Training images calibrating int8/int16x8.")
+tflite_flags.define_variant_flags(representative_examples=100)
 # int8/int16x8: the experiment whose training split calibrates (default:
 # the params.yaml saved with the export).
 kc_flags.define_experiment_flags("int8/int16x8 calibration: ")

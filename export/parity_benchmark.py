@@ -12,6 +12,7 @@ from absl import flags  # noqa: E402
 from export import export_saved_model_lib  # noqa: E402
 from export import export_tflite_lib  # noqa: E402
 from export import parity_lib  # noqa: E402
+from export import tflite_flags  # noqa: E402
 from kc_keras.common import flags as kc_flags  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
 
@@ -30,20 +31,7 @@ flags.DEFINE_integer("throughput_batch", parity_lib.THROUGHPUT_BATCH,
                      "Batch size of the throughput column.")
 flags.DEFINE_integer("throughput_repeats", parity_lib.THROUGHPUT_REPEATS,
                      "Timed batches (median) per throughput figure.")
-flags.DEFINE_list("float_layers", [],
-                  "int8_float_head and dynamic: Keras layer names kept "
-                  "float (dynamic: their inputs are not rounded).")
-flags.DEFINE_bool("float_head", True,
-                  "int8_float_head: keep the logits layer float; "
-                  "--nofloat_head keeps only --float_layers float.")
-flags.DEFINE_string("logit_floor", export_tflite_lib.DEFAULT,
-                    "default (-16 where the logits layer is int8: int8, "
-                    "int8_float_head --nofloat_head, and it narrows the "
-                    "int8 logits; else none) | none "
-                    "| a negative number applied to every variant: the "
-                    "files output max(logit, floor).")
-flags.DEFINE_integer("representative_examples", 200,
-                     "Training images calibrating int8/int16x8.")
+tflite_flags.define_variant_flags(representative_examples=200)
 flags.mark_flags_as_required(["experiment", "checkpoint_path",
                               "saved_model_dir", "tflite_dir"])
 

@@ -6,8 +6,7 @@ import pathlib
 from kc_keras.common import startup  # noqa: E402
 
 startup.quiet_tensorflow()
-# oneDNN's kernels are chosen by the CPU's instruction set: results would
-# differ in their last bits between machines.
+# oneDNN convolutions mis-shape empty batches.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402

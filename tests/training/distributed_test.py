@@ -7,8 +7,10 @@ import subprocess
 import sys
 import tempfile
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+from kc_keras.common import startup  # noqa: E402
+
+# This file also runs as a worker script, without tests/conftest.py.
+startup.quiet_tensorflow()
 # As tests/conftest.py: oneDNN convolutions mis-shape empty batches.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
