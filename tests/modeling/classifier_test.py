@@ -1,7 +1,5 @@
 """Tests for HierarchicalClassifier: outputs, save/load, mixed precision."""
 
-import os
-import tempfile
 
 from absl.testing import parameterized
 import keras
@@ -11,6 +9,7 @@ import tensorflow as tf
 
 from kc_keras.configs import model as model_config
 from kc_keras.modeling import backbones
+import kc_test_case
 from kc_keras.modeling.models import classifier
 
 C2V = [0, 2, 1, 0, 2, 2, 0, 2, 2]  # sizes 3, 1, 5
@@ -32,7 +31,7 @@ def images(batch=2, seed=0):
   return np.random.default_rng(seed).random((batch,) + SHAPE).astype("float32")
 
 
-class HierarchicalClassifierTest(tf.test.TestCase, parameterized.TestCase):
+class HierarchicalClassifierTest(kc_test_case.TestCase):
 
   @parameterized.named_parameters(
       ("fc_fc", "fc_fc", 0, "vertical"),
@@ -52,13 +51,7 @@ class HierarchicalClassifierTest(tf.test.TestCase, parameterized.TestCase):
     model.compile(optimizer="sgd",
                   loss=keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(x, np.eye(9, dtype="float32")[[0, 4]], epochs=1, verbose=0)
-    with tempfile.TemporaryDirectory() as tmp:
-      path = os.path.join(tmp, "model.keras")
-      model.save(path)
-      loaded = keras.saving.load_model(path)
-    self.assertIsInstance(loaded, classifier.HierarchicalClassifier)
-    self.assertEqual(loaded.get_config(), model.get_config())
-    self.assertAllEqual(loaded(x, training=False), model(x, training=False))
+    loaded = self.run_model_saving_test(model, x)
     self.assertEqual(loaded.head.head_type, head_type)
 
   def test_output_and_names(self):

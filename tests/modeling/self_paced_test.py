@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import kc_test_case
 from kc_keras.modeling.layers import self_paced
 
 # Sizes N_v = 3, 1, 4 with classes interleaved.
@@ -24,11 +25,20 @@ def reference(x, gamma_per_class, c2v):
   return out
 
 
-class SelfPacedScaleTest(tf.test.TestCase, parameterized.TestCase):
+class SelfPacedScaleTest(kc_test_case.TestCase):
 
   def setUp(self):
     super().setUp()
     self.x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+
+  @parameterized.parameters(("none", False), ("fixed", False),
+                            ("vertical", True), ("class", True))
+  def test_layer_harness(self, mode, learned):
+    self.run_layer_test(
+        self_paced.SelfPacedScale,
+        dict(class_to_vertical=C2V, mode=mode, seed=2,
+             learning_rate_multiplier=3.0),
+        self.x, (3, 8), expect_trainable_weights=learned)
 
   def test_none_is_identity(self):
     layer = self_paced.SelfPacedScale(C2V, mode="none")

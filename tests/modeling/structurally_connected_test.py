@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import kc_test_case
 from kc_keras.modeling.layers import structurally_connected as sc
 
 # Uneven verticals, classes interleaved across verticals: sizes 4, 1, 6.
@@ -52,8 +53,20 @@ class ChunkLayoutTest(tf.test.TestCase, parameterized.TestCase):
       sc.chunk_layout([0, 1], 0)
 
 
-class StructurallyConnectedClassifierTest(tf.test.TestCase,
-                                          parameterized.TestCase):
+class StructurallyConnectedClassifierTest(kc_test_case.TestCase):
+
+  @parameterized.named_parameters(
+      ("batch_matmul", 5, True), ("depthwise_no_bias", 3, False),
+      ("wide", sc.DEPTHWISE_MAX_UNITS + 1, True))
+  def test_layer_harness(self, units, use_bias):
+    h = np.random.default_rng(5).normal(size=(2, 3, units)).astype(np.float32)
+    layer, _ = self.run_layer_test(
+        sc.StructurallyConnectedClassifier,
+        dict(class_to_vertical=UNEVEN, chunk_size=3, use_bias=use_bias,
+             bias_initializer="random_normal"),
+        h, (2, len(UNEVEN)))
+    self.assertEqual(layer.count_params(),
+                     (units + use_bias) * len(UNEVEN))
 
   @parameterized.named_parameters(
       ("auto", UNEVEN, None),
@@ -104,18 +117,6 @@ class StructurallyConnectedClassifierTest(tf.test.TestCase,
     self.assertAllClose(layer.shifted_quantizable_call(h, shift),
                         np.maximum(logits, -shift), atol=1e-5)
 
-  def test_param_count_and_gradients(self):
-    layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=4)
-    h = tf.random.normal((2, 3, 7))
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(layer(h) ** 2)
-    grads = tape.gradient(loss, layer.trainable_weights)
-    self.assertEqual(layer.count_params(), 7 * len(UNEVEN) + len(UNEVEN))
-    for w, g in zip(layer.trainable_weights, grads):
-      g = tf.convert_to_tensor(g)
-      self.assertEqual(g.shape, w.shape)
-      self.assertGreater(float(tf.reduce_sum(tf.abs(g))), 0.0)
-
   def test_gradient_matches_dense(self):
     # d sum(logits * r) / dW[c] = sum_b r[b, c] h[b, v(c)]; padding adds none.
     rng = np.random.default_rng(1)
@@ -145,14 +146,6 @@ class StructurallyConnectedClassifierTest(tf.test.TestCase,
     for c, v in enumerate(UNEVEN):
       expected[:, v] += r[:, c:c + 1] * kernel[c]
     self.assertAllClose(grad, expected, atol=1e-5)
-
-  def test_config_round_trip(self):
-    layer = sc.StructurallyConnectedClassifier(UNEVEN, chunk_size=3,
-                                               use_bias=False)
-    clone = sc.StructurallyConnectedClassifier.from_config(layer.get_config())
-    self.assertEqual(clone.class_to_vertical, UNEVEN)
-    self.assertEqual(clone.chunk_size, 3)
-    self.assertFalse(clone.use_bias)
 
   def test_bad_input_rank(self):
     layer = sc.StructurallyConnectedClassifier([0, 1, 1])
@@ -205,7 +198,19 @@ class GatherWithDenseGradientTest(tf.test.TestCase):
     self.assertAllEqual(tape.gradient(loss, x), [[0.0, 1.0, 10.0]])
 
 
-class VerticalBlockDenseTest(tf.test.TestCase, parameterized.TestCase):
+class VerticalBlockDenseTest(kc_test_case.TestCase):
+
+  @parameterized.named_parameters(
+      ("2d_shared", (2, 5), 1), ("3d", (2, 3, 5), 0),
+      ("2d_all_shared", (2, 5), 4), ("3d_shared_no_bias", (2, 3, 5), 2, False))
+  def test_layer_harness(self, shape, shared_units, use_bias=True):
+    x = np.random.default_rng(6).normal(size=shape).astype(np.float32)
+    self.run_layer_test(
+        sc.VerticalBlockDense,
+        dict(num_verticals=3, units=4, shared_units=shared_units,
+             activation="tanh", use_bias=use_bias,
+             bias_initializer="random_normal", name="blk"),
+        x, (2, 3, 4))
 
   def _reference(self, x, layer):
     """Per-vertical loop: concat(x_m K_s + b_s, x_m K[m] + b[m])."""
@@ -279,23 +284,6 @@ class VerticalBlockDenseTest(tf.test.TestCase, parameterized.TestCase):
     block_input(tf.zeros((1, 3, 5)))
     with self.assertRaisesRegex(ValueError, r"only a layer built on a \[B, D\]"):
       block_input.dense_kernel()
-
-  def test_gradients_reach_all_weights(self):
-    layer = sc.VerticalBlockDense(3, 4, shared_units=1, activation="tanh")
-    x = tf.random.normal((2, 5))
-    with tf.GradientTape() as tape:
-      loss = tf.reduce_sum(layer(x) ** 2)
-    grads = tape.gradient(loss, layer.trainable_weights)
-    self.assertLen(grads, 4)
-    for g in grads:
-      self.assertGreater(float(tf.reduce_sum(tf.abs(g))), 0.0)
-
-  def test_config_round_trip(self):
-    layer = sc.VerticalBlockDense(3, 4, shared_units=2, activation="relu",
-                                  name="blk")
-    config = layer.get_config()
-    clone = sc.VerticalBlockDense.from_config(config)
-    self.assertEqual(clone.get_config(), config)
 
   @parameterized.parameters(
       (dict(num_verticals=0, units=4), "num_verticals"),
