@@ -2,7 +2,6 @@
 
 import json
 import os
-import types
 
 from absl.testing import parameterized
 import pytest
@@ -13,14 +12,8 @@ from kc_keras.configs import experiments
 from kc_keras.training import experiment_runner
 from kc_keras.training import modes
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIG_DIR = os.path.join(REPO, "official_configs")
-
-
-def _flags(experiment, config_file=None, params_override=None, tpu=None):
-  return types.SimpleNamespace(
-      experiment=experiment, config_file=config_file,
-      params_override=params_override, tpu=tpu)
+from smoke_configs import CONFIG_DIR
+from smoke_configs import flags_like as _flags
 
 
 class ExperimentsTest(tf.test.TestCase, parameterized.TestCase):

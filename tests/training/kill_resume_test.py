@@ -1,23 +1,20 @@
 """SIGKILL the trainer mid-run, rerun the same command: same end, same weights."""
 
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
-import types
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kc_keras.training import experiment_runner
 from kc_keras.training import modes
+import smoke_configs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = [os.path.join(REPO, "official_configs", name) for name in
-           ("generalist_demo_smoke.yaml", "student_demo_smoke.yaml")]
+REPO = smoke_configs.REPO_ROOT
+CONFIGS = [smoke_configs.GENERALIST_SMOKE, smoke_configs.STUDENT_SMOKE]
 STEPS, INTERVAL = 100, 10
 # Seconds a trainer subprocess may take (imports included) on a busy 2-core box.
 TIMEOUT_S = 300
@@ -57,9 +54,8 @@ def _command(root, model_dir):
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory):
   root = str(tmp_path_factory.mktemp("kill_resume"))
-  params = experiment_runner.parse_configuration(types.SimpleNamespace(
-      experiment="kc_student_demo", config_file=CONFIGS,
-      params_override=_override(root), tpu=None))
+  params = smoke_configs.smoke_params(_override(root), "kc_student_demo",
+                                      CONFIGS)
   modes.train_specialists(params, f"{root}/specialists", verbose=False)
   return root
 

@@ -1,6 +1,5 @@
 """Mixed precision and XLA: a student step stays finite and close to float32."""
 
-import os
 import tempfile
 
 from absl.testing import parameterized
@@ -16,10 +15,7 @@ from kc_keras.dataloaders import pipeline
 from kc_keras.training import controller as controller_lib
 from kc_keras.training import model_builder
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SMOKE_YAML = os.path.join(REPO_ROOT, "official_configs",
-                          "generalist_demo_smoke.yaml")
+from smoke_configs import GENERALIST_SMOKE as SMOKE_YAML
 BATCH = 8
 TOP_K = 5
 SEED = 7

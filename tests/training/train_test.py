@@ -4,23 +4,16 @@ import json
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import tensorflow as tf
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
-from kc_keras.training import experiment_runner
 from kc_keras.training import modes
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMOKE = os.path.join(REPO, "official_configs", "generalist_demo_smoke.yaml")
-
-
-def _params(override=""):
-  return experiment_runner.parse_configuration(types.SimpleNamespace(
-      experiment="kc_generalist_demo", config_file=[SMOKE],
-      params_override=override or None, tpu=None))
+from smoke_configs import GENERALIST_SMOKE as SMOKE
+from smoke_configs import REPO_ROOT as REPO
+from smoke_configs import smoke_params as _params
 
 
 class TrainTest(tf.test.TestCase):
