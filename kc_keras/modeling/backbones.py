@@ -223,9 +223,9 @@ def foldable_input_scaling(backbone: keras.Model) -> bool:
   (`kernel_on_int8_grid`, as after `export.quantization_aware_finetune`).
   Off the grid the fold's constant b sum(W) is computed from the float
   kernel while an int8 file convolves with the rounded one: a per-channel
-  offset on every pixel (measured on the demo generalist before
-  fine-tuning: int8 agreement 96.3% -> 94.1%); on the grid the two sums
-  are equal.
+  offset on every pixel (on the demo generalist before fine-tuning it
+  lowered int8 agreement; docs/BENCHMARKS.md, "The graph converted for
+  int8"); on the grid the two sums are equal.
   """
   return (has_input_scaling_conv(backbone)
           and kernel_on_int8_grid(chain_layers(backbone)[1].kernel))
