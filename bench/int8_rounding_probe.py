@@ -8,7 +8,7 @@ points rounded over one range per channel (what equalizing their ranges
 would buy). Agreement is top-1 against the float network on the eval split.
 The input scaling is simulated unfolded (`fold_input_scaling=False`) so its
 own cost shows; `--skip=input_scaling` is the folded export. Used in
-docs/BENCHMARKS.md ("Full-integer `int8` on the Omniglot models").
+docs/BENCHMARKS.md ("The graph converted for int8").
 
   .venv/bin/python bench/int8_rounding_probe.py --experiment=kc_generalist_omniglot \
     --config_file=/tmp/o9/gen_qat/params.yaml --checkpoint_path=/tmp/o9/gen_qat/ckpt-4760 \

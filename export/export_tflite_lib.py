@@ -25,19 +25,21 @@ FLOAT_LAYER_VARIANTS = ("dynamic", "int8_float_head")
 # Layers `int8_float_head` keeps in float (matched as a path segment of the
 # TFLite op output names, Keras call suffixes `_1` allowed): the logits
 # producer. A trained model's logits span a wide range (demo: -59 to +3.3)
-# so one int8 step (0.24) exceeds many top-2 margins; see docs/BENCHMARKS.md.
+# so one int8 step (0.24) exceeds many top-2 margins; see docs/BENCHMARKS.md,
+# "Variants".
 FLOAT_HEAD_LAYERS = ("classifier", "self_paced_scale")
 # Logit floor applied when the caller asks for the default: full int8
 # rounds its logits output over [floor, max] instead of [min, max] (demo:
-# one step 0.23 -> 0.07, top-1 agreement 92.8% -> 96.3%; see
-# docs/BENCHMARKS.md). sigmoid(-16) ~ 1.1e-7: clipping lower logits changes
-# no score a caller can tell apart from 0. Float-output variants do not
-# round their logits to int8 and get no floor.
+# one step 0.23 -> 0.07; see docs/BENCHMARKS.md, "Variants"). sigmoid(-16)
+# ~ 1.1e-7: clipping lower logits changes no score a caller can tell apart
+# from 0. Float-output variants do not round their logits to int8 and get
+# no floor.
 SUGGESTED_LOGIT_FLOOR = -16.0
 DEFAULT_LOGIT_FLOORS = {"int8": SUGGESTED_LOGIT_FLOOR}
 # Stem layers of the `small_cnn` backbone, for `float_layers`: the first
 # conv's few weights per channel (3x3x1 on Omniglot) are the int8 kernels
-# that cost most agreement (see docs/BENCHMARKS.md).
+# that cost most agreement (docs/history/BENCHMARKS_LOG.md, "Why int8 and
+# dynamic miss their goals").
 SMALL_CNN_STEM = ("input_scaling", "block0_conv0", "block0_bn0",
                   "block0_relu0")
 DEFAULT = "default"
@@ -227,7 +229,7 @@ def _floored_parts_function(parts_function, logit_floor: float):
   from the export's `tflite_floor_parts`: the shifted logits are rounded
   over [-c, max] in int8 and the output over about [floor, max], where the
   unfloored self-paced logits span their full negative range in both
-  (docs/BENCHMARKS.md).
+  (docs/BENCHMARKS.md, "The graph converted for int8").
   """
   return _outputs_function(
       parts_function,
@@ -384,7 +386,8 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
       size for top-1 agreement on models with close logits.
     int16x8: integer only with int16 activations and int8 weights (float32
       input/output), calibrated likewise: for models whose top logits are
-      closer than int8 activations resolve (see docs/BENCHMARKS.md).
+      closer than int8 activations resolve (see
+      docs/history/BENCHMARKS_LOG.md, "Why int8 and dynamic miss their goals").
 
   Args:
     saved_model_dir: a version directory written by `export_saved_model`.
@@ -405,7 +408,7 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
     float_head: `int8_float_head` only: False quantizes the logits layer
       too, keeping only `float_layers` and the output ops float (with a
       logit floor: int8 size, and the stem float closes most of the gap;
-      see docs/BENCHMARKS.md).
+      see docs/history/BENCHMARKS_LOG.md).
 
   Returns:
     `(model bytes, the logit floor applied or None)`.

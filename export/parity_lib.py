@@ -15,7 +15,7 @@ from kc_keras.dataloaders import pipeline
 from kc_keras.modeling.models import classifier as classifier_lib
 
 
-# Batch size of the throughput column (issue 6 item 7).
+# Batch size of the throughput column.
 THROUGHPUT_BATCH = 32
 # Timed calls per throughput figure and untimed calls before each series.
 THROUGHPUT_REPEATS = 20

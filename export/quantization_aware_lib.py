@@ -513,10 +513,10 @@ def equalizable_head_pairs(network: keras.Model
   channel ranges make that range fit every channel. Structurally connected
   layers are left out. When their kernels were per-tensor BATCH_MATMULs,
   dividing some input rows by s up to ~100 rounded those rows to a few
-  int8 levels (the Omniglot FC-SC student: int8 agreement 95.6% -> 78.6%);
+  int8 levels (the Omniglot FC-SC student's int8 agreement fell sharply);
   in their quantizable forms (one scale per output unit or class)
-  equalizing fc1 -> sc2 -> classifier still bought nothing (96.9% ->
-  96.7%, within noise; docs/BENCHMARKS.md).
+  equalizing fc1 -> sc2 -> classifier still bought nothing measurable
+  (docs/history/BENCHMARKS_LOG.md).
   """
   head = network.head
   layers = [head.hidden1, head.hidden2, head.classifier]

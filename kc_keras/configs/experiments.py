@@ -86,7 +86,8 @@ def _student(config: kc_config.ExperimentConfig, s1: int, s2: int) -> None:
   # say "no" to other verticals' classes; see SelfPacedScale.
   config.task.model.self_paced.learning_rate_multiplier = 30.0
   # Our choice (METHOD.md section 1): blend soft and hard targets half and
-  # half; alpha = 1 (soft only) is the paper, measured in docs/RESULTS.md.
+  # half; alpha = 1 (soft only) is the paper (docs/RESULTS.md, "Online soft
+  # targets, and what did not help").
   config.task.distillation.alpha = 0.5
   config.task.distillation.target_source = "cache"
 
@@ -96,7 +97,8 @@ def _prior_matched_self_paced_init(config: kc_config.ExperimentConfig) -> None:
 
   With the paper's sqrt(N_v), every scaled logit starts near -1 (sigmoid 0.27
   on all N classes) and a 1,600-2,000-class student spends its short budget
-  undoing that (docs/RESULTS.md); the 200-class demo does fine without it.
+  undoing that (docs/RESULTS.md, "Self-paced initialisation"); the
+  200-class demo does fine without it.
   """
   config.task.model.self_paced.init = "prior"
 
@@ -149,10 +151,10 @@ def _omniglot_network(model) -> None:
   About 180K parameters, a phone-size network. The narrow penultimate
   layer is the paper's bottleneck in miniature (FC4096-FC512 for 100K
   classes): 24 units for 1,623 classes, where the SC head gives each
-  alphabet its own 24. At 16/32/64 channels and FC(256)-FC(256) the
-  generalist came within 5 mpvap points of the best specialists we could
-  train (89.5 vs 94.9), leaving no gap for a student to close; with
-  FC(256)-FC(24) it is 11 points below after 24 epochs (docs/RESULTS.md).
+  alphabet its own 24. A wider head brings the generalist close to the best
+  specialists we could train, leaving little gap for a student to close;
+  FC(256)-FC(24) keeps the gap (docs/RESULTS.md, "The student's head shape
+  decides the gap").
   """
   _flatten_cnn(model, (8, 16, 32), s1=256, s2=24)
 
@@ -184,8 +186,7 @@ def _omniglot_schedule(config: kc_config.ExperimentConfig, epochs: int) -> None:
   config.trainer.optimizer.schedule = "constant"
   config.trainer.optimizer.epsilon = _EPSILON_PER_CLASS * 1623
   # With a constant learning rate the BatchNorm moving averages lag the
-  # final weights: one seed's FC-FC + D student evaluated at 29.1% top-1,
-  # 61.3% after recomputing them (docs/RESULTS.md).
+  # final weights (docs/RESULTS.md, "BatchNorm recalibration").
   config.trainer.batch_norm_recalibration_batches = _RECALIBRATION_BATCHES
 
 
@@ -241,8 +242,8 @@ def kc_student_omniglot() -> kc_config.ExperimentConfig:
                     kc_trunk_omniglot().task.model.as_dict())
   # The teachers score the very shifted and rotated image the student sees.
   # The cache holds their targets for the un-augmented images, and with 15
-  # images per character those were no better than the labels: 89.0 mpvap
-  # against 89.2 for hard labels and 90.0 online (docs/RESULTS.md).
+  # images per character those were no better than the labels
+  # (docs/RESULTS.md, "Probes on the full student").
   config.task.distillation.target_source = "online"
   return config
 
@@ -277,8 +278,8 @@ def _rich_embedded_schedule(config: kc_config.ExperimentConfig,
   config.trainer.optimizer.schedule = "constant"
   config.trainer.optimizer.epsilon = (
       _EPSILON_PER_CLASS * config.task.data.embedded.num_classes)
-  # The moving averages lag here too: +11.6 top-1 for the generalist when
-  # recalibrated (docs/RESULTS.md).
+  # The moving averages lag here too (docs/RESULTS.md, "BatchNorm
+  # recalibration").
   config.trainer.batch_norm_recalibration_batches = _RECALIBRATION_BATCHES
 
 
@@ -293,9 +294,9 @@ def kc_generalist_embedded_rich() -> kc_config.ExperimentConfig:
   config = kc_config.ExperimentConfig()
   _rich_embedded_data(config)
   _flatten_cnn(config.task.model, (16, 32, 64), s1=256, s2=256)
-  # With ReLU, self-paced scaling killed 95% of the student's first hidden
-  # layer within 300 steps here (62% without it) and the S rows never
-  # trained; GELU has no dead units (docs/RESULTS.md).
+  # With ReLU, self-paced scaling killed most of the student's first hidden
+  # layer within a few hundred steps here and the S rows never trained;
+  # GELU has no dead units (docs/RESULTS.md, "GELU in the data-rich head").
   config.task.model.head.activation = "gelu"
   _hard_labels_only(config)
   _rich_embedded_schedule(config, _RICH_STEPS)

@@ -28,7 +28,7 @@ class OptimizerConfig(hyperparams.Config):
       learning rate to `lr * |g| / epsilon`; with a sigmoid loss summed over N
       classes, a class absent from the batch still gets a gradient of about
       its prior probability, and Keras' 1e-7 lets those steps run at the full
-      rate (see docs/RESULTS.md).
+      rate (see docs/RESULTS.md, "Adam's epsilon").
   """
 
   type: str = "adam"

@@ -223,9 +223,9 @@ def foldable_input_scaling(backbone: keras.Model) -> bool:
   (`kernel_on_int8_grid`, as after `export.quantization_aware_finetune`).
   Off the grid the fold's constant b sum(W) is computed from the float
   kernel while an int8 file convolves with the rounded one: a per-channel
-  offset on every pixel (measured on the demo generalist before
-  fine-tuning: int8 agreement 96.3% -> 94.1%); on the grid the two sums
-  are equal.
+  offset on every pixel (on the demo generalist before fine-tuning it
+  lowered int8 agreement; docs/BENCHMARKS.md, "The graph converted for
+  int8"); on the grid the two sums are equal.
   """
   return (has_input_scaling_conv(backbone)
           and kernel_on_int8_grid(chain_layers(backbone)[1].kernel))
@@ -238,8 +238,9 @@ def quantizable_features(backbone: keras.Model, images):
   a 'same' convolution of y. In int8 y cannot be held exactly: its 256
   values (2k - 255) / 255 fall half-way between the points of any int8
   grid over [-1, 1] (step 2 / 255), so every pixel moves by 1 / 255 before
-  the first convolution; on the Omniglot generalist that rounding alone
-  costs 3.3 points of top-1 agreement (docs/BENCHMARKS.md). Folded:
+  the first convolution; on the Omniglot generalist that rounding was the
+  largest single loss of top-1 agreement (docs/BENCHMARKS.md, "The graph
+  converted for int8"). Folded:
     conv_same(a x + b; W) = conv_valid(pad(x, -b / a); a W) + b sum(W),
   exact in float (the zero padding of y is x = -b / a = 0.5: padded with
   zeros, then a constant border of 0.5 added), so the images enter the

@@ -26,9 +26,9 @@ def recalibrate_batch_norm(model: keras.Model,
   (momentum m) of batch statistics computed with weights that kept changing;
   with a constant learning rate they lag the final weights, and the eval
   accuracy of the same training run can swing by tens of points depending on
-  where the last steps left them (docs/RESULTS.md). This runs the model in
-  training mode (no gradient, no weight update) on `num_batches` batches
-  and sets, for every BatchNorm layer,
+  where the last steps left them (docs/RESULTS.md, "BatchNorm recalibration").
+  This runs the model in training mode (no gradient, no weight update) on
+  `num_batches` batches and sets, for every BatchNorm layer,
 
     moving_mean     = (1 / n) sum_i mu_i
     moving_variance = (1 / n) sum_i sigma_i^2

@@ -18,9 +18,9 @@ from export_test_utils import MODEL_NAME
 from kc_keras.modeling import backbones
 
 # Measured on the smoke model (120 steps), 120 eval images: max |dynamic
-# TFLite logit - Keras logit| 1.1e-2 before snapping (docs/BENCHMARKS.md
-# smoke table), 7.6e-3 after (the hybrid ops' input rounding is what is
-# left). Held to: after < 0.8 x before.
+# TFLite logit - Keras logit| 1.1e-2 before snapping (smoke table of
+# docs/history/BENCHMARKS_LOG.md), 7.6e-3 after (the hybrid ops' input
+# rounding is what is left). Held to: after < 0.8 x before.
 SNAPPED_DYNAMIC_DIFF_RATIO = 0.8
 
 

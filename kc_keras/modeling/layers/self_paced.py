@@ -179,10 +179,11 @@ class SelfPacedScale(keras.layers.Layer):
     `call` computes rsqrt(||x_v||^2) first: squared norms of logits reach
     1e5 while 1 / ||x_v|| is ~1e-2, so in int8 (one range per tensor) the
     norms round to multiples of ~1e3 and the inverse norms to one or two
-    steps, and a full-integer TFLite file agrees with the float model on
-    few images (the Omniglot student: 70.6%, docs/BENCHMARKS.md). Here 1 / g_v^2 is folded into
-    the norm's one-hot matrix, so r_v is the scale the layer applies (the
-    same order as the logits' own scale) and u_v = 1 / r_v^2: both O(1).
+    steps, and a full-integer TFLite file disagrees with the float model on
+    many images (docs/BENCHMARKS.md, "The graph converted for int8").
+    Here 1 / g_v^2 is folded into the norm's one-hot matrix, so r_v is the
+    scale the layer applies (the same order as the logits' own scale) and
+    u_v = 1 / r_v^2: both O(1).
     The exporter converts this form (`export_saved_model_lib`); Keras
     training and evaluation use `call`. Float results agree to rounding
     (1e-5, tests/modeling/self_paced_test.py).

@@ -354,9 +354,10 @@ class VerticalBlockDense(keras.layers.Layer):
     scale for the whole kernel) whose output is rounded to int8 before the
     bias and the ReLU, over the pre-activation range: on the Omniglot
     student a step of 1.23 where the fused form rounds once over [0, max]
-    (docs/BENCHMARKS.md). A [B, M, D] input has no such form (a dense
-    kernel would be M times larger); it runs `call`. Same function up to
-    float rounding (tests/modeling/structurally_connected_test.py).
+    (docs/BENCHMARKS.md, "The graph converted for int8"). A [B, M, D] input
+    has no such form (a dense kernel would be M times larger); it runs
+    `call`. Same function up to float rounding
+    (tests/modeling/structurally_connected_test.py).
 
     Args:
       inputs: [B, D] or [B, M, D].
@@ -535,11 +536,12 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     converts it to one DEPTHWISE_CONV_2D with the bias fused and one int8
     scale per class; `call`'s einsum converts to a BATCH_MATMUL with one
     scale for the whole kernel whose output is rounded to int8 before a
-    separate bias ADD is rounded again (docs/BENCHMARKS.md). Wider blocks
-    run `call`: XNNPACK runs depthwise filters of more than 25 taps 27-43x
-    slower than the BATCH_MATMUL (`bench/sc_classifier_form_bench.py`). The
-    image holds N x s2 values per example, as many as the kernel has
-    weights. Same function up to float rounding
+    separate bias ADD is rounded again (docs/BENCHMARKS.md, "The graph
+    converted for int8"). Wider blocks run `call`: XNNPACK runs depthwise
+    filters of more than 25 taps 27-43x slower than the BATCH_MATMUL
+    (`bench/sc_classifier_form_bench.py`). The image holds N x s2 values per
+    example, as many as the kernel has weights. Same function up to float
+    rounding
     (tests/modeling/structurally_connected_test.py).
 
     Args:
@@ -562,12 +564,13 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     is one depthwise convolution (kernel rows times k_c, biases k_c b_c +
     shift) whose ReLU TFLite fuses: in int8 its output is rounded over
     [0, max + shift] instead of the logits' full range, whose negative end
-    (~-150 on the Omniglot student) sets a step of ~0.6
-    (docs/BENCHMARKS.md). Its classes run in reverse order (filter and
-    output gathers reversed): the same filter as `quantizable_call` would
-    let the converter merge the two convolutions and round their shared
-    product over the full range. Without the depthwise form it is computed
-    from `call`'s logits (same function, no precision gained).
+    (~-150 on the Omniglot student) sets a step of ~0.6 (docs/BENCHMARKS.md,
+    "The graph converted for int8"). Its classes run in reverse order
+    (filter and output gathers reversed): the same filter as
+    `quantizable_call` would let the converter merge the two convolutions and
+    round their shared product over the full range. Without the depthwise
+    form it is computed from `call`'s logits (same function, no precision
+    gained).
 
     Args:
       inputs: [B, M, s2].

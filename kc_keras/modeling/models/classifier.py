@@ -16,7 +16,7 @@ from kc_keras.utils import class_maps
 # implies equals the asked floor F wherever r_v >= |F| / c; a smaller c
 # raises the floor of low-scale verticals towards their top logits. On the
 # Omniglot student (r_v in [0.13, 2.1]) c = 32 gives a step of 0.19 where
-# the logits' own was 0.64, and int8 agreement 98.45% (docs/BENCHMARKS.md).
+# the logits' own was 0.64 (docs/BENCHMARKS.md, "The graph converted for int8").
 FLOOR_SHIFT = 32.0
 
 
