@@ -6,16 +6,60 @@ from typing import Optional, Tuple
 import keras
 from official.modeling import hyperparams
 
-from kc_keras.modeling import heads
-from kc_keras.modeling.layers import self_paced
-
+# The choices a model config offers. Configs import nothing from the
+# library; the layers that implement the choices read them from here.
 BACKBONE_TYPES = ("small_cnn", "resnet50", "mobilenet_v3_small",
                   "efficientnet_v2_b0")
-# One source of truth for the choices: the layers that implement them.
-HEAD_TYPES = heads.HEAD_TYPES
+HEAD_TYPES = ("fc_fc", "fc_sc", "sc_sc")
+CLASSIFIER_BIAS_INITS = ("zeros", "prior")
 POOLINGS = ("avg", "flatten")
-SELF_PACED_MODES = self_paced.MODES
-SELF_PACED_INITS = self_paced.INITS
+SELF_PACED_MODES = ("none", "fixed", "vertical", "class")
+SELF_PACED_INITS = ("sqrt_nv", "constant", "prior")
+
+
+def _key(prefix: str, name: str) -> str:
+  return f"{prefix}.{name}" if prefix else name
+
+
+def check_head_args(head_type: str, s1: int, s2: int, shared_units: int = 0,
+                    dropout: float = 0.0, chunk_size: Optional[int] = None,
+                    classifier_bias_init: str = "prior",
+                    prefix: str = "") -> None:
+  """The one check of a head's arguments (config and layer alike).
+
+  Args:
+    head_type, s1, s2, shared_units, dropout, chunk_size,
+    classifier_bias_init: as `HeadConfig`.
+    prefix: key path of the head config in errors ('' for a layer's
+      arguments).
+
+  Raises:
+    ValueError: naming the first bad argument by its key path.
+  """
+  if head_type not in HEAD_TYPES:
+    raise ValueError(f"{_key(prefix, 'head_type')} must be one of "
+                     f"{HEAD_TYPES}, got {head_type!r}.")
+  for name, value in (("s1", s1), ("s2", s2)):
+    if value < 1:
+      raise ValueError(f"{_key(prefix, name)} must be >= 1, got {value}.")
+  if not 0 <= shared_units <= s2:
+    raise ValueError(
+        f"{_key(prefix, 'shared_units')} must be in "
+        f"[0, {_key(prefix, 's2')}={s2}], got {shared_units}.")
+  if shared_units and head_type != "fc_sc":
+    raise ValueError(
+        f"{_key(prefix, 'shared_units')}={shared_units} needs "
+        f"{_key(prefix, 'head_type')} 'fc_sc', got {head_type!r}.")
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(
+        f"{_key(prefix, 'dropout')} must be in [0, 1), got {dropout}.")
+  if chunk_size is not None and chunk_size < 1:
+    raise ValueError(f"{_key(prefix, 'chunk_size')} must be None (auto) or "
+                     f">= 1, got {chunk_size}.")
+  if classifier_bias_init not in CLASSIFIER_BIAS_INITS:
+    raise ValueError(
+        f"{_key(prefix, 'classifier_bias_init')} must be one of "
+        f"{CLASSIFIER_BIAS_INITS}, got {classifier_bias_init!r}.")
 
 
 @dataclasses.dataclass
@@ -98,40 +142,9 @@ class HeadConfig(hyperparams.Config):
 
   def validate(self, prefix: str = "model.head"):
     """Raises ValueError naming the full key path of a bad field."""
-    if self.head_type not in HEAD_TYPES:
-      raise ValueError(
-          f"{prefix}.head_type must be one of {HEAD_TYPES}, got "
-          f"{self.head_type!r}."
-      )
-    for key in ("s1", "s2"):
-      if getattr(self, key) < 1:
-        raise ValueError(
-            f"{prefix}.{key} must be >= 1, got {getattr(self, key)}."
-        )
-    if not 0 <= self.shared_units <= self.s2:
-      raise ValueError(
-          f"{prefix}.shared_units must be in [0, {prefix}.s2={self.s2}], got "
-          f"{self.shared_units}."
-      )
-    if self.shared_units and self.head_type != "fc_sc":
-      raise ValueError(
-          f"{prefix}.shared_units={self.shared_units} needs {prefix}.head_type "
-          f"'fc_sc', got {self.head_type!r}."
-      )
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(
-          f"{prefix}.dropout must be in [0, 1), got {self.dropout}."
-      )
-    if self.chunk_size is not None and self.chunk_size < 1:
-      raise ValueError(
-          f"{prefix}.chunk_size must be None (auto) or >= 1, got "
-          f"{self.chunk_size}."
-      )
-    if self.classifier_bias_init not in heads.CLASSIFIER_BIAS_INITS:
-      raise ValueError(
-          f"{prefix}.classifier_bias_init must be one of "
-          f"{heads.CLASSIFIER_BIAS_INITS}, got {self.classifier_bias_init!r}."
-      )
+    check_head_args(self.head_type, self.s1, self.s2, self.shared_units,
+                    self.dropout, self.chunk_size, self.classifier_bias_init,
+                    prefix=prefix)
     try:
       keras.activations.get(self.activation)
     except (ValueError, TypeError) as e:

@@ -7,11 +7,9 @@ import keras
 from keras import ops
 import numpy as np
 
+from kc_keras.configs import model as model_config
 from kc_keras.modeling.layers import structurally_connected
 from kc_keras.utils import class_maps
-
-HEAD_TYPES = ("fc_fc", "fc_sc", "sc_sc")
-CLASSIFIER_BIAS_INITS = ("zeros", "prior")
 
 
 def expected_head_params(
@@ -47,7 +45,7 @@ def expected_head_params(
     ValueError: for an unknown head type or shared units outside [0, s2] (or
       non-zero for a head other than 'fc_sc').
   """
-  _check_head_args(head_type, s1, s2, shared_units)
+  model_config.check_head_args(head_type, s1, s2, shared_units)
   sb, n, m, x = feature_dim, num_classes, num_verticals, shared_units
   if head_type == "fc_fc":
     return sb * s1 + s1 * s2 + s2 * n
@@ -68,24 +66,6 @@ def kernel_param_count(layer: keras.layers.Layer) -> int:
   return int(
       sum(np.prod(w.shape) for w in layer.weights if "kernel" in w.name)
   )
-
-
-def _check_head_args(head_type, s1, s2, shared_units):
-  if head_type not in HEAD_TYPES:
-    raise ValueError(
-        f"head_type must be one of {HEAD_TYPES}, got {head_type!r}."
-    )
-  if s1 < 1 or s2 < 1:
-    raise ValueError(f"s1 and s2 must be >= 1, got s1={s1}, s2={s2}.")
-  if not 0 <= shared_units <= s2:
-    raise ValueError(
-        f"shared_units must be in [0, s2={s2}], got {shared_units}."
-    )
-  if shared_units and head_type != "fc_sc":
-    raise ValueError(
-        f"shared_units={shared_units} is only defined for head_type 'fc_sc', "
-        f"got {head_type!r}."
-    )
 
 
 @keras.saving.register_keras_serializable(package="kc_keras")
@@ -136,9 +116,8 @@ class ClassificationHead(keras.layers.Layer):
   ):
     kwargs.setdefault("name", "kc_head")
     super().__init__(**kwargs)
-    _check_head_args(head_type, s1, s2, shared_units)
-    if not 0.0 <= dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+    model_config.check_head_args(head_type, s1, s2, shared_units, dropout,
+                                 chunk_size, classifier_bias_init)
     c2v = class_maps.validate_class_to_vertical(class_to_vertical)
     self.class_to_vertical = [int(v) for v in c2v]
     self.num_classes = c2v.size
@@ -151,10 +130,6 @@ class ClassificationHead(keras.layers.Layer):
     self.dropout = float(dropout)
     self.chunk_size = chunk_size
     self.kernel_initializer = keras.initializers.get(kernel_initializer)
-    if classifier_bias_init not in CLASSIFIER_BIAS_INITS:
-      raise ValueError(
-          f"classifier_bias_init must be one of {CLASSIFIER_BIAS_INITS}, got "
-          f"{classifier_bias_init!r}.")
     self.classifier_bias_init = classifier_bias_init
     self.feature_dim = None
     classifier_bias = "zeros"

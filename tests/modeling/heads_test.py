@@ -40,8 +40,8 @@ class ExpectedParamsTest(tf.test.TestCase, parameterized.TestCase):
   @parameterized.parameters(
       (dict(head_type="fc"), "head_type"),
       (dict(shared_units=9), "shared_units"),
-      (dict(head_type="sc_sc", shared_units=2), "only defined"),
-      (dict(s1=0), "s1 and s2"),
+      (dict(head_type="sc_sc", shared_units=2), "needs head_type 'fc_sc'"),
+      (dict(s1=0), "s1 must be >= 1"),
   )
   def test_bad_args(self, kwargs, message):
     args = dict(head_type="fc_sc", feature_dim=4, s1=4, s2=8, num_classes=6,

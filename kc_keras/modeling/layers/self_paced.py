@@ -6,10 +6,12 @@ import keras
 from keras import ops
 import numpy as np
 
+from kc_keras.configs import model as model_config
 from kc_keras.utils import class_maps
 
-MODES = ("none", "fixed", "vertical", "class")
-INITS = ("sqrt_nv", "constant", "prior")
+# One source of truth for the choices: the model config.
+MODES = model_config.SELF_PACED_MODES
+INITS = model_config.SELF_PACED_INITS
 
 
 @keras.saving.register_keras_serializable(package="kc_keras")

@@ -248,22 +248,13 @@ def build_classifier(
     ValueError: if the config is invalid (naming its key path) or the map is.
   """
   config.validate()
-  head = config.head
-  sp = config.self_paced
   return HierarchicalClassifier(
       class_to_vertical=class_to_vertical,
       input_shape=input_shape,
+      # The head and self-paced configs' fields are their layers'
+      # constructor arguments.
       backbone=config.backbone.as_dict(),
-      head=dict(
-          head_type=head.head_type, s1=head.s1, s2=head.s2,
-          shared_units=head.shared_units, activation=head.activation,
-          dropout=head.dropout, chunk_size=head.chunk_size,
-          classifier_bias_init=head.classifier_bias_init,
-      ),
-      self_paced=dict(
-          mode=sp.mode, init=sp.init, init_value=sp.init_value,
-          init_stddev=sp.init_stddev, epsilon=sp.epsilon,
-          learning_rate_multiplier=sp.learning_rate_multiplier,
-      ),
+      head=config.head.as_dict(),
+      self_paced=config.self_paced.as_dict(),
       name=name,
   )
