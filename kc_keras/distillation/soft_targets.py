@@ -131,25 +131,3 @@ def multi_hot(label_ids, num_classes):
   label_ids = tf.cast(label_ids, tf.int32)
   return tf.reduce_max(
       tf.one_hot(label_ids, num_classes, dtype=tf.float32), axis=-2)
-
-
-def blend_targets(soft_targets, hard_targets, alpha):
-  """The blended target z = alpha * z* + (1 - alpha) * z_hard.
-
-  alpha = 1 is the paper (soft targets only); alpha = 0 is hard labels only.
-
-  Args:
-    soft_targets: float [B, N].
-    hard_targets: float [B, N].
-    alpha: float in [0, 1].
-
-  Returns:
-    float32 [B, N].
-
-  Raises:
-    ValueError: if alpha is outside [0, 1].
-  """
-  if not 0.0 <= alpha <= 1.0:
-    raise ValueError(f"alpha must be in [0, 1], got {alpha}.")
-  return (alpha * tf.cast(soft_targets, tf.float32) +
-          (1.0 - alpha) * tf.cast(hard_targets, tf.float32))

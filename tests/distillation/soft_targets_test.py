@@ -61,15 +61,9 @@ class SoftTargetsTest(tf.test.TestCase):
                tf.constant([[.5, 0], [.25, .75]]))
     self.assertAllClose(dense, [[0, 0, .5, 0], [.75, 0, 0, .25]])
 
-  def test_multi_hot_and_blend(self):
+  def test_multi_hot(self):
     hard = st.multi_hot([[1, -1], [5, 3]], 6)
     self.assertAllClose(hard, [[0, 1, 0, 0, 0, 0], [0, 0, 0, 1, 0, 1]])
-    soft = np.array([[0.5, 0.75, 0, 0, 0, 0], [0, 0, 0, 0, 0.75, 0.5]])
-    blend = st.blend_targets(soft, hard, 0.5)
-    self.assertAllClose(blend, [[0.25, 0.875, 0, 0, 0, 0],
-                                [0, 0, 0, 0.5, 0.375, 0.75]])
-    with self.assertRaisesRegex(ValueError, "1.5"):
-      st.blend_targets(soft, hard, 1.5)
 
 
 if __name__ == "__main__":

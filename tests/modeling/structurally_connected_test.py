@@ -90,9 +90,6 @@ class StructurallyConnectedClassifierTest(kc_test_case.TestCase):
     self.assertEqual(kernel.shape, (len(c2v), units))
     expected = loop_reference(h, kernel, bias, c2v)
     self.assertAllClose(out, expected, atol=1e-5)
-    self.assertAllClose(
-        sc.dense_masked_reference(h, kernel, bias, c2v), expected, atol=1e-5
-    )
 
   @parameterized.parameters((UNEVEN, True, 5), ([0, 1, 1, 2, 2, 2], False, 5),
                             (UNEVEN, True, sc.DEPTHWISE_MAX_UNITS + 1))

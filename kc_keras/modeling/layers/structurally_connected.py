@@ -99,34 +99,6 @@ def chunk_layout(class_to_vertical, chunk_size: int):
   )
 
 
-def dense_masked_reference(h, kernel, bias, class_to_vertical) -> np.ndarray:
-  """Naive SC classifier through an explicit masked N x (M*s2) matrix (numpy).
-
-  logits = reshape(h, [B, M*s2]) @ D^T + b, with D[c, v(c)*s2:(v(c)+1)*s2] =
-  W[c] and zero elsewhere. Memory O(N*M*s2): for tests and benchmarks only.
-
-  Args:
-    h: float array [B, M, s2], per-vertical block activations.
-    kernel: float array [N, s2], the classifier kernel W in class-id order.
-    bias: float array [N] or None.
-    class_to_vertical: sequence of N ints.
-
-  Returns:
-    float64 array [B, N] of logits.
-  """
-  h = np.asarray(h, dtype=np.float64)
-  kernel = np.asarray(kernel, dtype=np.float64)
-  c2v = class_maps.validate_class_to_vertical(class_to_vertical)
-  batch, num_verticals, units = h.shape
-  dense = np.zeros((c2v.size, num_verticals * units))
-  for c, v in enumerate(c2v):
-    dense[c, v * units:(v + 1) * units] = kernel[c]
-  logits = h.reshape(batch, num_verticals * units) @ dense.T
-  if bias is not None:
-    logits = logits + np.asarray(bias, dtype=np.float64)
-  return logits
-
-
 def gather_with_dense_gradient(params, index, grad_index, axis=0):
   """`tf.gather(params, index, axis)` whose gradient is a dense gather.
 
