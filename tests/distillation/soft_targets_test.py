@@ -2,7 +2,6 @@
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
 from kc_keras.distillation import soft_targets as st
