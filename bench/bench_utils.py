@@ -152,3 +152,73 @@ class StepTimes(keras.callbacks.Callback):
 
   def on_train_batch_end(self, batch, logs=None):
     self.times.append(time.perf_counter())
+
+
+# The GEMM shapes (m, k, n) whose best rate is the machine's float32 peak:
+# squares of several sizes (a single large square ranged 2x within one run on
+# these CPUs) and the paper head's own shapes at batch 256 (s_b = 1024,
+# s1 = 4096, s2 = 512, a vertical of 5,000 classes).
+GEMM_SWEEP = ((512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048),
+              (4096, 4096, 4096), (256, 1024, 4096), (256, 4096, 512),
+              (256, 512, 5000))
+
+
+def gemm_step(m, k, n, seed=0):
+  """A float32 [m, k] @ [k, n] tf.function and its FLOPs (2 m k n)."""
+  rng = np.random.default_rng(seed)
+  a = tf.constant(rng.normal(size=(m, k)).astype(np.float32))
+  b = tf.constant(rng.normal(size=(k, n)).astype(np.float32))
+  return tf.function(lambda: tf.matmul(a, b)), dense_flops(m, k, n)
+
+
+def interleaved_rates(steps, rounds, warmup=1):
+  """FLOP/s of each step per round, the steps interleaved in every round.
+
+  Args:
+    steps: dict name -> (zero-argument callable, FLOPs per call).
+    rounds: timed rounds; round r calls every step once, in order, so a
+      change of machine load reaches every step alike.
+    warmup: untimed rounds first (tracing).
+
+  Returns:
+    dict name -> list of FLOP/s, one per round.
+  """
+  for _ in range(warmup):
+    for fn, _ in steps.values():
+      _block(fn())
+  rates = {name: [] for name in steps}
+  for _ in range(rounds):
+    for name, (fn, flops) in steps.items():
+      start = time.perf_counter()
+      _block(fn())
+      rates[name].append(flops / (time.perf_counter() - start))
+  return rates
+
+
+def roofline_peak(rates, shapes=GEMM_SWEEP):
+  """The machine's float32 GEMM peak from interleaved rates.
+
+  peak = max over the sweep's shapes of the median rate of that shape; the
+  spread is that shape's (min, max) over the rounds.
+
+  Args:
+    rates: `interleaved_rates` output holding a `gemm <m>x<k>x<n>` entry per
+      shape.
+    shapes: the sweep.
+
+  Returns:
+    (peak FLOP/s, (min, max) FLOP/s of the best shape, the best shape's name).
+  """
+  names = [gemm_name(shape) for shape in shapes]
+  best = max(names, key=lambda name: np.median(rates[name]))
+  return (float(np.median(rates[best])),
+          (float(np.min(rates[best])), float(np.max(rates[best]))), best)
+
+
+def gemm_name(shape):
+  return "gemm " + "x".join(str(d) for d in shape)
+
+
+def gemm_steps(shapes=GEMM_SWEEP):
+  """`interleaved_rates` steps for every shape of the sweep."""
+  return {gemm_name(shape): gemm_step(*shape) for shape in shapes}

@@ -7,9 +7,14 @@
 # Reports kernel parameters (checked against `expected_head_params`), the
 # median forward + backward time (dense gradients of every weight and of the
 # features), the peak resident memory of a fresh subprocess per head, and the
-# useful FLOP rate (3 * 2 * B * params) as a fraction of this machine's
-# float32 matmul peak (a large square tf.matmul, median), the peak measured
-# in the same subprocess right after the head.
+# useful FLOP rate as a fraction of this machine's float32 GEMM peak.
+#
+# FLOPs: every kernel weight is used once per example forward (2 B params)
+# and twice backward (d input, d weight): 3 * 2 * B * params.
+# Peak: the best median rate over `bench_utils.GEMM_SWEEP` (squares and the
+# head's own shapes), each GEMM timed once per round, interleaved with the
+# head's step in the same process, so both see the same machine load; the
+# head's rate and the peak are medians over the rounds, with (min, max).
 #
 #   .venv/bin/python bench/head_100k_bench.py --batch_sizes=32,256
 
@@ -38,20 +43,10 @@ flags.DEFINE_integer("feature_dim", 1024, "s_b, the backbone feature size.")
 flags.DEFINE_integer("s1", 4096, "s1.")
 flags.DEFINE_integer("s2", 512, "s2.")
 flags.DEFINE_list("batch_sizes", ["32", "256"], "B values.")
-flags.DEFINE_integer("repeats", 5, "Timed repetitions (median reported).")
-flags.DEFINE_integer("peak_size", 4096, "Side of the square peak matmul.")
+flags.DEFINE_integer("repeats", 5, "Timed rounds (medians reported).")
 flags.DEFINE_list("heads", list(HEADS), "Heads to run.")
 flags.DEFINE_string("child", None, "Internal: run one head, print JSON.")
 FLAGS = flags.FLAGS
-
-
-def matmul_peak_flops(size, repeats):
-  """Median FLOP/s of a float32 [size, size] @ [size, size] tf.matmul."""
-  a = tf.random.normal((size, size))
-  b = tf.random.normal((size, size))
-  matmul = tf.function(lambda: tf.matmul(a, b))
-  seconds = bench_utils.median_seconds(matmul, repeats)
-  return bench_utils.dense_flops(size, size, size) / seconds
 
 
 def run_head(label, batch_size):
@@ -74,19 +69,22 @@ def run_head(label, batch_size):
     grads = tape.gradient(loss, [features] + weights)
     return [tf.convert_to_tensor(g) for g in grads]
 
-  seconds = bench_utils.median_seconds(step, FLAGS.repeats)
-  peak_rss = bench_utils.peak_rss_bytes()
+  flops = bench_utils.FWD_BWD_FACTOR * bench_utils.head_forward_flops(
+      head_type, batch_size, FLAGS.feature_dim, FLAGS.s1, FLAGS.s2,
+      FLAGS.num_classes, FLAGS.num_verticals, shared)
+  steps = dict(bench_utils.gemm_steps(), head=(step, flops))
+  rates = bench_utils.interleaved_rates(steps, FLAGS.repeats)
+  peak, peak_spread, peak_shape = bench_utils.roofline_peak(rates)
   return {
       "params": head.kernel_param_count(),
       "expected": head.expected_param_count(),
-      "seconds": seconds,
-      "flops": bench_utils.FWD_BWD_FACTOR * bench_utils.head_forward_flops(
-          head_type, batch_size, FLAGS.feature_dim, FLAGS.s1, FLAGS.s2,
-          FLAGS.num_classes, FLAGS.num_verticals, shared),
-      "peak_rss": peak_rss,
-      # Measured in the same process right after the head, so the ratio
-      # sees the same machine load.
-      "peak_flops": matmul_peak_flops(FLAGS.peak_size, FLAGS.repeats),
+      "flops": flops,
+      "rate": float(np.median(rates["head"])),
+      "rate_spread": [float(min(rates["head"])), float(max(rates["head"]))],
+      "peak_rss": bench_utils.peak_rss_bytes(),
+      "peak": peak,
+      "peak_spread": list(peak_spread),
+      "peak_shape": peak_shape,
   }
 
 
@@ -101,7 +99,7 @@ def main(argv):
       args = [sys.executable, argv[0], f"--child={label}@{batch}"] + [
           f"--{name}={FLAGS[name].serialize().split('=', 1)[1]}"
           for name in ("num_classes", "num_verticals", "feature_dim", "s1",
-                       "s2", "repeats", "peak_size")]
+                       "s2", "repeats")]
       out = subprocess.run(args, check=True, capture_output=True, text=True)
       line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
       rows.append((label, batch, json.loads(line[-1][len("RESULT "):])))
@@ -109,16 +107,19 @@ def main(argv):
         f"s_b={FLAGS.feature_dim} s1={FLAGS.s1} s2={FLAGS.s2}; "
         f"{bench_utils.machine_line()}; {bench_utils.load_line()}")
   print("| head | B | kernel params | = formula | fwd+bwd ms | GFLOP/s "
-        f"| matmul peak GFLOP/s ({FLAGS.peak_size}^2) | % of peak "
+        "(min-max) | GEMM peak GFLOP/s (min-max, shape) | % of peak "
         "| peak RSS MiB |")
   print("|---|---|---|---|---|---|---|---|---|")
   for label, batch, r in rows:
-    rate = r["flops"] / r["seconds"]
-    peak = r["peak_flops"]
     ok = "yes" if r["params"] == r["expected"] else f"NO ({r['expected']:,})"
+    low, high = (x / 1e9 for x in r["rate_spread"])
+    peak_low, peak_high = (x / 1e9 for x in r["peak_spread"])
     print(f"| {label} | {batch} | {r['params']:,} | {ok} | "
-          f"{1000 * r['seconds']:.0f} | {rate / 1e9:.1f} | "
-          f"{peak / 1e9:.1f} | {100 * rate / peak:.0f}% | {r['peak_rss'] / 2**20:.0f} |")
+          f"{1000 * r['flops'] / r['rate']:.0f} | {r['rate'] / 1e9:.1f} "
+          f"({low:.1f}-{high:.1f}) | {r['peak'] / 1e9:.1f} ({peak_low:.1f}-"
+          f"{peak_high:.1f}, {r['peak_shape'][5:]}) | "
+          f"{100 * r['rate'] / r['peak']:.0f}% | "
+          f"{r['peak_rss'] / 2**20:.0f} |")
 
 
 if __name__ == "__main__":
