@@ -39,7 +39,9 @@ class RuntimeConfig(hyperparams.Config):
     sync_batch_norm: BatchNormalization statistics over the global batch
       (all replicas) rather than each replica's share, so that training does
       not depend on the number of replicas.
-    run_eagerly: run the step eagerly (debugging only).
+    run_eagerly: run the training loop and step eagerly, op by op, so that
+      Python breakpoints and prints inside `train_step` work (debugging
+      only: much slower).
     seed: global seed for weights initialisation (`keras.utils.set_random_seed`).
   """
 

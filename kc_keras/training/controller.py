@@ -130,6 +130,8 @@ class TrainController:
     global_batch_size: examples per step over all replicas (for throughput).
     checkpoint_items: extra trackables to checkpoint with the model.
     jit_compile: compile the per-replica step with XLA.
+    run_eagerly: run the loop and the step eagerly, op by op (for debugging
+      with Python breakpoints and prints; much slower).
     sync_batch_norm: make the model's BatchNormalization layers use
       global-batch statistics (`strategy.synchronize_batch_norm`), so that
       the result does not depend on the number of replicas.
@@ -151,6 +153,7 @@ class TrainController:
       global_batch_size: int,
       checkpoint_items: Optional[dict] = None,
       jit_compile: bool = False,
+      run_eagerly: bool = False,
       sync_batch_norm: bool = True,
       extra_logs: Optional[Callable[[], Dict[str, float]]] = None,
   ):
@@ -204,20 +207,23 @@ class TrainController:
     self._summary_writer = (
         tf.summary.create_file_writer(os.path.join(model_dir, "train"))
         if self._is_chief else tf.summary.create_noop_writer())
+    if jit_compile and run_eagerly:
+      raise ValueError("runtime.jit_compile and runtime.run_eagerly exclude "
+                       "each other.")
     step_fn = model.train_step
     if jit_compile:
       step_fn = tf.function(step_fn, jit_compile=True)
-    self._loop_fn = self._make_loop_fn(step_fn)
+    self.run_eagerly = run_eagerly
+    self._loop_fn = self._make_loop_fn(step_fn, run_eagerly)
 
-  def _make_loop_fn(self, step_fn):
+  def _make_loop_fn(self, step_fn, run_eagerly):
     strategy = self.strategy
 
-    @tf.function
     def loop_fn(iterator, num_steps):
       for _ in tf.range(num_steps):
         strategy.run(step_fn, args=(next(iterator),))
 
-    return loop_fn
+    return loop_fn if run_eagerly else tf.function(loop_fn)
 
   def _make_iterator(self, start_step: int):
     static = strategy_lib.needs_static_shapes(self.strategy)

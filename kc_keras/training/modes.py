@@ -244,6 +244,7 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
       model_dir=model_dir,
       global_batch_size=params.task.train_batch_size,
       jit_compile=params.runtime.jit_compile,
+      run_eagerly=params.runtime.run_eagerly,
       sync_batch_norm=params.runtime.sync_batch_norm,
       extra_logs=extra_logs,
   )

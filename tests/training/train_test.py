@@ -64,6 +64,24 @@ class TrainTest(tf.test.TestCase):
       modes.train(_params("task.data.embedded.num_classes=44"), model_dir,
                   verbose=False)
 
+  def test_run_eagerly_trains_the_same_weights(self):
+    """runtime.run_eagerly runs the same step op by op: same weights."""
+    weights = {}
+    for eager in (False, True):
+      model_dir = self.create_tempdir().full_path
+      modes.train(_params("trainer.train_steps=4,trainer.steps_per_loop=2,"
+                          f"runtime.run_eagerly={eager}"),
+                  model_dir, verbose=False)
+      reader = tf.train.load_checkpoint(model_dir)
+      weights[eager] = {
+          name: reader.get_tensor(name)
+          for name in reader.get_variable_to_shape_map()
+          if name.startswith("model/") and "OPTIMIZER" not in name}
+    self.assertNotEmpty(weights[False])
+    self.assertEqual(sorted(weights[True]), sorted(weights[False]))
+    for name, value in weights[False].items():
+      self.assertAllClose(weights[True][name], value, atol=1e-6, msg=name)
+
 
 @pytest.mark.slow
 def test_binary_train_and_eval_writes_params_and_metrics(tmp_path):
