@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from typing import List, Optional, Sequence
 
@@ -252,13 +253,23 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
       super().log_message(format, *args)
 
 
+class _Server(http.server.ThreadingHTTPServer):
+  """Drops the traceback of a browser that closed its connection mid-file."""
+
+  daemon_threads = True
+
+  def handle_error(self, request, client_address):
+    if not isinstance(sys.exc_info()[1], ConnectionError):
+      super().handle_error(request, client_address)
+
+
 def make_server(site_dir: str, host: str = "127.0.0.1", port: int = 8000,
                 verbose: bool = False) -> http.server.ThreadingHTTPServer:
   """An HTTP server for `site_dir` (port 0: any free port); not started."""
   if not os.path.isfile(os.path.join(site_dir, "index.html")):
     raise WebDemoError(f"{site_dir} has no index.html: build it first")
   handler = functools.partial(_Handler, directory=site_dir, verbose=verbose)
-  return http.server.ThreadingHTTPServer((host, port), handler)
+  return _Server((host, port), handler)
 
 
 def serve_in_thread(site_dir: str, host: str = "127.0.0.1", port: int = 0):

@@ -115,7 +115,9 @@ async function classifyTensor(tensorData, source, decodeMs) {
   const top = ids.map((id) => ({id, name: state.labels[id], vertical: state.verticals[id],
                                logit: logits[id], score: sigmoid(logits[id])}));
   render(top, source, latencyMs, decodeMs);
-  return {top, latencyMs, decodeMs, logits};
+  const result = {source, top, latencyMs, decodeMs, logits};
+  window.kcDemo.last = result;
+  return result;
 }
 
 function render(top, source, latencyMs, decodeMs) {
@@ -277,6 +279,7 @@ async function main() {
 // For tests and the console: classify a File/Blob, or preprocess one.
 window.kcDemo = {
   state,
+  last: null,
   classifyBlob,
   loadModel: (name) => loadModel(state.config.models.find((m) => m.name === name)),
   preprocess: async (blob, size, channels) => Array.from((await preprocessBlob(blob, size, channels)).tensor),

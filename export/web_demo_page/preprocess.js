@@ -71,10 +71,26 @@ async function decodeRgba(blob, name) {
       const decoder = new ImageDecoder({data: await blob.arrayBuffer(), type: blob.type,
                                         premultiplyAlpha: 'none', colorSpaceConversion: 'none'});
       const {image} = await decoder.decode();
-      const raw = new Uint8ClampedArray(width * height * 4);
-      await image.copyTo(raw, {format: 'RGBA'});
+      // The decoder's own layout keeps the stored colour; a conversion
+      // (copyTo with a format) premultiplies it away.
+      const order = {RGBA: [0, 1, 2], RGBX: [0, 1, 2], BGRA: [2, 1, 0], BGRX: [2, 1, 0]}[image.format];
+      const native = new Uint8Array(image.allocationSize());
+      const [{offset, stride}] = await image.copyTo(native);
+      const sameSize = image.codedWidth === width && image.codedHeight === height;
+      const format = image.format;
       image.close();
       decoder.close();
+      if (!order || !sameSize) throw new Error(`frame format ${format}`);
+      const raw = new Uint8ClampedArray(width * height * 4);
+      for (let y = 0; y < height; y++) {
+        for (let x = 0; x < width; x++) {
+          const from = offset + y * stride + 4 * x, to = 4 * (y * width + x);
+          raw[to] = native[from + order[0]];
+          raw[to + 1] = native[from + order[1]];
+          raw[to + 2] = native[from + order[2]];
+          raw[to + 3] = native[from + 3];
+        }
+      }
       data = raw;
     } catch (e) {
       console.warn('ImageDecoder unavailable for this image; using the canvas pixels', e);
