@@ -30,7 +30,9 @@ from typing import List, Optional, Sequence
 
 from export import web_compat_lib
 
-PAGE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+# realpath: under Bazel this module is a runfiles symlink; the page and its
+# vendored node_modules live beside the real file.
+PAGE_DIR = os.path.join(os.path.dirname(os.path.realpath(__file__)),
                         "web_demo_page")
 PAGE_FILES = ("index.html", "app.js", "preprocess.js", "style.css")
 # Files of the npm packages the page loads (paths under node_modules/).
