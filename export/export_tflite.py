@@ -8,6 +8,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from export import export_tflite_lib  # noqa: E402
+from export import web_compat_lib  # noqa: E402
 
 flags.DEFINE_string("saved_model_dir", None,
                     "A version directory written by export.export_saved_model.")
@@ -54,6 +55,8 @@ def main(_):
   print(f"{result['model']} ({result['bytes']} bytes, logit floor "
         f"{result['logit_floor']}), labels: "
         f"{result['labels']}, verticals: {result['verticals']}")
+  # Whether the browser demo can run this file, before anyone opens the page.
+  print(web_compat_lib.describe(result["model"]))
 
 
 if __name__ == "__main__":

@@ -65,3 +65,20 @@ def test_fix_batch_dimension_keeps_outputs(tflite_model, reference, tmp_path):
 def test_describe(tflite_model):
   assert "runs it" in web_compat_lib.describe(tflite_model("fp16"))
   assert "cannot run" in web_compat_lib.describe(tflite_model("int8"))
+
+
+def test_exporter_says_when_the_page_cannot_run_a_variant(exported, tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import export_test_utils  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, PYTHONPATH=str(export_test_utils.REPO_ROOT))
+  result = subprocess.run(
+      [sys.executable, "-m", "export.export_tflite",
+       f"--saved_model_dir={exported.version_dir}",
+       f"--output={tmp_path / 'm.tflite'}", "--quantization=int8",
+       "--representative_examples=8"],
+      capture_output=True, text=True, cwd=str(export_test_utils.REPO_ROOT),
+      env=env, timeout=300, check=True)
+  assert "web demo (LiteRT.js): cannot run it" in result.stdout
+  assert "is int8" in result.stdout
