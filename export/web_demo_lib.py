@@ -58,6 +58,13 @@ SERVE_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Cache-Control": "no-cache",
 }
+# Headless Chromium for tests and benchmarks (as root, on a machine with no
+# network: no sandbox, no background connections).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-quic", "--no-first-run",
+                 "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync")
 MIME_TYPES = {".wasm": "application/wasm", ".js": "text/javascript",
               ".mjs": "text/javascript", ".tflite": "application/octet-stream",
               ".json": "application/json", ".txt": "text/plain; charset=utf-8"}

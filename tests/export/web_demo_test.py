@@ -16,12 +16,8 @@ from export import tflite_demo_lib
 from export import web_demo_lib
 from kc_keras.dataloaders import sources
 
-CHROMIUM = os.environ.get("KC_CHROMIUM", "/usr/bin/chromium")
-# As root on a machine without network: no sandbox, no background traffic.
-CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu",
-                 "--disable-quic", "--no-first-run",
-                 "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync")
+CHROMIUM = os.environ.get("KC_CHROMIUM", web_demo_lib.CHROMIUM)
+CHROMIUM_ARGS = web_demo_lib.CHROMIUM_ARGS
 PAGE_TIMEOUT_MS = 60_000
 NUM_SAMPLES = 8
 TOP_K = 5
