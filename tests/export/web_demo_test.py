@@ -116,8 +116,14 @@ def _wait_done(page):
   return page.locator("#status").inner_text()
 
 
+def _reset(page):
+  """Forgets the last result, so that waiting sees only the next one."""
+  page.evaluate("document.body.dataset.state = 'pending'; "
+                "window.kcDemo.last = null")
+
+
 def _click_sample(page, index):
-  page.evaluate("window.kcDemo.last = null")
+  _reset(page)
   page.locator(".sample").nth(index).click()
   status = _wait_done(page)
   assert page.evaluate("document.body.dataset.state") == "done", status
@@ -213,6 +219,7 @@ def test_preprocessing_matches_training(browser, site, size, channels, target,
 
 
 def _status_after_upload(page, name, content, mime):
+  _reset(page)
   page.locator("#file").set_input_files(
       files=[{"name": name, "mimeType": mime, "buffer": content}])
   _wait_done(page)
