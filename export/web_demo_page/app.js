@@ -83,6 +83,17 @@ async function loadModel(entry) {
     model.delete();
     throw new Error(`the model has ${classes} classes but its labels file has ${labels.length} lines and its verticals file ${verticals.length}`);
   }
+  // One run on a blank image: the first call sets up XNNPACK's kernels, and
+  // the latency shown per image should be the steady one.
+  const blank = new Tensor(new Float32Array(height * width * channels), [1, height, width, channels]);
+  try {
+    for (const tensor of Object.values(await model.run({[input.name]: blank}))) tensor.delete();
+  } catch (e) {
+    model.delete();
+    throw new Error(`the model ${entry.file} failed to run in LiteRT.js (${e.message || e})`);
+  } finally {
+    blank.delete();
+  }
   Object.assign(state, {model, entry, labels, verticals, size: height, channels,
                         inputName: input.name, logitsName: logits.name,
                         accelerator: wanted === 'webgpu' ? 'WebGPU' : 'WASM (XNNPACK)'});
