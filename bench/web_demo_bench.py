@@ -20,11 +20,11 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from export import export_saved_model_lib  # noqa: E402
 from export import export_tflite_lib  # noqa: E402
 from export import parity_lib  # noqa: E402
-from export import sample_images  # noqa: E402
 from export import tflite_demo_lib  # noqa: E402
 from export import web_demo_lib  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
@@ -60,6 +60,18 @@ _CLASSIFY_ALL = """async (files) => {
   }
   return out;
 }"""
+
+
+def _write_pngs(images: np.ndarray, output_dir: str) -> list:
+  """float [0, 1] `[E, H, W, C]` -> PNG files (as export.sample_images writes)."""
+  os.makedirs(output_dir, exist_ok=True)
+  paths = []
+  for i, image in enumerate(images):
+    pixels = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+    paths.append(os.path.join(output_dir, f"eval_{i}.png"))
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
+        paths[-1])
+  return paths
 
 
 def _page_rows(browser, url, model, query, samples, served, python_top1,
@@ -103,8 +115,7 @@ def main(_):
     models.append(path)
   images = parity_lib.eval_images(params, FLAGS.max_examples, _EVAL_BATCH)
   keras_top1 = np.argmax(np.asarray(network(images, training=False)), -1)
-  samples = sample_images.write_pngs(
-      images, os.path.join(FLAGS.work_dir, "samples"))
+  samples = _write_pngs(images, os.path.join(FLAGS.work_dir, "samples"))
   result = web_demo_lib.build(output_dir=os.path.join(FLAGS.work_dir, "web"),
                               models=models, samples=samples)
   served = [os.path.relpath(p, result.output_dir) for p in result.samples]

@@ -42,6 +42,10 @@ playwright_api = pytest.importorskip(
 
 
 def _skip_without_browser():
+  if "TEST_SRCDIR" in os.environ:
+    pytest.skip("browser tests run under pytest (scripts/run_tests.sh), not "
+                "in Bazel's test sandbox (no vendored npm packages, no "
+                "browser profile directory)")
   if not os.path.exists(CHROMIUM):
     pytest.skip(f"{CHROMIUM} not found: install Debian's chromium "
                 "(.ci/run does) or set KC_CHROMIUM")
@@ -49,11 +53,6 @@ def _skip_without_browser():
 
 def _node_modules():
   """The vendored npm packages, or a skip with the reason."""
-  modules = os.path.join(web_demo_lib.PAGE_DIR, "node_modules")
-  if "TEST_SRCDIR" in os.environ and not os.path.isdir(modules):
-    pytest.skip("under Bazel the LiteRT.js packages are not vendored: run "
-                "`python -m export.web_demo --build_only` (or the pytest "
-                "suite) once first")
   try:
     return web_demo_lib.vendor_npm_packages()
   except web_demo_lib.WebDemoError as e:
