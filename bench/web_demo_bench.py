@@ -106,12 +106,17 @@ def main(_):
   network, _, _, _ = export_saved_model_lib.load_network(
       params, FLAGS.checkpoint_path)
   os.makedirs(FLAGS.work_dir, exist_ok=True)
-  models = []
+  models, not_converted = [], []
   for quantization in FLAGS.quantizations:
     path = os.path.join(FLAGS.work_dir, f"model_{quantization}.tflite")
-    export_tflite_lib.export_tflite(
-        FLAGS.saved_model_dir, path, quantization, params=params,
-        representative_examples=FLAGS.representative_examples)
+    try:
+      export_tflite_lib.export_tflite(
+          FLAGS.saved_model_dir, path, quantization, params=params,
+          representative_examples=FLAGS.representative_examples)
+    except (export_tflite_lib.TFLiteExportError, RuntimeError) as e:
+      # The converter's own refusal (e.g. an op without an int16x8 kernel).
+      not_converted.append((quantization, str(e).splitlines()[-1]))
+      continue
     models.append(path)
   images = parity_lib.eval_images(params, FLAGS.max_examples, _EVAL_BATCH)
   keras_top1 = np.argmax(np.asarray(network(images, training=False)), -1)
@@ -153,6 +158,8 @@ def main(_):
           f"{row['load_ms']:.0f} | {row['median_ms']:.2f} ({row['p90_ms']:.2f})"
           f" | {row['python_agree']:.1%} | {row['max_logit_diff']:.1e} | "
           f"{row['keras_agree']:.1%} |")
+  for quantization, reason in not_converted:
+    print(f"| model_{quantization} | not converted: {reason} |")
   for skipped in result.skipped:
     print(f"| {skipped['name']} | not run: {skipped['reason']} |")
 
