@@ -9,6 +9,7 @@ from absl import flags  # noqa: E402
 
 from export import export_tflite_lib  # noqa: E402
 from export import tflite_flags  # noqa: E402
+from export import web_compat_lib  # noqa: E402
 from kc_keras.common import flags as kc_flags  # noqa: E402
 
 flags.DEFINE_string("saved_model_dir", None,
@@ -40,6 +41,8 @@ def main(_):
   print(f"{result['model']} ({result['bytes']} bytes, logit floor "
         f"{result['logit_floor']}), labels: "
         f"{result['labels']}, verticals: {result['verticals']}")
+  # Whether the browser demo can run this file, before anyone opens the page.
+  print(web_compat_lib.describe(result["model"]))
 
 
 if __name__ == "__main__":
