@@ -17,11 +17,8 @@ from export_test_utils import INT8_CALIBRATION_EXAMPLES
 from export_test_utils import MODEL_NAME
 from kc_keras.modeling import backbones
 
-# Measured on the smoke model (120 steps), 120 eval images: max |dynamic
-# TFLite logit - Keras logit| 1.1e-2 before snapping (smoke table of
-# docs/history/BENCHMARKS_LOG.md), 7.6e-3 after (the hybrid ops' input
-# rounding is what is left). Held to: after < 0.8 x before.
-SNAPPED_DYNAMIC_DIFF_RATIO = 0.8
+# float32 reordering of the same sums (TFLite's kernels against Keras's).
+SNAPPED_FLOAT_DIFF = 1e-4
 
 
 class GridTest(tf.test.TestCase, parameterized.TestCase):
@@ -161,20 +158,28 @@ def test_snapped_kernels_are_the_converters_int8_weights(snapped_run, params_of,
 
 
 @pytest.mark.slow
-def test_snapping_brings_dynamic_closer_to_keras(snapped_run, tflite_model,
-                                                 reference, tmp_path):
+def test_snapping_makes_the_dynamic_weights_exact(snapped_run, exported,
+                                                  reference, tmp_path):
+  """A dynamic file computing every quantized layer in float on its int8
+  weights (`float_layers`) differs from Keras by the weights' rounding
+  alone: none once the kernels are snapped (float reordering only), the
+  rounding step otherwise."""
   network, _, export = snapped_run
-  before = tflite_demo_lib.TFLiteClassifier(tflite_model("dynamic")).logits(
-      reference.images)
-  path = str(tmp_path / "dynamic.tflite")
-  export_tflite_lib.export_tflite(export.version_dir, path, "dynamic")
-  after = tflite_demo_lib.TFLiteClassifier(path).logits(reference.images)
-  keras_after = np.asarray(network(reference.images, training=False))
-  before_diff = np.abs(before - reference.logits).max()
-  after_diff = np.abs(after - keras_after).max()
-  print(f"dynamic max logit diff: before {before_diff:.3e}, after {after_diff:.3e}")
-  assert after_diff < SNAPPED_DYNAMIC_DIFF_RATIO * before_diff, (
-      before_diff, after_diff)
+  # The layers the converter quantizes (it leaves small kernels float).
+  float_layers = sorted(name for name, kernel in lib.folded_kernels(
+      network).items() if kernel.size >= lib.DYNAMIC_MIN_WEIGHTS)
+  diffs = {}
+  for name, version_dir, keras_logits in (
+      ("trained", exported.version_dir, reference.logits),
+      ("snapped", export.version_dir,
+       np.asarray(network(reference.images, training=False)))):
+    path = str(tmp_path / f"{name}.tflite")
+    export_tflite_lib.export_tflite(version_dir, path, "dynamic",
+                                    float_layers=float_layers)
+    logits = tflite_demo_lib.TFLiteClassifier(path).logits(reference.images)
+    diffs[name] = np.abs(logits - keras_logits).max()
+  assert diffs["snapped"] <= SNAPPED_FLOAT_DIFF, diffs
+  assert diffs["trained"] > 10 * SNAPPED_FLOAT_DIFF, diffs
 
 
 @pytest.fixture(scope="module")
