@@ -11,7 +11,7 @@ import tensorflow as tf
 
 import export_test_utils as test_utils
 from export import tflite_demo_lib
-from kc_keras.dataloaders import sources
+from kc_keras.dataloaders import image_decoding
 
 # PIL's float bilinear vs TF's antialiased bilinear on PNGs (measured
 # <= 7e-7 on the cases below: float math on both sides).
@@ -34,27 +34,31 @@ def _run(args, **kwargs):
     ((105, 105), 1, 28, "L", "png"),   # Omniglot-like
     ((30, 30), 1, 16, "RGB", "png"),   # colour file to grey
     ((20, 24), 3, 16, "L", "png"),     # grey file to colour
-    ((16, 16), 3, 16, "RGBA", "png"),  # alpha dropped
+    ((16, 16), 3, 16, "RGBA", "png"),  # alpha composited
+    ((16, 16), 1, 16, "RGBA", "png"),
+    ((12, 10), 3, 16, "LA", "png"),
     ((300, 200), 3, 32, "RGB", "jpg"),
     ((105, 105), 1, 28, "L", "jpg"),
 ])
 def test_resize_matches_training(tmp_path, size, channels, target, mode, ext):
   rng = np.random.RandomState(sum(size))
-  depth = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+  depth = {"RGB": 3, "L": 1, "RGBA": 4, "LA": 2}[mode]
   pixels = (rng.rand(size[0], size[1], depth) * 255).astype(np.uint8)
   path = str(tmp_path / f"image.{ext}")
   Image.fromarray(pixels[..., 0] if depth == 1 else pixels, mode).save(path)
   ours = tflite_demo_lib.load_image(path, target, channels)
   with open(path, "rb") as f:
-    theirs = sources.decode_and_resize(tf.constant(f.read()), target,
-                                       channels).numpy()
+    theirs = image_decoding.decode_and_resize(tf.constant(f.read()), target,
+                                              channels).numpy()
   assert ours.shape == theirs.shape == (target, target, channels)
   tolerance = MAX_JPEG_DIFF if ext == "jpg" else MAX_RESIZE_DIFF
-  if channels == 1 and depth == 3:
-    # Grey conversion: PIL rounds ITU-R 601 luma to 8 bits as libpng does,
-    # with other integer weights: at most one grey level apart.
-    tolerance = 1.0 / 255.0 + MAX_RESIZE_DIFF
   assert np.abs(ours - theirs).max() <= tolerance
+
+
+def test_decode_constants_equal_training():
+  assert tflite_demo_lib.LUMA_WEIGHTS == image_decoding.LUMA_WEIGHTS
+  assert (tflite_demo_lib.DEFAULT_ALPHA_BACKGROUND
+          == image_decoding.DEFAULT_ALPHA_BACKGROUND)
 
 
 def test_no_tensorflow_in_the_import_chain(tflite_model, tmp_path):
