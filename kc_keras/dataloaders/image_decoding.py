@@ -42,16 +42,27 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 _PNG_MAGIC = b"\x89PNG"
 _JPEG_MAGIC = b"\xff\xd8"
-# IHDR colour types 0 (grey) and 4 (grey + alpha): byte 25 of a PNG file.
+# The IHDR colour type (0 grey, 2 RGB, 3 palette, 4 grey + alpha, 6 RGBA) is
+# byte 25 of a PNG file, the bit depth (1-16) byte 24.
+_PNG_BIT_DEPTH_BYTE = 24
 _PNG_COLOUR_TYPE_BYTE = 25
-_PNG_GREY_TYPES = (0, 4)
-# EXIF lives in an APP1 segment near the start of a JPEG: read at most this
-# many bytes of the file to find it (an APP segment is at most 64 KiB, and the
-# APP0/APP1 segments that precede it are small).
-_EXIF_SEARCH_BYTES = 3 * 65536
-_MAX_JPEG_SEGMENTS = 32
-_MAX_IFD_ENTRIES = 256
+# A tRNS chunk follows IHDR and PLTE (<= 780 bytes) and any ancillary chunks
+# before the first IDAT: look for it in this many leading bytes.
+_PNG_HEADER_BYTES = 65536
+# EXIF lives in an APP1 segment at the start of a JPEG (first, or after JFIF
+# APP0 and a few others): look at the first `_MAX_JPEG_SEGMENTS` segments
+# within the first `_EXIF_SEARCH_BYTES` (IFD0, which holds the orientation,
+# starts a few bytes into APP1; an orientation beyond this reads as 1).
+_MAX_JPEG_SEGMENTS = 4
+_EXIF_SEARCH_BYTES = 65536
+_MAX_IFD_ENTRIES = 64
 _ORIENTATION_TAG = 0x0112
+
+
+# These functions build tf ops with Python control flow on static values
+# only: AutoGraph has nothing to convert, and skipping it makes tracing a
+# decode (done several times per pipeline) a few times faster.
+_graph_ops = tf.autograph.experimental.do_not_convert
 
 
 def check_background(background: Sequence[float], where: str = "alpha_background"
@@ -77,79 +88,68 @@ def luma(rgb: tf.Tensor) -> tf.Tensor:
 
 def _bytes_at(data: tf.Tensor, n: tf.Tensor, index: tf.Tensor, count: int
               ) -> tf.Tensor:
-  """`count` bytes of `data` (uint8 [n]) from `index` as int32; 0 past the end."""
-  positions = index + tf.range(count)
+  """`count` bytes of `data` (uint8 [n]) from `index(es)` as int32; 0 past the end.
+
+  `index` is a scalar or a vector (then `[len(index), count]`).
+  """
+  positions = tf.expand_dims(index, -1) + tf.range(count)
   safe = tf.clip_by_value(positions, 0, tf.maximum(n - 1, 0))
   values = tf.cast(tf.gather(data, safe), tf.int32)
   return tf.where((positions >= 0) & (positions < n), values, 0)
 
 
 def _uint(data, n, index, count, little_endian):
-  """An unsigned `count`-byte integer at `index` (int64, EXIF byte order)."""
-  values = tf.cast(_bytes_at(data, n, index, count), tf.int64)
-  weights = tf.constant([256 ** i for i in range(count)], tf.int64)
-  return tf.reduce_sum(values * tf.where(little_endian, weights, weights[::-1]))
+  """Unsigned `count`-byte integer(s) at `index` (int32, EXIF byte order)."""
+  values = _bytes_at(data, n, index, count)
+  little = [256 ** i for i in range(count)]
+  weights = tf.where(little_endian, tf.constant(little), tf.constant(little[::-1]))
+  return tf.reduce_sum(values * weights, axis=-1)
 
 
+@_graph_ops
 def exif_orientation(encoded: tf.Tensor) -> tf.Tensor:
   """The EXIF orientation (int32 1-8) of JPEG bytes; 1 when absent or not a JPEG.
 
-  Walks the JPEG segments up to the first scan, finds APP1 `Exif\\0\\0`, and
-  reads tag 0x0112 of IFD0 of its TIFF block (either byte order). Malformed
-  or out-of-range values give 1 (no transpose), never an error: the pixels
-  then decode as stored.
+  Follows the JPEG segments (at most `_MAX_JPEG_SEGMENTS`, EXIF comes first
+  or right after JFIF) up to APP1 `Exif\\0\\0`, and reads tag 0x0112 of IFD0
+  of its TIFF block (either byte order). Written without loops: the segment
+  walk is unrolled and the IFD entries are read as one vector, which keeps
+  the per-image cost to a few dozen small ops. Malformed or out-of-range
+  values give 1 (no transpose), never an error: the pixels then decode as
+  stored.
   """
   data = tf.io.decode_raw(
       tf.strings.substr(encoded, 0, _EXIF_SEARCH_BYTES), tf.uint8)
   n = tf.shape(data)[0]
+  exif_id = tf.constant([0xFF, 0xE1, 0, 0, 0x45, 0x78, 0x69, 0x66, 0, 0],
+                        tf.int32)  # APP1 marker, length (ignored), Exif\0\0
+  exif_mask = tf.constant([True, True, False, False] + [True] * 6)
+  pos = tf.constant(2)
+  tiff = tf.constant(-1)
+  for _ in range(_MAX_JPEG_SEGMENTS):
+    head = _bytes_at(data, n, pos, 10)
+    is_exif = tf.reduce_all(tf.equal(head, exif_id) | ~exif_mask)
+    tiff = tf.where((tiff < 0) & is_exif, pos + 10, tiff)
+    # Past the first scan (0xDA) or a non-marker byte the walk stays put.
+    walking = tf.equal(head[0], 0xFF) & tf.not_equal(head[1], 0xDA)
+    pos = tf.where(walking, pos + 2 + head[2] * 256 + head[3], pos)
 
-  def byte(i):
-    return _bytes_at(data, n, i, 1)[0]
-
-  def tiff_orientation(tiff):
-    little = tf.equal(byte(tiff), 0x49)  # 'II' little endian, 'MM' big
-    ifd = tiff + tf.cast(_uint(data, n, tiff + 4, 4, little), tf.int32)
-    entries = tf.minimum(tf.cast(_uint(data, n, ifd, 2, little), tf.int32),
-                         _MAX_IFD_ENTRIES)
-
-    def body(i, found):
-      entry = ifd + 2 + 12 * i
-      tag = _uint(data, n, entry, 2, little)
-      value = tf.cast(_uint(data, n, entry + 8, 2, little), tf.int32)
-      found = tf.where(tf.equal(tag, _ORIENTATION_TAG) & tf.equal(found, 0),
-                       value, found)
-      return i + 1, found
-
-    _, found = tf.while_loop(lambda i, found: i < entries, body,
-                             (tf.constant(0), tf.constant(0)))
-    return found
-
-  exif_id = tf.constant([0x45, 0x78, 0x69, 0x66, 0, 0], tf.int32)  # Exif\0\0
-
-  def segment(k, pos, orientation):
-    marker = byte(pos + 1)
-    length = _bytes_at(data, n, pos + 2, 2)
-    length = length[0] * 256 + length[1]
-    is_exif = (tf.equal(marker, 0xE1)
-               & tf.reduce_all(tf.equal(_bytes_at(data, n, pos + 4, 6), exif_id)))
-    orientation = tf.cond(is_exif, lambda: tiff_orientation(pos + 10),
-                          lambda: orientation)
-    return k + 1, pos + 2 + length, orientation
-
-  def more(k, pos, orientation):
-    marker = byte(pos + 1)
-    # Stop at the first scan (SOS 0xDA) or image end (EOI 0xD9): EXIF precedes them.
-    return ((k < _MAX_JPEG_SEGMENTS) & (pos + 4 <= n) & tf.equal(byte(pos), 0xFF)
-            & tf.not_equal(marker, 0xDA) & tf.not_equal(marker, 0xD9)
-            & tf.equal(orientation, 0))
-
+  little = tf.equal(_bytes_at(data, n, tiff, 1)[0], 0x49)  # 'II', else 'MM'
+  ifd = tiff + _uint(data, n, tiff + 4, 4, little)
+  count = _uint(data, n, ifd, 2, little)
+  entries = ifd + 2 + 12 * tf.range(_MAX_IFD_ENTRIES)
+  tags = _uint(data, n, entries, 2, little)
+  values = _uint(data, n, entries + 8, 2, little)
+  hit = tf.equal(tags, _ORIENTATION_TAG) & (tf.range(_MAX_IFD_ENTRIES) < count)
+  orientation = tf.where(tf.reduce_any(hit),
+                         tf.gather(values, tf.argmax(tf.cast(hit, tf.int32),
+                                                     output_type=tf.int32)), 1)
   is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 2), _JPEG_MAGIC)
-  _, _, orientation = tf.while_loop(
-      more, segment, (tf.constant(0), tf.constant(2), tf.constant(0)))
-  valid = is_jpeg & (orientation >= 1) & (orientation <= 8)
+  valid = (is_jpeg & (tiff >= 0) & (orientation >= 1) & (orientation <= 8))
   return tf.where(valid, orientation, 1)
 
 
+@_graph_ops
 def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
   """Transposes `[H, W, C]` as a viewer shows EXIF `orientation` (1-8)."""
   def transpose(x):
@@ -168,79 +168,121 @@ def apply_orientation(image: tf.Tensor, orientation: tf.Tensor) -> tf.Tensor:
   return tf.switch_case(tf.clip_by_value(orientation, 1, 8) - 1, branches)
 
 
-def decode_colour_and_alpha(encoded: tf.Tensor) -> tuple:
-  """Encoded bytes -> `(colour [H, W, 1 or 3], alpha [H, W, 1])`, float32 in [0, 1].
+def _byte(encoded: tf.Tensor, index: int) -> tf.Tensor:
+  """Byte `index` of a string as int32 (-1 past its end)."""
+  data = tf.io.decode_raw(tf.strings.substr(encoded, index, 1), tf.uint8)
+  return tf.cast(tf.concat([data, [255]], 0)[0], tf.int32) - tf.cast(
+      tf.equal(tf.size(data), 0), tf.int32) * 256
 
-  PNG is decoded as 16-bit RGBA (libpng expands palettes and turns `tRNS`
-  into alpha, adding an opaque alpha otherwise) and grey PNGs keep one colour
-  channel; other formats (JPEG, GIF first frame, BMP, WebP) go through
-  `tf.io.decode_image`, with EXIF orientation applied to JPEGs.
+
+@_graph_ops
+def _png_colour_key(encoded: tf.Tensor) -> tf.Tensor:
+  """Whether a PNG is grey or RGB with a `tRNS` colour key (scalar bool).
+
+  `decode_image` ignores such a key (it turns only palette `tRNS` into
+  alpha); these files need a 4-channel decode. The chunk must come before
+  the first IDAT, whose compressed bytes could contain the letters by chance.
   """
-  is_png = tf.equal(tf.strings.substr(encoded, 0, 4), _PNG_MAGIC)
+  colour_type = _byte(encoded, _PNG_COLOUR_TYPE_BYTE)
+  header = tf.strings.split(
+      tf.strings.substr(encoded, 0, _PNG_HEADER_BYTES), "IDAT")[0]
+  has_trns = tf.size(tf.strings.split(header, "tRNS")) > 1
+  return ((tf.equal(colour_type, 0) | tf.equal(colour_type, 2)) & has_trns)
 
-  def png():
+
+@_graph_ops
+def decode_native(encoded: tf.Tensor) -> tf.Tensor:
+  """Encoded bytes -> float32 `[H, W, k]` in [0, 1], `k` the file's channels.
+
+  `k` = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA (alpha last when `k` is even).
+  `tf.io.decode_image` with a float32 result keeps 16-bit PNG precision,
+  expands palettes (palette `tRNS` becomes alpha) and converts CMYK JPEGs;
+  grey/RGB PNGs with a `tRNS` colour key are decoded as RGBA by libpng (grey
+  ones keep one colour channel); JPEGs get their EXIF orientation.
+  """
+  magic = tf.strings.substr(encoded, 0, 4)
+  is_png = tf.equal(magic, _PNG_MAGIC)
+  is_jpeg = tf.equal(tf.strings.substr(magic, 0, 2), _JPEG_MAGIC)
+
+  def colour_key():
     rgba = tf.cast(tf.io.decode_png(encoded, channels=4, dtype=tf.uint16),
                    tf.float32) / 65535.0
-    colour_type = tf.io.decode_raw(
-        tf.strings.substr(encoded, _PNG_COLOUR_TYPE_BYTE, 1), tf.uint8)[0]
-    grey = tf.reduce_any(tf.equal(tf.cast(colour_type, tf.int32),
-                                  list(_PNG_GREY_TYPES)))
-    # A grey PNG is decoded as (g, g, g, a): keep g itself so that grey stays
+    colour_type = _byte(encoded, _PNG_COLOUR_TYPE_BYTE)
+    # A grey PNG decodes as (g, g, g, a): keep g itself so that grey stays
     # exactly grey (Y(g, g, g) is g only up to rounding).
-    colour = tf.cond(grey, lambda: rgba[..., :1], lambda: rgba[..., :3])
-    return colour, rgba[..., 3:]
+    return tf.cond(tf.equal(colour_type, 0),
+                   lambda: tf.gather(rgba, [0, 3], axis=-1), lambda: rgba)
 
-  def other():
-    image = tf.io.decode_image(encoded, channels=0, dtype=tf.float32,
-                               expand_animations=False)
-    return split_alpha(apply_orientation(image, exif_orientation(encoded)))
+  def plain():
+    # 16-bit PNGs decode straight to float (full precision); everything else
+    # decodes to 8 bits first, which is cheaper than libpng's 16-bit path.
+    image = tf.cond(
+        is_png & tf.equal(_byte(encoded, _PNG_BIT_DEPTH_BYTE), 16),
+        lambda: tf.io.decode_image(encoded, channels=0, dtype=tf.float32,
+                                   expand_animations=False),
+        lambda: tf.cast(tf.io.decode_image(encoded, channels=0,
+                                           expand_animations=False),
+                        tf.float32) / 255.0)
+    return tf.cond(is_jpeg,
+                   lambda: apply_orientation(image, exif_orientation(encoded)),
+                   lambda: image)
 
-  colour, alpha = tf.cond(is_png, png, other)
-  return tf.ensure_shape(colour, [None, None, None]), tf.ensure_shape(
-      alpha, [None, None, 1])
-
-
-def split_alpha(image: tf.Tensor) -> tuple:
-  """Decoded float `[H, W, 1-4]` -> `(colour [H, W, 1 or 3], alpha [H, W, 1])`.
-
-  An even channel count carries alpha last (2 = grey + alpha, 4 = RGBA);
-  without it `alpha = 1`.
-  """
-  channels = tf.shape(image)[-1]
-  has_alpha = tf.equal(channels % 2, 0)
-  colour = image[..., :channels - tf.cast(has_alpha, tf.int32)]
-  alpha = tf.cond(has_alpha, lambda: image[..., -1:],
-                  lambda: tf.ones_like(image[..., :1]))
-  return colour, alpha
+  # Nested conds: the chunk search only runs for PNGs, the EXIF walk for JPEGs.
+  image = tf.cond(
+      is_png,
+      lambda: tf.cond(_png_colour_key(encoded), colour_key, plain),
+      plain)
+  return tf.ensure_shape(image, [None, None, None])
 
 
-def composite(colour: tf.Tensor, alpha: tf.Tensor, channels: int,
-              background: Sequence[float] = DEFAULT_ALPHA_BACKGROUND
-              ) -> tf.Tensor:
-  """The module formula before resizing: `o [H, W, channels]`.
+@_graph_ops
+def composite(image: tf.Tensor, channels: int,
+              background: Sequence[float] = DEFAULT_ALPHA_BACKGROUND,
+              alpha_notice: Optional["AlphaNotice"] = None) -> tf.Tensor:
+  """The module formula before resizing: `[H, W, k]` -> `o [H, W, channels]`.
+
+  Opaque images (`k` odd) skip the blend, whose result would be `c` anyway.
 
   Args:
-    colour: float32 `[H, W, 1 or 3]` (grey or RGB).
-    alpha: float32 `[H, W, 1]`.
+    image: float32 `[H, W, k]` from `decode_native` (or decoded pixels).
     channels: 1 or 3, the model's.
     background: `(r, g, b)` in [0, 1].
+    alpha_notice: counts images with a pixel that is not fully opaque.
   """
   b = tf.constant(check_background(background), tf.float32)
-  if channels == 3:
-    # Broadcasting a grey [H, W, 1] against [3] repeats it exactly.
-    c = colour * tf.ones([3], tf.float32)
-  elif channels == 1:
-    c = tf.cond(tf.equal(tf.shape(colour)[-1], 1), lambda: colour[..., :1],
-                lambda: luma(colour[..., :3]))
-    b = luma(b)
-  else:
+  if channels not in (1, 3):
     raise ValueError(f"channels={channels} must be 1 or 3.")
-  return alpha * c + (1.0 - alpha) * b
+  if channels == 1:
+    b = luma(b)
 
+  def colour(c, grey):
+    if channels == 1:
+      return c if grey else luma(c)
+    # Broadcasting a grey [H, W, 1] against [3] repeats it exactly.
+    return c * tf.ones([3], tf.float32) if grey else c
 
-def transparent(alpha: tf.Tensor) -> tf.Tensor:
-  """Whether any pixel is not fully opaque (scalar bool)."""
-  return tf.reduce_any(alpha < 1.0)
+  def blend(c, a, grey):
+    out = a * colour(c, grey) + (1.0 - a) * b
+    if alpha_notice is None:
+      return out
+    with tf.control_dependencies([alpha_notice.record(tf.reduce_any(a < 1.0))]):
+      return tf.identity(out)
+
+  branches = [
+      lambda: colour(image[..., :1], True),
+      lambda: blend(image[..., :1], image[..., 1:2], True),
+      lambda: colour(image, False),  # k = 3: no slice, no copy
+      lambda: blend(image[..., :3], image[..., 3:4], False),
+  ]
+  if image.shape[-1] is not None:  # Known when the pixels come decoded (TFDS).
+    if not 1 <= image.shape[-1] <= 4:
+      raise ValueError(f"an image must have 1 to 4 channels, got {image.shape}")
+    return branches[image.shape[-1] - 1]()
+  k = tf.shape(image)[-1]
+  checked = tf.debugging.assert_less_equal(
+      k, 4, message="an image must have 1 to 4 channels")
+  with tf.control_dependencies([checked]):
+    return tf.switch_case(tf.clip_by_value(k, 1, 4) - 1, branches)
 
 
 def resize(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
@@ -250,26 +292,24 @@ def resize(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
                          [image_size, image_size, channels])
 
 
-def to_model_image(colour: tf.Tensor, alpha: tf.Tensor, image_size: int,
-                   channels: int,
+@_graph_ops
+def to_model_image(image: tf.Tensor, image_size: int, channels: int,
                    background: Sequence[float] = DEFAULT_ALPHA_BACKGROUND,
                    alpha_notice: Optional["AlphaNotice"] = None) -> tf.Tensor:
   """Composite, convert channels, resize: float32 `[S, S, channels]` in [0, 1].
 
   Args:
-    colour / alpha: from `decode_colour_and_alpha` (or a decoded array).
+    image: float32 `[H, W, k]` in [0, 1] (see `decode_native`).
     image_size: `S`.
     channels: 1 or 3.
     background: `(r, g, b)` in [0, 1].
     alpha_notice: counts images with transparency (see `AlphaNotice`).
   """
-  image = composite(colour, alpha, channels, background)
-  if alpha_notice is not None:
-    with tf.control_dependencies([alpha_notice.record(transparent(alpha))]):
-      image = tf.identity(image)
-  return resize(image, image_size, channels)
+  return resize(composite(image, channels, background, alpha_notice),
+                image_size, channels)
 
 
+@_graph_ops
 def decode_and_resize(encoded: tf.Tensor, image_size: int, channels: int,
                       background: Sequence[float] = DEFAULT_ALPHA_BACKGROUND,
                       alpha_notice: Optional["AlphaNotice"] = None) -> tf.Tensor:
@@ -287,9 +327,8 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int, channels: int,
       decodable image (the pipeline names or skips the record, see
       `data_errors.decode`).
   """
-  colour, alpha = decode_colour_and_alpha(encoded)
-  return to_model_image(colour, alpha, image_size, channels, background,
-                        alpha_notice)
+  return to_model_image(decode_native(encoded), image_size, channels,
+                        background, alpha_notice)
 
 
 class AlphaNotice:

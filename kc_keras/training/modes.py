@@ -180,6 +180,13 @@ class Session:
     )
 
 
+def _log_alpha_found(session: Session) -> None:
+  """Says once per run that images with transparency were composited."""
+  notice = getattr(session.source, "alpha_notice", None)
+  if notice is not None:
+    notice.log_once()
+
+
 def _skipped(counter: Optional[data_errors.SkipCounter], what: str) -> int:
   """The count of `counter` (0 without one), logged when records were skipped."""
   count = counter.value() if counter is not None else 0
@@ -233,9 +240,13 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
         skip_counter=counter,
     )
 
-  extra_logs = None
-  if counter is not None:
-    extra_logs = lambda: {"skipped_examples": float(counter.value())}  # noqa: E731
+  def extra_logs():
+    # Each loop boundary: the alpha line appears soon after the first such image.
+    _log_alpha_found(session)
+    if counter is None:
+      return {}
+    return {"skipped_examples": float(counter.value())}
+
   controller = controller_lib.TrainController(
       model=model,
       strategy=session.strategy,
@@ -248,6 +259,7 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
       extra_logs=extra_logs,
   )
   result = controller.train(verbose=verbose)
+  _log_alpha_found(session)
   if counter is not None:
     # The final count: the last loop's logs can precede records read since.
     result.logs["skipped_examples"] = float(_skipped(counter, "training"))
@@ -301,6 +313,7 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
         steps=params.trainer.validation_steps,
     )
   metrics["skipped_examples"] = _skipped(counter, "eval")
+  _log_alpha_found(session)
   metrics["checkpoint"] = restored
   metrics["step"] = controller_lib.checkpoint_step(restored)
   metrics["params"] = model_builder.parameter_report(model)
@@ -403,6 +416,7 @@ def cache_targets(params: kc_config.ExperimentConfig, model_dir: str,
         shard_size=distillation.cache_shard_size,
     )
   _skipped(counter, "training (cache_targets)")
+  _log_alpha_found(session)
   return manifest
 
 
@@ -430,6 +444,7 @@ def evaluate_specialists(params: kc_config.ExperimentConfig,
         score_fn, session.eval_dataset(counter), session.hierarchy,
         steps=params.trainer.validation_steps)
   metrics["skipped_examples"] = _skipped(counter, "eval")
+  _log_alpha_found(session)
   metrics["params"] = {
       "total": int(sum(t.count_params() for t in bank.teachers.values())),
       "num_teachers": len(bank.teachers),

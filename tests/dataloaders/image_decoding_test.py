@@ -6,6 +6,7 @@ import os
 from absl.testing import parameterized
 import numpy as np
 from PIL import Image
+import pytest
 import tensorflow as tf
 
 from kc_keras.configs.data import DataConfig
@@ -14,7 +15,6 @@ from kc_keras.configs.data import TFRecordConfig
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import image_decoding
-from kc_keras.dataloaders import pipeline
 from kc_keras.dataloaders.sources import tfrecord
 
 # float32 arithmetic of a * c + (1 - a) * b against the float64 value.
@@ -33,8 +33,8 @@ def _bytes(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 def _decode(data: bytes, channels: int, background=(1.0, 1.0, 1.0)):
   """The model image at the file's own size (resize is then the identity)."""
-  colour, alpha = image_decoding.decode_colour_and_alpha(tf.constant(data))
-  return image_decoding.composite(colour, alpha, channels, background).numpy()
+  native = image_decoding.decode_native(tf.constant(data))
+  return image_decoding.composite(native, channels, background).numpy()
 
 
 # RGBA pixels: transparent with an arbitrary colour, opaque, half transparent.
@@ -197,6 +197,7 @@ class CompositeTest(parameterized.TestCase):
 class SourcesTest(tf.test.TestCase):
   """Folder and TFRecord sources share the decode and the background."""
 
+  @pytest.mark.slow  # two sources traced: about 10 s on 2 busy cores
   def test_folder_and_tfrecord_decode_alike_and_notice_alpha(self):
     root = self.create_tempdir().full_path
     rgba = _bytes(Image.fromarray(RGBA, "RGBA"), "PNG")
@@ -221,9 +222,8 @@ class SourcesTest(tf.test.TestCase):
       config = DataConfig(source=name, alpha_background=background)
       setattr(config, name, sub)
       source = factory.build_source(config)
-      batches = pipeline.build_dataset(source, "train", config, training=False,
-                                       global_batch_size=2)
-      images[name] = next(iter(batches))[0].numpy()
+      decoded = source.raw_dataset("train").map(source.decode).batch(2)
+      images[name] = next(iter(decoded))["image"].numpy()
       self.assertEqual(source.alpha_notice.count(), 1)
       self.assertTrue(source.alpha_notice.log_once())
       self.assertFalse(source.alpha_notice.log_once())

@@ -135,9 +135,8 @@ class TFDSSource(sources.DecodedImageSource):
   def decode(self, element: dict) -> dict:
     """TFDS decodes the file; the pixels then follow `image_decoding`'s formula."""
     out = dict(element)
-    colour, alpha = image_decoding.split_alpha(
-        tf.image.convert_image_dtype(out.pop("pixels"), tf.float32))
     out["image"] = image_decoding.to_model_image(
-        colour, alpha, self._config.image_size, self._config.channels,
+        tf.image.convert_image_dtype(out.pop("pixels"), tf.float32),
+        self._config.image_size, self._config.channels,
         self.alpha_background, self.alpha_notice)
     return out
