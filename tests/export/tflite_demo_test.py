@@ -55,6 +55,48 @@ def test_resize_matches_training(tmp_path, size, channels, target, mode, ext):
   assert np.abs(ours - theirs).max() <= tolerance
 
 
+def _special_image(kind):
+  """(PIL image, save kwargs, extension) of a file that needs more than RGB decoding."""
+  rng = np.random.RandomState(7)
+  if kind == "palette_transparency":
+    image = Image.fromarray(rng.randint(0, 6, (21, 17)).astype(np.uint8), "P")
+    image.putpalette(list(rng.randint(0, 256, 18)) + [0] * 750)
+    return image, dict(transparency=2), "png"
+  if kind == "colour_key":
+    image = Image.fromarray(rng.randint(0, 2, (15, 19, 3)).astype(np.uint8) * 200)
+    return image, dict(transparency=(200, 0, 200)), "png"
+  if kind == "sixteen_bit":
+    values = rng.randint(0, 65536, (13, 11)).astype("<u2")
+    return Image.frombytes("I;16", (11, 13), values.tobytes()), {}, "png"
+  if kind == "exif_rotated":
+    # Smooth ramps, distinct along each axis: a wrong turn shows, and the two
+    # JPEG decoders agree as on photos (noise would test their upsampling).
+    rows, cols = np.mgrid[0:24, 0:40]
+    image = Image.fromarray(np.stack(
+        [rows * 10, cols * 6, 255 - cols * 3], -1).astype(np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    return image, dict(exif=exif.tobytes(), quality=95), "jpg"
+  raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["palette_transparency", "colour_key",
+                                  "sixteen_bit", "exif_rotated"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_special_files_match_training(tmp_path, kind, channels):
+  image, kwargs, ext = _special_image(kind)
+  path = str(tmp_path / f"image.{ext}")
+  image.save(path, **kwargs)
+  background = (0.1, 0.6, 0.3)
+  ours = tflite_demo_lib.load_image(path, 16, channels,
+                                    alpha_background=background)
+  with open(path, "rb") as f:
+    theirs = image_decoding.decode_and_resize(
+        tf.constant(f.read()), 16, channels, background).numpy()
+  tolerance = MAX_JPEG_DIFF if ext == "jpg" else MAX_RESIZE_DIFF
+  assert np.abs(ours - theirs).max() <= tolerance
+
+
 def test_decode_constants_equal_training():
   assert tflite_demo_lib.LUMA_WEIGHTS == image_decoding.LUMA_WEIGHTS
   assert (tflite_demo_lib.DEFAULT_ALPHA_BACKGROUND
