@@ -141,7 +141,12 @@ class EvalDataTest(tf.test.TestCase):
     _write_tree(eval_root, EVAL, 1)
     data = "folder:" + eval_root
 
-    metrics = modes.evaluate(params, model_dir, eval_data=data)
+    with self.assertLogs("absl", level="INFO") as logs:
+      metrics = modes.evaluate(params, model_dir, eval_data=data)
+    # The eval folder has transparent images: said once, not once per image.
+    alpha_lines = [r for r in logs.output if "transparency" in r]
+    self.assertLen(alpha_lines, 1)
+    self.assertIn("alpha_background=[1.0, 1.0, 1.0]", alpha_lines[0])
     path = os.path.join(model_dir, "eval_metrics_zweite_Dom_ne.json")
     with open(path) as f:
       self.assertEqual(json.load(f)["num_examples"], 7)
