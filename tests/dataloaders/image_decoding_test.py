@@ -63,7 +63,8 @@ class CompositeTest(parameterized.TestCase):
     a = RGBA[0, :, 3:] / 255
     expected = a * (c @ Y)[:, None] + (1 - a) * (b @ Y)
     np.testing.assert_allclose(out[0], expected, atol=FLOAT_TOL)
-    self.assertEqual(out[0, 0, 0], np.float32(b @ Y))
+    # Fully transparent: the background's luma, whatever the stored colour.
+    self.assertAlmostEqual(out[0, 0, 0], b @ Y, delta=FLOAT_TOL)
 
   def test_grey_with_alpha(self):
     la = np.array([[[90, 0], [90, 255], [90, 51]]], np.uint8)
@@ -100,7 +101,8 @@ class CompositeTest(parameterized.TestCase):
     rgb = np.array([[[10, 20, 30], [1, 2, 3]]], np.uint8)
     data = _bytes(Image.fromarray(rgb, "RGB"), "PNG", transparency=(10, 20, 30))
     out = _decode(data, 3, (0.0, 0.0, 0.0))
-    np.testing.assert_array_equal(out[0], np.float32([[0, 0, 0], [1 / 255, 2 / 255, 3 / 255]]))
+    np.testing.assert_array_equal(
+        out[0], np.float32([[0, 0, 0], [1 / 255, 2 / 255, 3 / 255]]))
 
   def test_sixteen_bit_grey_keeps_precision(self):
     values = np.array([[0, 1000, 65535, 32768]], "<u2")
@@ -113,7 +115,7 @@ class CompositeTest(parameterized.TestCase):
     np.testing.assert_array_equal(rgb[0], np.repeat(grey[0], 3, axis=-1))
 
   def test_cmyk_jpeg(self):
-    # Pure CMYK cyan-free magenta+yellow = red; PIL and the JPEG decoder agree.
+    # CMYK (0, 255, 255, 0): full magenta and yellow, i.e. red.
     data = _bytes(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG",
                   quality=95)
     self.assertEqual(Image.open(io.BytesIO(data)).mode, "CMYK")
@@ -125,7 +127,8 @@ class CompositeTest(parameterized.TestCase):
   def test_grey_into_rgb_and_rgb_into_grey(self):
     grey = np.array([[0, 77, 255]], np.uint8)
     out = _decode(_bytes(Image.fromarray(grey, "L"), "PNG"), 3)
-    np.testing.assert_array_equal(out[0], np.float32(np.repeat(grey[0, :, None] / 255, 3, -1)))
+    np.testing.assert_array_equal(
+        out[0], np.float32(np.repeat(grey[0, :, None] / 255, 3, -1)))
     rgb = np.array([[[255, 0, 0], [0, 255, 0], [30, 60, 90]]], np.uint8)
     out = _decode(_bytes(Image.fromarray(rgb, "RGB"), "PNG"), 1)
     np.testing.assert_allclose(out[0, :, 0], rgb[0] / 255 @ Y, atol=FLOAT_TOL)

@@ -1,4 +1,4 @@
-"""--mode=eval on another test set (`eval_data=folder:DIR`): matching by name, metrics by hand."""
+"""--mode=eval on another test set (`eval_data=folder:DIR`): names matched, metrics by hand."""
 
 import json
 import os
