@@ -18,7 +18,7 @@ import yaml
 from kc_keras.configs import kc_config
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
-from kc_keras.dataloaders import sources
+from kc_keras.dataloaders import image_decoding
 from kc_keras.training import controller as controller_lib
 from kc_keras.training import model_builder
 from kc_keras.utils import files
@@ -227,11 +227,13 @@ def _header_pixels(encoded: tf.Tensor, index: tf.Tensor) -> tf.Tensor:
 
 
 def decode_images(encoded: tf.Tensor, image_shape: Sequence[int],
-                  max_image_pixels: int) -> tf.Tensor:
+                  max_image_pixels: int,
+                  alpha_background: Sequence[float] = (
+                      image_decoding.DEFAULT_ALPHA_BACKGROUND)) -> tf.Tensor:
   """A batch of JPEG/PNG bytes -> float32 `[B, H, W, C]` in [0, 1].
 
-  Each image goes through `sources.decode_and_resize`, the decode training
-  uses, after a header check that refuses empty, non-JPEG/PNG and oversized
+  Each image goes through `image_decoding.decode_and_resize`, the decode
+  training uses (alpha composited onto `alpha_background`), after a header check that refuses empty, non-JPEG/PNG and oversized
   (`width * height > max_image_pixels`) images with an InvalidArgumentError
   that names the problem and the batch index.
 
@@ -239,6 +241,7 @@ def decode_images(encoded: tf.Tensor, image_shape: Sequence[int],
     encoded: string `[B]`.
     image_shape: `(H, W, C)` with `H == W`.
     max_image_pixels: largest accepted `width * height`.
+    alpha_background: the run's `task.data.alpha_background`.
 
   Returns:
     float32 `[B, H, W, C]`.
@@ -256,7 +259,8 @@ def decode_images(encoded: tf.Tensor, image_shape: Sequence[int],
         f"its header claims more than max_image_pixels={max_image_pixels} "
         "pixels (width * height)", index, "pixels", pixels)]):
       data = tf.identity(data)
-    return sources.decode_and_resize(data, height, channels)
+    return image_decoding.decode_and_resize(data, height, channels,
+                                            alpha_background)
 
   encoded = tf.reshape(encoded, [-1])
   return tf.map_fn(
@@ -290,11 +294,15 @@ class ServingModule(tf.Module):
     config: a validated `ServingConfig`.
     assets_dir: an existing directory where the label files are written
       (they are copied into the SavedModel's `assets/` on save).
+    alpha_background: the run's `task.data.alpha_background`, behind the
+      transparent pixels of images sent as bytes.
   """
 
   def __init__(self, network: keras.Model, hierarchy: hierarchy_lib.Hierarchy,
                image_shape: Sequence[int], config: ServingConfig,
-               assets_dir: str):
+               assets_dir: str,
+               alpha_background: Sequence[float] = (
+                   image_decoding.DEFAULT_ALPHA_BACKGROUND)):
     super().__init__(name="kc_serving")
     _check_names(hierarchy.class_names, "class names")
     _check_names(hierarchy.vertical_names, "vertical names")
@@ -303,6 +311,7 @@ class ServingModule(tf.Module):
     self.num_classes = hierarchy.num_classes
     self.top_k = min(int(config.top_k), hierarchy.num_classes)
     self.max_image_pixels = int(config.max_image_pixels)
+    self.alpha_background = image_decoding.check_background(alpha_background)
     labels_path = os.path.join(assets_dir, LABELS_ASSET)
     verticals_path = os.path.join(assets_dir, VERTICALS_ASSET)
     with open(labels_path, "w", encoding="utf-8") as f:
@@ -402,7 +411,8 @@ class ServingModule(tf.Module):
 
   def _serve_bytes(self, image_bytes):
     return self._top_k(decode_images(image_bytes, self.image_shape,
-                                     self.max_image_pixels))
+                                     self.max_image_pixels,
+                                     self.alpha_background))
 
   def _serve_examples(self, examples):
     features = tf.io.parse_example(
@@ -557,7 +567,7 @@ def export_saved_model(params: kc_config.ExperimentConfig,
   with files.staged_directory(version_dir) as staging:
     with tempfile.TemporaryDirectory() as assets_dir:
       module = ServingModule(network, hierarchy, image_shape, config,
-                             assets_dir)
+                             assets_dir, params.task.data.alpha_background)
       signatures = module.signatures()
       os.rmdir(staging)  # tf.saved_model.save wants to create it.
       tf.saved_model.save(module, staging, signatures=signatures)

@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 from PIL import Image
+from PIL import ImageOps
 
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
@@ -15,6 +16,11 @@ IMAGES_INPUT = "images"
 LOGITS_OUTPUT = "logits"
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
 _UINT8_MAX = 255.0
+_UINT16_MAX = 65535.0
+# Equal to kc_keras.dataloaders.image_decoding's (tested): the demo imports
+# no TensorFlow.
+DEFAULT_ALPHA_BACKGROUND = (1.0, 1.0, 1.0)
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 _INT8_RANGE = (-128, 127)
 
 
@@ -23,14 +29,19 @@ class DemoError(ValueError):
 
 
 def load_image(path: str, image_size: int, channels: int,
-               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
+               max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+               alpha_background: Sequence[float] = DEFAULT_ALPHA_BACKGROUND
+               ) -> np.ndarray:
   """Decodes and resizes an image the way training does, with PIL only.
 
-  Mirrors `kc_keras.dataloaders.sources.decode_and_resize`: decode to
-  `channels` (1: 'L', 3: 'RGB', alpha dropped), scale to float32 [0, 1],
-  resize each channel in float ('F' mode) with PIL's bilinear filter, whose
-  support widens with the downscale factor exactly as TF's antialiased
-  bilinear (triangle) kernel does, then clip to [0, 1].
+  Mirrors `kc_keras.dataloaders.image_decoding.decode_and_resize` (its
+  docstring has the formula): EXIF orientation applied to JPEGs, colour `c`
+  and alpha `a` in [0, 1] (16-bit grey PNGs at full precision, palette and
+  `tRNS` transparency as alpha), `o = a c + (1 - a) b` for 3 channels or
+  `a Y(c) + (1 - a) Y(b)` for 1 (`Y` = BT.601 luma), then each channel
+  resized in float ('F' mode) with PIL's bilinear filter, whose support
+  widens with the downscale factor exactly as TF's antialiased bilinear
+  (triangle) kernel does, then clipped to [0, 1].
 
   Args:
     path: an image file (JPEG, PNG, GIF, BMP; first frame).
@@ -38,6 +49,8 @@ def load_image(path: str, image_size: int, channels: int,
     channels: 1 or 3.
     max_image_pixels: images whose header claims more pixels are refused
       before their pixels are decoded.
+    alpha_background: `(r, g, b)` in [0, 1] behind transparent pixels: the
+      run's `task.data.alpha_background`.
 
   Returns:
     float32 `[S, S, channels]`.
@@ -55,20 +68,40 @@ def load_image(path: str, image_size: int, channels: int,
             f"{path}: {width} x {height} pixels exceeds max_image_pixels="
             f"{max_image_pixels}")
       image.load()
-      image = image.convert("L" if channels == 1 else "RGB")
-      pixels = np.asarray(image, np.float32) / _UINT8_MAX
+      colour, alpha = _colour_and_alpha(image)
   except DemoError:
     raise
   except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
     raise DemoError(f"{path}: not a decodable image ({e})") from e
-  if pixels.ndim == 2:
-    pixels = pixels[..., None]
+  background = np.asarray(alpha_background, np.float32)
+  luma = np.asarray(LUMA_WEIGHTS, np.float32)
+  if channels == 3:
+    pixels = alpha * (colour * np.ones(3, np.float32)) + (1 - alpha) * background
+  else:
+    grey = colour if colour.shape[-1] == 1 else np.sum(
+        colour * luma, axis=-1, keepdims=True)
+    pixels = alpha * grey + (1 - alpha) * np.sum(background * luma)
   planes = [
-      np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c])).resize(
-          (image_size, image_size), Image.BILINEAR), np.float32)
+      np.asarray(Image.fromarray(np.ascontiguousarray(
+          pixels[..., c], np.float32)).resize(
+              (image_size, image_size), Image.BILINEAR), np.float32)
       for c in range(channels)
   ]
   return np.clip(np.stack(planes, axis=-1), 0.0, 1.0)
+
+
+def _colour_and_alpha(image: Image.Image) -> Tuple[np.ndarray, np.ndarray]:
+  """`(colour [H, W, 1 or 3], alpha [H, W, 1])` in [0, 1], as training decodes."""
+  if image.format == "JPEG":
+    # Training applies EXIF orientation to JPEGs only.
+    image = ImageOps.exif_transpose(image)
+  if image.mode.startswith("I"):  # 16-bit grey PNG: keep its precision.
+    colour = np.asarray(image, np.float32)[..., None] / _UINT16_MAX
+    return colour, np.ones_like(colour)
+  grey = image.mode in ("1", "L", "LA", "La")
+  pixels = np.asarray(image.convert("LA" if grey else "RGBA"),
+                      np.float32) / _UINT8_MAX
+  return pixels[..., :-1], pixels[..., -1:]
 
 
 def read_lines(path: str) -> List[str]:

@@ -20,6 +20,14 @@ flags.DEFINE_bool(
     "Rerun a model_dir whose params.yaml differs from this config in more "
     "than the resume-safe keys (train_steps, intervals, runtime; see "
     "docs/RELIABILITY.md); the new config is then recorded.")
+flags.DEFINE_string(
+    "eval_data", None,
+    "--mode=eval on another test set: folder:DIR with DIR/<vertical>/<class>/"
+    "<image>, classes a subset of the run's, matched by name; metrics go to "
+    "model_dir/eval_metrics_<DIR name>.json.")
+flags.DEFINE_string(
+    "eval_output", None,
+    "--mode=eval: write the metrics JSON here instead of the default.")
 flags.mark_flags_as_required(["experiment", "mode", "model_dir"])
 
 FLAGS = flags.FLAGS
@@ -37,6 +45,8 @@ def main(argv):
       checkpoint_path=FLAGS.checkpoint_path,
       verticals=[int(v) for v in FLAGS.verticals] if FLAGS.verticals else None,
       allow_config_change=FLAGS.allow_config_change,
+      eval_data=FLAGS.eval_data,
+      eval_output=FLAGS.eval_output,
   )
 
 

@@ -5,6 +5,8 @@ from typing import Optional, Sequence
 
 from official.modeling import hyperparams
 
+from kc_keras.dataloaders.image_decoding import check_background
+
 SOURCES = ("embedded", "omniglot", "folder", "tfrecord", "tfds")
 VERTICAL_SIZE_DISTRIBUTIONS = ("uniform", "uneven")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
@@ -270,6 +272,9 @@ class DataConfig(hyperparams.Config):
       TFDS) does: 'error' stops with a `DataError` naming the file or record;
       'skip' drops it, counts it, and reports the count (`skipped_examples`
       in the training logs, train_summary.json and eval_metrics.json).
+    alpha_background: `(r, g, b)` in [0, 1] behind the transparent pixels of
+      RGBA, grey + alpha and transparent-palette images (folder, TFRecord,
+      TFDS); white by default (docs/DATA.md, `dataloaders.image_decoding`).
   """
 
   source: str = "embedded"
@@ -288,6 +293,8 @@ class DataConfig(hyperparams.Config):
   num_parallel_calls: int = -1
   cache_decoded: bool = False
   on_decode_error: str = "error"
+  # White: see docs/DATA.md "Images as users have them" for why.
+  alpha_background: tuple = (1.0, 1.0, 1.0)
 
   def validate(self, prefix: str = "data"):
     """Raises ValueError naming the full key path of the bad value."""
@@ -303,6 +310,7 @@ class DataConfig(hyperparams.Config):
           f"{prefix}.on_decode_error={self.on_decode_error!r} is not one of "
           f"{ON_DECODE_ERROR}."
       )
+    check_background(self.alpha_background, where=f"{prefix}.alpha_background")
     if self.num_parallel_calls != -1 and self.num_parallel_calls < 1:
       raise ValueError(
           f"{prefix}.num_parallel_calls={self.num_parallel_calls} must be -1 "

@@ -18,6 +18,7 @@ def build_source(data_config) -> ExampleSource:
   data_config.validate()
   name = data_config.source
   max_labels = data_config.max_labels_per_example
+  decoding = dict(alpha_background=tuple(data_config.alpha_background))
   # Imported here so that, e.g., TFDS is only imported when used.
   if name == "embedded":
     from kc_keras.dataloaders.sources import embedded
@@ -27,11 +28,11 @@ def build_source(data_config) -> ExampleSource:
     return omniglot.OmniglotSource(data_config.omniglot, max_labels)
   if name == "folder":
     from kc_keras.dataloaders.sources import folder
-    return folder.FolderSource(data_config.folder, max_labels)
+    return folder.FolderSource(data_config.folder, max_labels, **decoding)
   if name == "tfrecord":
     from kc_keras.dataloaders.sources import tfrecord
-    return tfrecord.TFRecordSource(data_config.tfrecord, max_labels)
+    return tfrecord.TFRecordSource(data_config.tfrecord, max_labels, **decoding)
   if name == "tfds":
     from kc_keras.dataloaders.sources import tfds
-    return tfds.TFDSSource(data_config.tfds, max_labels)
+    return tfds.TFDSSource(data_config.tfds, max_labels, **decoding)
   raise ValueError(f"data.source={name!r} is not a known source")

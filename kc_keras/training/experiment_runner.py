@@ -53,7 +53,9 @@ MODES = run_modes.MODES
 def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
         checkpoint_path: Optional[str] = None,
         verticals: Optional[Sequence[int]] = None,
-        allow_config_change: bool = False):
+        allow_config_change: bool = False,
+        eval_data: Optional[str] = None,
+        eval_output: Optional[str] = None):
   """Runs one of `MODES`.
 
   Args:
@@ -64,16 +66,27 @@ def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
     verticals: teachers to train (`train_specialists`), default config/all.
     allow_config_change: rerun a `model_dir` whose params.yaml differs in
       more than `checks.RESUME_SAFE_KEYS` (see `modes.Session`).
+    eval_data: `eval` only: `folder:DIR` to evaluate instead of the eval
+      split (see `modes.evaluate`).
+    eval_output: `eval` only: where to write the metrics JSON.
 
   Returns:
     The mode's result (`TrainResult`, metrics or manifest dict, or a tuple
     for `train_and_eval`).
+
+  Raises:
+    ValueError: `eval_data` or `eval_output` with another mode than `eval`.
   """
+  for flag, value in (("eval_data", eval_data), ("eval_output", eval_output)):
+    if value and mode != "eval":
+      raise ValueError(f"--{flag} applies to --mode=eval only, not --mode={mode}.")
   allow = dict(allow_config_change=allow_config_change)
   if mode == "train":
     return modes.train(params, model_dir, **allow)
   if mode == "eval":
-    return modes.evaluate(params, model_dir, checkpoint_path, **allow)
+    return modes.evaluate(params, model_dir, checkpoint_path,
+                          eval_data=eval_data or None,
+                          output_path=eval_output or None, **allow)
   if mode == "train_and_eval":
     result = modes.train(params, model_dir, **allow)
     return result, modes.evaluate(params, model_dir, checkpoint_path, **allow)

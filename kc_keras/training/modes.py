@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 from typing import Dict, Optional
 
 from absl import logging
@@ -9,11 +10,13 @@ import keras
 import tensorflow as tf
 
 from kc_keras.configs import checks
+from kc_keras.configs import data as data_config_lib
 from kc_keras.configs import kc_config
 from kc_keras.dataloaders import data_errors
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import pipeline
+from kc_keras.dataloaders.sources import folder as folder_source
 from kc_keras.distillation import target_cache
 from kc_keras.distillation import teacher_bank as teacher_bank_lib
 from kc_keras.training import controller as controller_lib
@@ -27,6 +30,9 @@ from kc_keras.utils import files
 
 HIERARCHY_FILE = "hierarchy.json"
 EVAL_METRICS_FILE = "eval_metrics.json"
+# `--eval_data` metrics go to `eval_metrics_<name of the data folder>.json`.
+OTHER_EVAL_METRICS_PATTERN = "eval_metrics_{name}.json"
+EVAL_DATA_KINDS = ("folder",)
 SPECIALISTS_METRICS_FILE = "eval_specialists_metrics.json"
 TRAIN_SUMMARY_FILE = "train_summary.json"
 PARAMS_FILE = "params.yaml"
@@ -122,19 +128,22 @@ class Session:
     params: the validated experiment config.
     model_dir: the run directory.
     allow_config_change: see `check_params_change`.
+    source: the data to use instead of `params.task.data`'s (the eval data
+      of `evaluate(eval_data=...)`, labelled with the run's hierarchy).
 
   Raises:
     ValueError: from any of the checks above, naming what differs.
   """
 
   def __init__(self, params: kc_config.ExperimentConfig, model_dir: str,
-               allow_config_change: bool = False):
+               allow_config_change: bool = False, source=None):
     self.params = params
     self.model_dir = model_dir
     strategy_lib.set_precision_policy(params.runtime)
     keras.utils.set_random_seed(params.runtime.seed)
     self.strategy = strategy_lib.build_strategy(params.runtime)
-    self.source = factory.build_source(params.task.data)
+    self.source = (source if source is not None
+                   else factory.build_source(params.task.data))
     self.hierarchy = self.source.hierarchy
     kc_config.check_against_hierarchy(params, self.hierarchy)
     os.makedirs(model_dir, exist_ok=True)
@@ -178,6 +187,13 @@ class Session:
         global_batch_size=self.params.task.eval_batch_size,
         skip_counter=skip_counter,
     )
+
+
+def _log_alpha_found(session: Session) -> None:
+  """Says once per run that images with transparency were composited."""
+  notice = getattr(session.source, "alpha_notice", None)
+  if notice is not None:
+    notice.log_once()
 
 
 def _skipped(counter: Optional[data_errors.SkipCounter], what: str) -> int:
@@ -233,9 +249,13 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
         skip_counter=counter,
     )
 
-  extra_logs = None
-  if counter is not None:
-    extra_logs = lambda: {"skipped_examples": float(counter.value())}  # noqa: E731
+  def extra_logs():
+    # Each loop boundary: the alpha line appears soon after the first such image.
+    _log_alpha_found(session)
+    if counter is None:
+      return {}
+    return {"skipped_examples": float(counter.value())}
+
   controller = controller_lib.TrainController(
       model=model,
       strategy=session.strategy,
@@ -249,6 +269,7 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
       extra_logs=extra_logs,
   )
   result = controller.train(verbose=verbose)
+  _log_alpha_found(session)
   if counter is not None:
     # The final count: the last loop's logs can precede records read since.
     result.logs["skipped_examples"] = float(_skipped(counter, "training"))
@@ -264,25 +285,98 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
   return result
 
 
+def parse_eval_data(eval_data: str) -> str:
+  """The folder of an `--eval_data=folder:DIR` value.
+
+  Raises:
+    ValueError: another form, or a folder that does not exist (one line).
+  """
+  kind, colon, path = str(eval_data).partition(":")
+  if not colon or kind not in EVAL_DATA_KINDS or not path:
+    raise ValueError(
+        f"--eval_data={eval_data!r}: use folder:DIR, where DIR holds "
+        "<vertical>/<class>/<image> (names as in the run)")
+  if not os.path.isdir(path):
+    raise ValueError(f"--eval_data: folder {path!r} not found")
+  return path
+
+
+def eval_data_source(params: kc_config.ExperimentConfig, model_dir: str,
+                     eval_data: str) -> folder_source.FolderSource:
+  """The eval source of `--eval_data=folder:DIR`, labelled with the run's classes.
+
+  Class folders are matched to the run's class ids by name (the run's
+  `hierarchy.json`); every class must be one of the run's and sit under the
+  run's vertical for it. Images are decoded at the run's image size and
+  channels with its `alpha_background`. All files are listed here, so a bad
+  tree is refused before any model is built.
+
+  Raises:
+    FileNotFoundError: `model_dir` holds no trained run's hierarchy.
+    ValueError: bad `eval_data`, a folder without images.
+    hierarchy_lib.HierarchyError: a class the run does not have, or one under
+      another vertical (naming the class and both verticals).
+  """
+  path = parse_eval_data(eval_data)
+  hierarchy_file = os.path.join(model_dir, HIERARCHY_FILE)
+  if not os.path.exists(hierarchy_file):
+    raise FileNotFoundError(
+        f"{hierarchy_file} not found: --eval_data needs the model_dir of a "
+        "trained run (its classes name the eval folders)")
+  size, _, channels = params.task.data.image_shape()
+  config = data_config_lib.FolderConfig(
+      eval_dir=path, hierarchy_file=hierarchy_file, image_size=size,
+      channels=channels)
+  source = folder_source.FolderSource(
+      config, params.task.data.max_labels_per_example,
+      alpha_background=tuple(params.task.data.alpha_background))
+  try:
+    source.files("eval")
+  except hierarchy_lib.HierarchyError as e:
+    raise hierarchy_lib.HierarchyError(
+        f"--eval_data {path} does not match the classes of the run in "
+        f"{model_dir}: {e}") from None
+  return source
+
+
+def other_eval_metrics_path(model_dir: str, eval_data: str) -> str:
+  """`model_dir/eval_metrics_<folder name>.json` for `--eval_data`."""
+  name = os.path.basename(os.path.normpath(parse_eval_data(eval_data)))
+  name = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "data"
+  return os.path.join(model_dir, OTHER_EVAL_METRICS_PATTERN.format(name=name))
+
+
 def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
              checkpoint_path: Optional[str] = None,
-             allow_config_change: bool = False) -> Dict:
-  """Evaluates the latest (or the given) checkpoint on the eval split.
+             allow_config_change: bool = False,
+             eval_data: Optional[str] = None,
+             output_path: Optional[str] = None) -> Dict:
+  """Evaluates the latest (or the given) checkpoint on the eval split or `eval_data`.
 
-  Writes `eval_metrics.json` (atomically) and TensorBoard scalars under
-  `model_dir/eval`.
+  On the run's own eval split: writes `eval_metrics.json` (atomically) and
+  TensorBoard scalars under `model_dir/eval`. With `eval_data='folder:DIR'`
+  (new photos, another domain): evaluates all of DIR, whose classes must be
+  a subset of the run's, matched by name (`eval_data_source`), and writes
+  `eval_metrics_<DIR name>.json`; the run's own files are left alone. Top-k
+  ranks all N classes of the run; per-vertical top-1 and AP, and mpvap,
+  cover the verticals and classes present in DIR (`metrics.evaluation`).
 
   Args:
-    params: the validated experiment config.
+    params: the validated experiment config (the run's).
     model_dir: the training directory.
     checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
     allow_config_change: see `check_params_change`.
+    eval_data: `folder:DIR`, data to evaluate instead of the eval split.
+    output_path: where to write the metrics JSON instead of the default.
 
   Returns:
     The metrics dict (top1, top5, mpvap, per-vertical results, parameters,
-    `skipped_examples`: eval records dropped as unreadable).
+    `skipped_examples`: eval records dropped as unreadable; with
+    `eval_data` also `eval_data` and `classes_present`).
   """
-  session = Session(params, model_dir, allow_config_change)
+  source = (eval_data_source(params, model_dir, eval_data)
+            if eval_data is not None else None)
+  session = Session(params, model_dir, allow_config_change, source=source)
   counter = session.skip_counter()
   model = session.build_model()
   restored = controller_lib.restore_model_weights(
@@ -299,19 +393,30 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
         score_fn,
         session.eval_dataset(counter),
         session.hierarchy,
-        steps=params.trainer.validation_steps,
+        # Another dataset is evaluated whole: it is the user's test set.
+        steps=params.trainer.validation_steps if source is None else -1,
     )
   metrics["skipped_examples"] = _skipped(counter, "eval")
+  _log_alpha_found(session)
   metrics["checkpoint"] = restored
   metrics["step"] = controller_lib.checkpoint_step(restored)
   metrics["params"] = model_builder.parameter_report(model)
-  files.atomic_write_json(os.path.join(model_dir, EVAL_METRICS_FILE), metrics)
-  writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
-  with writer.as_default(step=metrics["step"]):
-    for name in ("top1", "top5", "mpvap"):
-      tf.summary.scalar(name, metrics[name])
-  writer.flush()
-  logging.info("Eval metrics: %s", json.dumps(
+  if source is not None:
+    metrics["eval_data"] = eval_data
+    metrics["classes_present"] = len({c for _, c in source.files("eval")})
+    path = output_path or other_eval_metrics_path(model_dir, eval_data)
+  else:
+    path = output_path or os.path.join(model_dir, EVAL_METRICS_FILE)
+  if os.path.dirname(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+  files.atomic_write_json(path, metrics)
+  if source is None:
+    writer = tf.summary.create_file_writer(os.path.join(model_dir, "eval"))
+    with writer.as_default(step=metrics["step"]):
+      for name in ("top1", "top5", "mpvap"):
+        tf.summary.scalar(name, metrics[name])
+    writer.flush()
+  logging.info("Eval metrics (%s): %s", path, json.dumps(
       {k: metrics[k] for k in ("top1", "top5", "mpvap", "num_examples")}))
   return metrics
 
@@ -404,6 +509,7 @@ def cache_targets(params: kc_config.ExperimentConfig, model_dir: str,
         shard_size=distillation.cache_shard_size,
     )
   _skipped(counter, "training (cache_targets)")
+  _log_alpha_found(session)
   return manifest
 
 
@@ -431,6 +537,7 @@ def evaluate_specialists(params: kc_config.ExperimentConfig,
         score_fn, session.eval_dataset(counter), session.hierarchy,
         steps=params.trainer.validation_steps)
   metrics["skipped_examples"] = _skipped(counter, "eval")
+  _log_alpha_found(session)
   metrics["params"] = {
       "total": int(sum(t.count_params() for t in bank.teachers.values())),
       "num_teachers": len(bank.teachers),

@@ -11,13 +11,13 @@ import tensorflow as tf
 
 import export_test_utils as test_utils
 from export import tflite_demo_lib
-from kc_keras.dataloaders import sources
+from kc_keras.dataloaders import image_decoding
 
 # PIL's float bilinear vs TF's antialiased bilinear on PNGs (measured
-# <= 7e-7 on the cases below: float math on both sides).
+# <= 9e-7 on the cases below: float math on both sides).
 MAX_RESIZE_DIFF = 1e-5
 # JPEG: the decoders differ (TF's libjpeg-turbo fast integer IDCT vs PIL's
-# accurate one); measured <= 0.013 (3.3 grey levels) on the cases below.
+# accurate one); measured <= 0.015 (3.7 grey levels) on the cases below.
 MAX_JPEG_DIFF = 4.0 / 255.0
 SUBPROCESS_TIMEOUT_S = 120
 
@@ -34,27 +34,73 @@ def _run(args, **kwargs):
     ((105, 105), 1, 28, "L", "png"),   # Omniglot-like
     ((30, 30), 1, 16, "RGB", "png"),   # colour file to grey
     ((20, 24), 3, 16, "L", "png"),     # grey file to colour
-    ((16, 16), 3, 16, "RGBA", "png"),  # alpha dropped
+    ((16, 16), 3, 16, "RGBA", "png"),  # alpha composited
+    ((16, 16), 1, 16, "RGBA", "png"),
+    ((12, 10), 3, 16, "LA", "png"),
     ((300, 200), 3, 32, "RGB", "jpg"),
     ((105, 105), 1, 28, "L", "jpg"),
 ])
 def test_resize_matches_training(tmp_path, size, channels, target, mode, ext):
   rng = np.random.RandomState(sum(size))
-  depth = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
+  depth = {"RGB": 3, "L": 1, "RGBA": 4, "LA": 2}[mode]
   pixels = (rng.rand(size[0], size[1], depth) * 255).astype(np.uint8)
   path = str(tmp_path / f"image.{ext}")
   Image.fromarray(pixels[..., 0] if depth == 1 else pixels, mode).save(path)
   ours = tflite_demo_lib.load_image(path, target, channels)
   with open(path, "rb") as f:
-    theirs = sources.decode_and_resize(tf.constant(f.read()), target,
-                                       channels).numpy()
+    theirs = image_decoding.decode_and_resize(tf.constant(f.read()), target,
+                                              channels).numpy()
   assert ours.shape == theirs.shape == (target, target, channels)
   tolerance = MAX_JPEG_DIFF if ext == "jpg" else MAX_RESIZE_DIFF
-  if channels == 1 and depth == 3:
-    # Grey conversion: PIL rounds ITU-R 601 luma to 8 bits as libpng does,
-    # with other integer weights: at most one grey level apart.
-    tolerance = 1.0 / 255.0 + MAX_RESIZE_DIFF
   assert np.abs(ours - theirs).max() <= tolerance
+
+
+def _special_image(kind):
+  """(PIL image, save kwargs, extension) of a file that needs more than RGB decoding."""
+  rng = np.random.RandomState(7)
+  if kind == "palette_transparency":
+    image = Image.fromarray(rng.randint(0, 6, (21, 17)).astype(np.uint8), "P")
+    image.putpalette(list(rng.randint(0, 256, 18)) + [0] * 750)
+    return image, dict(transparency=2), "png"
+  if kind == "colour_key":
+    image = Image.fromarray(rng.randint(0, 2, (15, 19, 3)).astype(np.uint8) * 200)
+    return image, dict(transparency=(200, 0, 200)), "png"
+  if kind == "sixteen_bit":
+    values = rng.randint(0, 65536, (13, 11)).astype("<u2")
+    return Image.frombytes("I;16", (11, 13), values.tobytes()), {}, "png"
+  if kind == "exif_rotated":
+    # Smooth ramps, distinct along each axis: a wrong turn shows, and the two
+    # JPEG decoders agree as on photos (noise would test their upsampling).
+    rows, cols = np.mgrid[0:24, 0:40]
+    image = Image.fromarray(np.stack(
+        [rows * 10, cols * 6, 255 - cols * 3], -1).astype(np.uint8))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    return image, dict(exif=exif.tobytes(), quality=95), "jpg"
+  raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["palette_transparency", "colour_key",
+                                  "sixteen_bit", "exif_rotated"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_special_files_match_training(tmp_path, kind, channels):
+  image, kwargs, ext = _special_image(kind)
+  path = str(tmp_path / f"image.{ext}")
+  image.save(path, **kwargs)
+  background = (0.1, 0.6, 0.3)
+  ours = tflite_demo_lib.load_image(path, 16, channels,
+                                    alpha_background=background)
+  with open(path, "rb") as f:
+    theirs = image_decoding.decode_and_resize(
+        tf.constant(f.read()), 16, channels, background).numpy()
+  tolerance = MAX_JPEG_DIFF if ext == "jpg" else MAX_RESIZE_DIFF
+  assert np.abs(ours - theirs).max() <= tolerance
+
+
+def test_decode_constants_equal_training():
+  assert tflite_demo_lib.LUMA_WEIGHTS == image_decoding.LUMA_WEIGHTS
+  assert (tflite_demo_lib.DEFAULT_ALPHA_BACKGROUND
+          == image_decoding.DEFAULT_ALPHA_BACKGROUND)
 
 
 def test_no_tensorflow_in_the_import_chain(tflite_model, tmp_path):

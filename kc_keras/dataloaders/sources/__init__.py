@@ -8,6 +8,7 @@ from typing import Optional
 import tensorflow as tf
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import image_decoding
 
 SPLITS = ("train", "eval")
 
@@ -69,10 +70,17 @@ class DecodedImageSource(ExampleSource):
   """Base of the sources that decode stored images (folder, TFRecord, TFDS).
 
   Subclasses set `self._config` (with `image_size` and `channels`) and
-  `self._hierarchy` in `__init__`.
+  `self._hierarchy`, and call `_init_decoding` in `__init__`. Images go
+  through `image_decoding` (alpha composited onto `alpha_background`, EXIF
+  orientation, 16-bit PNG, palettes); `alpha_notice` counts the decoded images
+  with transparency so that a run can say once that it found some.
   """
 
   may_fail_decode = True
+
+  def _init_decoding(self, alpha_background) -> None:
+    self.alpha_background = image_decoding.check_background(alpha_background)
+    self.alpha_notice = image_decoding.AlphaNotice(self.alpha_background)
 
   @property
   def hierarchy(self) -> hierarchy_lib.Hierarchy:
@@ -83,17 +91,20 @@ class DecodedImageSource(ExampleSource):
     return (self._config.image_size, self._config.image_size,
             self._config.channels)
 
+  def decode_bytes(self, encoded: tf.Tensor) -> tf.Tensor:
+    """Encoded image bytes -> the model image (`image_decoding.decode_and_resize`)."""
+    return image_decoding.decode_and_resize(
+        encoded, self._config.image_size, self._config.channels,
+        self.alpha_background, self.alpha_notice)
+
+  def decoding_fingerprint(self) -> dict:
+    """What of the decode settings changes the images (for `fingerprint`)."""
+    return dict(image_size=self._config.image_size,
+                channels=self._config.channels,
+                alpha_background=list(self.alpha_background))
+
 
 def digest(**parts) -> str:
   """sha256 hex of a canonical JSON of `parts` (used by source fingerprints)."""
   text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
   return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def decode_and_resize(encoded: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-  """Encoded jpg/png/gif/bmp bytes -> float32 `[S, S, C]` in [0, 1] (bilinear, antialiased)."""
-  image = tf.io.decode_image(encoded, channels=channels, expand_animations=False)
-  image = tf.image.convert_image_dtype(image, tf.float32)
-  image = tf.image.resize(image, [image_size, image_size], antialias=True)
-  image = tf.clip_by_value(image, 0.0, 1.0)
-  return tf.ensure_shape(image, [image_size, image_size, channels])

@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import image_decoding
 from kc_keras.dataloaders import sources
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -23,6 +24,7 @@ class FolderSource(sources.DecodedImageSource):
   Args:
     config: a `FolderConfig`.
     max_labels: `L`.
+    alpha_background: `(r, g, b)` behind transparent pixels.
 
   Raises:
     hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy, or
@@ -32,10 +34,12 @@ class FolderSource(sources.DecodedImageSource):
 
   name = "folder"
 
-  def __init__(self, config, max_labels: int = 1):
+  def __init__(self, config, max_labels: int = 1,
+               alpha_background=image_decoding.DEFAULT_ALPHA_BACKGROUND):
     config.validate()
     self._config = config
     self._max_labels = int(max_labels)
+    self._init_decoding(alpha_background)
     if config.hierarchy_file:
       self._hierarchy = hierarchy_lib.Hierarchy.load(config.hierarchy_file)
     else:
@@ -95,8 +99,7 @@ class FolderSource(sources.DecodedImageSource):
       entries.append([os.path.relpath(path, root), cid, st.st_size, st.st_mtime_ns])
     return sources.digest(
         source=self.name, files=entries, hierarchy=self._hierarchy.fingerprint,
-        image_size=self._config.image_size, channels=self._config.channels,
-        max_labels=self._max_labels)
+        max_labels=self._max_labels, **self.decoding_fingerprint())
 
   def raw_dataset(self, split: str) -> tf.data.Dataset:
     files = self.files(split)
@@ -115,6 +118,5 @@ class FolderSource(sources.DecodedImageSource):
   def decode(self, element: dict) -> dict:
     out = dict(element)
     encoded = tf.io.read_file(out.pop("path"))
-    out["image"] = sources.decode_and_resize(
-        encoded, self._config.image_size, self._config.channels)
+    out["image"] = self.decode_bytes(encoded)
     return out

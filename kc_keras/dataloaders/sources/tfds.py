@@ -7,6 +7,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import image_decoding
 from kc_keras.dataloaders import labels as labels_lib
 from kc_keras.dataloaders import sources
 
@@ -24,6 +25,7 @@ class TFDSSource(sources.DecodedImageSource):
     max_labels: `L`.
     builder: an already constructed, prepared `tfds.core.DatasetBuilder` to use
       instead of `tfds.builder(config.name, data_dir=config.data_dir)`.
+    alpha_background: `(r, g, b)` behind transparent pixels.
 
   Raises:
     ValueError: dataset unknown or not prepared in `data_dir`, missing features, a
@@ -32,10 +34,12 @@ class TFDSSource(sources.DecodedImageSource):
 
   name = "tfds"
 
-  def __init__(self, config, max_labels: int = 1, builder=None):
+  def __init__(self, config, max_labels: int = 1, builder=None,
+               alpha_background=image_decoding.DEFAULT_ALPHA_BACKGROUND):
     config.validate()
     self._config = config
     self._max_labels = int(max_labels)
+    self._init_decoding(alpha_background)
     self._builder = builder if builder is not None else self._make_builder(config)
     if not self._builder.is_prepared():
       raise ValueError(
@@ -106,8 +110,8 @@ class TFDSSource(sources.DecodedImageSource):
     return sources.digest(
         source=self.name, name=info.full_name, split=tfds_split,
         num_examples=self.num_examples(split), files=files,
-        hierarchy=self._hierarchy.fingerprint, image_size=self._config.image_size,
-        channels=self._config.channels, max_labels=self._max_labels)
+        hierarchy=self._hierarchy.fingerprint, max_labels=self._max_labels,
+        **self.decoding_fingerprint())
 
   def raw_dataset(self, split: str) -> tf.data.Dataset:
     c = self._config
@@ -129,15 +133,10 @@ class TFDSSource(sources.DecodedImageSource):
     return ds.enumerate().map(select)
 
   def decode(self, element: dict) -> dict:
+    """TFDS decodes the file; the pixels then follow `image_decoding`'s formula."""
     out = dict(element)
-    image = out.pop("pixels")
-    channels, size = self._config.channels, self._config.image_size
-    image = tf.image.convert_image_dtype(image, tf.float32)
-    have = image.shape[-1]
-    if have != channels:
-      image = (tf.image.rgb_to_grayscale(image) if channels == 1
-               else tf.image.grayscale_to_rgb(image))
-    image = tf.image.resize(image, [size, size], antialias=True)
-    out["image"] = tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0),
-                                   [size, size, channels])
+    out["image"] = image_decoding.to_model_image(
+        tf.image.convert_image_dtype(out.pop("pixels"), tf.float32),
+        self._config.image_size, self._config.channels,
+        self.alpha_background, self.alpha_notice)
     return out

@@ -6,6 +6,7 @@ from typing import Iterable, Optional
 import tensorflow as tf
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.dataloaders import image_decoding
 from kc_keras.dataloaders import labels as labels_lib
 from kc_keras.dataloaders import sources
 
@@ -57,6 +58,7 @@ class TFRecordSource(sources.DecodedImageSource):
   Args:
     config: a `TFRecordConfig`.
     max_labels: `L`.
+    alpha_background: `(r, g, b)` behind transparent pixels.
 
   Raises:
     ValueError: a split pattern matching no file.
@@ -64,10 +66,12 @@ class TFRecordSource(sources.DecodedImageSource):
 
   name = "tfrecord"
 
-  def __init__(self, config, max_labels: int = 1):
+  def __init__(self, config, max_labels: int = 1,
+               alpha_background=image_decoding.DEFAULT_ALPHA_BACKGROUND):
     config.validate()
     self._config = config
     self._max_labels = int(max_labels)
+    self._init_decoding(alpha_background)
     self._hierarchy = hierarchy_lib.Hierarchy.load(config.hierarchy_file)
     self._counts = {}
 
@@ -97,8 +101,7 @@ class TFRecordSource(sources.DecodedImageSource):
       entries.append([os.path.basename(path), st.length, st.mtime_nsec])
     return sources.digest(
         source=self.name, files=entries, hierarchy=self._hierarchy.fingerprint,
-        image_size=self._config.image_size, channels=self._config.channels,
-        max_labels=self._max_labels)
+        max_labels=self._max_labels, **self.decoding_fingerprint())
 
   def raw_dataset(self, split: str) -> tf.data.Dataset:
     c = self._config
@@ -140,6 +143,5 @@ class TFRecordSource(sources.DecodedImageSource):
   def decode(self, element: dict) -> dict:
     out = dict(element)
     del out["record"]
-    out["image"] = sources.decode_and_resize(
-        out.pop("encoded"), self._config.image_size, self._config.channels)
+    out["image"] = self.decode_bytes(out.pop("encoded"))
     return out
