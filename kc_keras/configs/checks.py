@@ -13,6 +13,7 @@ import yaml
 # hardware/distribution (checkpoints restore under any strategy). A prefix
 # ending in '.' covers a whole sub-config.
 RESUME_SAFE_KEYS = (
+    "trainer.train_epochs",
     "trainer.train_steps",
     "trainer.steps_per_loop",
     "trainer.checkpoint_interval",
@@ -138,6 +139,9 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+    return f"{_type_name(args[0])} (or None: derived from the data)"
   return getattr(annotation, "__name__", None) or str(annotation).replace(
       "typing.", "")
 

@@ -3,6 +3,7 @@
 from typing import Optional, Sequence
 
 from kc_keras.configs import checks
+from kc_keras.configs import derived_defaults
 from kc_keras.configs import experiments  # noqa: F401  (registers kc_*)
 from kc_keras.configs import kc_config
 from kc_keras.training import modes
@@ -14,7 +15,8 @@ def parse_configuration(
   """Registered defaults, then each --config_file, then --params_override.
 
   Every override is strict (an unknown key is an error naming its full path);
-  the result is type-checked against the dataclass annotations, validated
+  fields still unset (None) are then derived from the data
+  (`derived_defaults.resolve`); the result is type-checked against the dataclass annotations, validated
   and locked, as in `official.core.train_utils`.
 
   Args:
@@ -40,6 +42,7 @@ def parse_configuration(
     checks.apply_override(params, {"runtime": {"tpu": flags_obj.tpu}})
   if flags_obj.params_override:
     checks.apply_override(params, flags_obj.params_override)
+  derived_defaults.resolve(params)
   checks.check_types(params)
   params.validate()
   params.lock()
