@@ -16,6 +16,14 @@ from kc_keras.utils import files
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
 CHART_PNG = "per_vertical_mpvap.png"
+CONFUSION_PNG = "vertical_confusion.png"
+STAGE_TIMES_JSON = "stage_times.json"
+# Below this mpvap lead of the specialists over the generalist (a fraction:
+# 2 points) the report does not read the student as closing a gap.
+PREMISE_MIN_GAP = 0.02
+GENERALIST = "generalist FC-FC"
+SPECIALISTS = "specialists"
+FULL_STUDENT = "FC-SC + D + S (vertical)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,15 +82,27 @@ def _metrics_file(stage: Stage) -> Optional[str]:
   return None
 
 
+def _load_json(path: str, default):
+  if not os.path.exists(path):
+    return default
+  with open(path) as f:
+    return json.load(f)
+
+
 def run_pipeline(stages: Sequence[Stage], workdir: str,
                  config_files: Sequence[str] = (),
                  params_override: Optional[str] = None,
                  only: Optional[Sequence[str]] = None) -> List[Dict]:
-  """Runs the stages in order and writes the results table, JSON and chart.
+  """Runs the stages in order and writes the report (`write_report`).
 
   Every stage resumes: a finished training is not repeated (its checkpoint
   is at the target step), finished teachers are skipped, so rerunning the
   same command after an interruption continues.
+
+  A stage's wall time is recorded in `workdir/stage_times.json` when it
+  first finishes; a later run keeps that time and reports its own time
+  for the stage separately (`rerun_seconds`), so a resume that only checks
+  finished stages does not replace the time they took to train.
 
   Args:
     stages: the pipeline.
@@ -95,7 +115,10 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     The report rows (dicts), also written to `workdir/results.json`.
   """
   os.makedirs(workdir, exist_ok=True)
-  seconds: Dict[str, float] = {}
+  times_path = os.path.join(workdir, STAGE_TIMES_JSON)
+  first_times: Dict[str, float] = _load_json(times_path, {})
+  rerun_times: Dict[str, float] = {}
+  row_stages: Dict[str, List[str]] = {}
   rows = []
   for stage in stages:
     if only and stage.name not in only:
@@ -112,8 +135,12 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     start = time.time()
     experiment_runner.run(params, stage.mode, model_dir)
     elapsed = time.time() - start
-    row_name = stage.row_of or stage.name
-    seconds[row_name] = seconds.get(row_name, 0.0) + elapsed
+    if stage.name in first_times:
+      rerun_times[stage.name] = elapsed
+    else:
+      first_times[stage.name] = elapsed
+      files.atomic_write_json(times_path, first_times)
+    row_stages.setdefault(stage.row_of or stage.name, []).append(stage.name)
     logging.info("Stage %s took %.1f s", stage.name, elapsed)
     metrics_file = _metrics_file(stage)
     if stage.report and metrics_file:
@@ -122,20 +149,46 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
       rows.append(dict(
           name=stage.name, experiment=stage.experiment,
           model_dir=model_dir, metrics=metrics,
-          params=metrics["params"]["total"]))
+          params=metrics["params"]["total"],
+          assumes_true_vertical=stage.mode == "eval_specialists"))
   for row in rows:
-    row["wall_seconds"] = seconds.get(row["name"], 0.0)
-  files.atomic_write_json(os.path.join(workdir, RESULTS_JSON), rows)
-  files.atomic_write_text(os.path.join(workdir, RESULTS_MD),
-                          results_table(rows) + "\n" + summarize(rows) + "\n")
-  chart_rows = chart_row_names(rows)
-  if chart_rows:
-    plot_per_vertical(rows, chart_rows, os.path.join(workdir, CHART_PNG))
+    names = row_stages.get(row["name"], [])
+    row["wall_seconds"] = sum(first_times.get(n, 0.0) for n in names)
+    if any(n in rerun_times for n in names):
+      row["rerun_seconds"] = sum(rerun_times.get(n, 0.0) for n in names)
+  write_report(rows, workdir)
   return rows
 
 
-def chart_row_names(rows: Sequence[Dict], generalist: str = "generalist FC-FC",
-                    specialists: str = "specialists") -> List[str]:
+def write_report(rows: Sequence[Dict], workdir: str) -> List[str]:
+  """Writes results.json, results.md and the charts beside them.
+
+  Returns:
+    The paths written.
+  """
+  written = [os.path.join(workdir, RESULTS_JSON),
+             os.path.join(workdir, RESULTS_MD)]
+  files.atomic_write_json(written[0], list(rows))
+  charts = []
+  chart_rows = chart_row_names(rows)
+  if chart_rows:
+    charts.append(plot_per_vertical(rows, chart_rows,
+                                    os.path.join(workdir, CHART_PNG)))
+  confusion_row = confusion_row_name(rows)
+  if confusion_row:
+    charts.append(plot_vertical_confusion(
+        next(r for r in rows if r["name"] == confusion_row),
+        os.path.join(workdir, CONFUSION_PNG)))
+  text = results_table(rows) + "\n" + summarize(rows) + "\n"
+  if charts:
+    text += "\nCharts: " + ", ".join(
+        f"`{os.path.basename(c)}`" for c in charts) + ".\n"
+  files.atomic_write_text(written[1], text)
+  return written + charts
+
+
+def chart_row_names(rows: Sequence[Dict], generalist: str = GENERALIST,
+                    specialists: str = SPECIALISTS) -> List[str]:
   """[generalist, best other row by mpvap, specialists] when both ends exist.
 
   Returns:
@@ -150,17 +203,57 @@ def chart_row_names(rows: Sequence[Dict], generalist: str = "generalist FC-FC",
   return [generalist, best["name"], specialists]
 
 
+def confusion_row_name(rows: Sequence[Dict],
+                       student: str = FULL_STUDENT) -> Optional[str]:
+  """The row whose errors `plot_vertical_confusion` shows: the full student, else the best one-model row.
+
+  Returns None when no row chooses among all classes or none recorded
+  `vertical_confusion`.
+  """
+  usable = [r for r in rows if not r.get("assumes_true_vertical")
+            and "vertical_confusion" in r["metrics"]]
+  if not usable:
+    return None
+  names = [r["name"] for r in usable]
+  if student in names:
+    return student
+  return max(usable, key=lambda r: r["metrics"]["mpvap"])["name"]
+
+
+TRUE_VERTICAL_FOOTNOTE = (
+    "\\* The specialists' top-1 / top-5 assume the true vertical is known: "
+    "each image is scored only by the teacher of its own vertical. The "
+    "other rows choose among all classes.")
+
+
 def results_table(rows: Sequence[Dict]) -> str:
-  """A markdown table: row, mpvap, top-1, top-5, params, wall time."""
-  lines = ["| model | mpvap | top-1 | top-5 | params | wall time (s) |",
-           "|---|---|---|---|---|---|"]
+  """A markdown table: row, mpvap, top-1, top-5, params, wall time.
+
+  Top-k of rows that assume the true vertical (the specialists) carry a
+  footnote mark; a `rerun (s)` column appears when this run resumed stages
+  that had finished before (their wall time is the run that trained them).
+  """
+  rerun = any("rerun_seconds" in r for r in rows)
+  header = "| model | mpvap | top-1 | top-5 | params | wall time (s) |"
+  rule = "|---|---|---|---|---|---|"
+  if rerun:
+    header += " rerun (s) |"
+    rule += "---|"
+  lines = [header, rule]
   for row in rows:
     m = row["metrics"]
-    lines.append(
-        f"| {row['name']} | {100 * m['mpvap']:.1f} | {100 * m['top1']:.1f} | "
-        f"{100 * m['top5']:.1f} | {row['params']:,} | "
-        f"{row['wall_seconds']:.0f} |")
-  return "\n".join(lines) + "\n"
+    mark = " \\*" if row.get("assumes_true_vertical") else ""
+    line = (f"| {row['name']} | {100 * m['mpvap']:.1f} | "
+            f"{100 * m['top1']:.1f}{mark} | {100 * m['top5']:.1f}{mark} | "
+            f"{row['params']:,} | {row['wall_seconds']:.0f} |")
+    if rerun:
+      line += (f" {row['rerun_seconds']:.0f} |" if "rerun_seconds" in row
+               else " |")
+    lines.append(line)
+  text = "\n".join(lines) + "\n"
+  if any(r.get("assumes_true_vertical") for r in rows):
+    text += "\n" + TRUE_VERTICAL_FOOTNOTE + "\n"
+  return text
 
 
 def gap_closed(generalist: float, student: float, specialists: float) -> float:
@@ -175,27 +268,55 @@ def gap_closed(generalist: float, student: float, specialists: float) -> float:
   return (student - generalist) / gap
 
 
-def summarize(rows: Sequence[Dict], generalist: str = "generalist FC-FC",
-              student: str = "FC-SC + D + S (vertical)",
-              specialists: str = "specialists") -> str:
-  """One paragraph comparing the full student with the generalist and specialists.
+NO_GAP_ADVICE = (
+    "Distillation has nothing to transfer here: a student can at best match "
+    "the generalist. To give it something, train stronger teachers (a bigger "
+    "network in `task.specialists.model`, more steps in "
+    "`task.specialists.trainer.train_steps`, or `task.specialists.freeze: "
+    "none` to fine-tune the trunk) or collect more training images per class.")
 
-  Returns '' when one of the three rows is missing.
+
+def summarize(rows: Sequence[Dict], generalist: str = GENERALIST,
+              student: str = FULL_STUDENT,
+              specialists: str = SPECIALISTS) -> str:
+  """The premise (specialists vs generalist) first, then what the student did with it.
+
+  When the specialists lead the generalist by less than `PREMISE_MIN_GAP`
+  mpvap, there is no gap to close: the summary says so and what to try,
+  and reports the student against the generalist only.
+
+  Returns '' when the generalist or the specialists row is missing.
   """
   by_name = {r["name"]: r for r in rows}
-  if not all(n in by_name for n in (generalist, student, specialists)):
+  if generalist not in by_name or specialists not in by_name:
     return ""
-  g, s, t = (by_name[n] for n in (generalist, student, specialists))
-  closed = gap_closed(g["metrics"]["mpvap"], s["metrics"]["mpvap"],
-                      t["metrics"]["mpvap"])
-  return (
-      f"The student ({student}) closes {100 * closed:.0f}% of the "
-      f"generalist-to-specialists mpvap gap ({100 * g['metrics']['mpvap']:.1f}"
-      f" -> {100 * s['metrics']['mpvap']:.1f}, specialists "
-      f"{100 * t['metrics']['mpvap']:.1f}) with "
-      f"{100 * s['params'] / t['params']:.1f}% of the specialists' "
-      f"parameters; top-1 over all classes {100 * s['metrics']['top1']:.1f}% "
-      f"vs the generalist's {100 * g['metrics']['top1']:.1f}%.")
+  g, t = by_name[generalist], by_name[specialists]
+  g_ap, t_ap = g["metrics"]["mpvap"], t["metrics"]["mpvap"]
+  lead = t_ap - g_ap
+  text = (f"Premise: the specialists score {100 * t_ap:.1f} mpvap, the "
+          f"generalist {100 * g_ap:.1f} ({100 * lead:+.1f}).")
+  clear = lead >= PREMISE_MIN_GAP
+  if not clear:
+    text += (f" The specialists are not clearly better than the generalist "
+             f"(less than {100 * PREMISE_MIN_GAP:.0f} mpvap points). "
+             + NO_GAP_ADVICE)
+  if student not in by_name:
+    return text
+  s = by_name[student]
+  s_ap = s["metrics"]["mpvap"]
+  if clear:
+    text += (
+        f" The student ({student}) closes "
+        f"{100 * gap_closed(g_ap, s_ap, t_ap):.0f}% of that gap "
+        f"({100 * g_ap:.1f} -> {100 * s_ap:.1f}) with "
+        f"{100 * s['params'] / t['params']:.1f}% of the specialists' "
+        "parameters;")
+  else:
+    text += (f" The student ({student}) scores {100 * s_ap:.1f} mpvap "
+             f"({100 * (s_ap - g_ap):+.1f} over the generalist);")
+  text += (f" top-1 over all classes {100 * s['metrics']['top1']:.1f}% vs "
+           f"the generalist's {100 * g['metrics']['top1']:.1f}%.")
+  return text
 
 
 def plot_per_vertical(rows: Sequence[Dict], names: Sequence[str],
@@ -220,6 +341,88 @@ def plot_per_vertical(rows: Sequence[Dict], names: Sequence[str],
   ax.set_ylabel("AP of the vertical (mpvap term)")
   ax.set_title("Per-vertical AP")
   ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=120)
+  plt.close(fig)
+  os.replace(tmp, path)
+  return path
+
+
+def confusion_by_vertical(metrics: Dict) -> List[Dict]:
+  """Per vertical: correct, wrong class of the same vertical, other verticals.
+
+  Args:
+    metrics: an evaluation's metrics with `per_vertical_top1` and
+      `vertical_confusion`.
+
+  Returns:
+    One dict per vertical (in `vertical_confusion` order): `vertical`,
+    `examples`, the fractions `correct`, `same_vertical`, `other_vertical`,
+    and `destinations`: [(vertical, fraction)] of the other-vertical errors,
+    largest first.
+  """
+  out = []
+  for vertical, row in metrics["vertical_confusion"].items():
+    examples = sum(row.values())
+    correct = metrics["per_vertical_top1"][vertical]
+    inside = row.get(vertical, 0) / examples
+    destinations = sorted(
+        ((u, n / examples) for u, n in row.items() if u != vertical),
+        key=lambda d: (-d[1], str(d[0])))
+    out.append(dict(vertical=vertical, examples=examples, correct=correct,
+                    same_vertical=inside - correct,
+                    other_vertical=1.0 - inside, destinations=destinations))
+  return out
+
+
+def plot_vertical_confusion(row: Dict, path: str) -> str:
+  """Writes a PNG of where one row's top-1 errors fall, per vertical.
+
+  Left: per vertical, the fraction of its test images classified correctly,
+  as another class of the same vertical, or as a class of another vertical.
+  Right: which verticals the wrong-vertical answers went to (row-normalised).
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  summary = sorted(confusion_by_vertical(row["metrics"]),
+                   key=lambda d: d["correct"])
+  names = [d["vertical"] for d in summary]
+  index = {n: i for i, n in enumerate(names)}
+  matrix = np.zeros((len(names), len(names)))
+  for i, d in enumerate(summary):
+    for u, fraction in d["destinations"]:
+      if u in index:
+        matrix[i, index[u]] = fraction
+  size = max(5.0, 0.18 * len(names))
+  fig, (bars, heat) = plt.subplots(1, 2, figsize=(2 * size + 2, size),
+                                   gridspec_kw={"width_ratios": [1, 1.2]})
+  y = np.arange(len(names))
+  left = np.zeros(len(names))
+  for key, label, color in (("correct", "correct", "tab:green"),
+                            ("same_vertical", "wrong class, same vertical",
+                             "tab:orange"),
+                            ("other_vertical", "another vertical", "tab:red")):
+    values = np.array([d[key] for d in summary])
+    bars.barh(y, values, left=left, color=color, label=label)
+    left += values
+  bars.set_yticks(y)
+  bars.set_yticklabels([str(n) for n in names], fontsize=6)
+  bars.set_xlim(0, 1)
+  bars.set_xlabel("fraction of the vertical's test images (top-1)")
+  bars.legend(loc="lower right", fontsize=7)
+  bars.set_title(f"{row['name']}: top-1 answers per vertical")
+  image = heat.imshow(matrix, cmap="Reds", aspect="auto", vmin=0)
+  heat.set_yticks(y)
+  heat.set_yticklabels([str(n) for n in names], fontsize=6)
+  heat.set_xticks(y)
+  heat.set_xticklabels([str(n) for n in names], rotation=90, fontsize=6)
+  heat.set_xlabel("vertical of the predicted class")
+  heat.set_title("errors into other verticals")
+  fig.colorbar(image, ax=heat, fraction=0.046)
   fig.tight_layout()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=120)

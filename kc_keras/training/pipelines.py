@@ -2,11 +2,12 @@
 
 from typing import Dict, List
 
+from kc_keras.training import pipeline_lib
 from kc_keras.training.pipeline_lib import Stage
 
-GENERALIST = "generalist FC-FC"
-SPECIALISTS = "specialists"
-FULL_STUDENT = "FC-SC + D + S (vertical)"
+GENERALIST = pipeline_lib.GENERALIST
+SPECIALISTS = pipeline_lib.SPECIALISTS
+FULL_STUDENT = pipeline_lib.FULL_STUDENT
 
 # The student variants of the paper's ablation table (METHOD.md section 5):
 # every row has the same backbone, data and schedule; only the head and the
