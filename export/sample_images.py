@@ -6,10 +6,8 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
 from export import parity_lib  # noqa: E402
+from export.run_export_lib import write_pngs  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
 
 flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
@@ -20,20 +18,6 @@ flags.DEFINE_integer("count", 2, "Images written.")
 flags.mark_flags_as_required(["experiment", "output_dir"])
 
 FLAGS = flags.FLAGS
-_UINT8_MAX = 255.0
-
-
-def write_pngs(images: np.ndarray, output_dir: str) -> list:
-  """float [0, 1] `[E, H, W, C]` -> `output_dir/eval_<i>.png`; returns paths."""
-  os.makedirs(output_dir, exist_ok=True)
-  paths = []
-  for i, image in enumerate(images):
-    pixels = np.round(np.clip(image, 0.0, 1.0) * _UINT8_MAX).astype(np.uint8)
-    path = os.path.join(output_dir, f"eval_{i}.png")
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(
-        path)
-    paths.append(path)
-  return paths
 
 
 def main(_):

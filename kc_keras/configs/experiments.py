@@ -12,6 +12,9 @@ from kc_keras.configs import derived_defaults
 from kc_keras.configs import kc_config
 
 PREFIX = "kc_"
+# With no eval folder, a fifth of each class's images (at least one of a class
+# with two or more) is held out for evaluation.
+_OWN_DATA_HOLDOUT = 0.2
 
 
 def _demo_data(config: kc_config.ExperimentConfig) -> None:
@@ -126,6 +129,39 @@ def kc_student_demo() -> kc_config.ExperimentConfig:
   _trunk_teachers(config, generalist_model, "runs/demo/generalist",
                   "runs/demo", steps=100, steps_per_loop=50,
                   schedule="cosine", freeze=derived_defaults.FROZEN_TRUNK)
+  return config
+
+
+@exp_factory.register_config_factory("kc_generalist")
+def kc_generalist() -> kc_config.ExperimentConfig:
+  """The generalist for your own data (`run_pipeline --pipeline=kc --data=...`).
+
+  The demo's phone-size network and learning rate; the budget (24 epochs
+  unless `trainer.train_epochs` or `trainer.train_steps` is set), Adam's
+  epsilon, the intervals, the self-paced init, K and the teachers' recipe
+  are derived from the data (`derived_defaults`). Without `--data` it
+  trains on the embedded generator's defaults.
+  """
+  config = derived_defaults.unset(kc_config.ExperimentConfig())
+  _phone_size_network(config.task.model, s1=512, s2=256)
+  _hard_labels_only(config)
+  config.task.data.folder.holdout_fraction = _OWN_DATA_HOLDOUT
+  config.task.train_batch_size = 64
+  config.task.eval_batch_size = 256
+  config.trainer.optimizer.learning_rate = 2e-3
+  return config
+
+
+@exp_factory.register_config_factory("kc_student")
+def kc_student() -> kc_config.ExperimentConfig:
+  """Specialists on the generalist, cached soft targets and the FC-SC + D + S student, your own data."""
+  config = kc_generalist()
+  generalist_model = config.task.model.as_dict()
+  _student(config, s1=512, s2=256)
+  config.task.model.self_paced.init = None
+  _trunk_teachers(config, generalist_model, "runs/kc/generalist", "runs/kc",
+                  steps=300, steps_per_loop=100, schedule="constant",
+                  freeze=None)
   return config
 
 

@@ -10,7 +10,8 @@ from kc_keras.training import modes
 
 
 def parse_configuration(
-    flags_obj, extra_overrides: Sequence[dict] = ()
+    flags_obj, extra_overrides: Sequence[dict] = (),
+    data_overrides: Sequence[dict] = ()
 ) -> kc_config.ExperimentConfig:
   """Registered defaults, then each --config_file, then --params_override.
 
@@ -24,6 +25,8 @@ def parse_configuration(
       and `tpu` attributes (absl FLAGS or a namespace).
     extra_overrides: dicts applied after the config files and before
       `params_override` (a pipeline's per-stage settings).
+    data_overrides: dicts applied before the config files (the data of
+      `run_pipeline --data`, which a config file may then refine).
 
   Returns:
     The locked `ExperimentConfig`.
@@ -34,6 +37,8 @@ def parse_configuration(
     checks.ConfigError: a value of the wrong type.
   """
   params = experiments.get_experiment(flags_obj.experiment)
+  for overrides in data_overrides:
+    checks.apply_override(params, overrides)
   for config_file in flags_obj.config_file or []:
     checks.apply_override(params, config_file)
   for overrides in extra_overrides:

@@ -18,6 +18,7 @@ RESULTS_MD = "results.md"
 CHART_PNG = "per_vertical_mpvap.png"
 CONFUSION_PNG = "vertical_confusion.png"
 STAGE_TIMES_JSON = "stage_times.json"
+DATA_JSON = "data.json"
 # Below this mpvap lead of the specialists over the generalist (a fraction:
 # 2 points) the report does not read the student as closing a gap.
 PREMISE_MIN_GAP = 0.02
@@ -44,6 +45,10 @@ class Stage:
     only_if_target_source: run the stage only when its config (experiment,
       files, overrides) has this `task.distillation.target_source`: the
       soft-target cache is written only for students that read it.
+    teachers_from: the experiment whose network (`task.model`, after the
+      same files and overrides) the teachers start from: it becomes the
+      stage's `task.specialists.model`, so that a config file that changes
+      the network changes the teachers with it.
   """
 
   name: str
@@ -54,6 +59,7 @@ class Stage:
   report: bool = False
   row_of: Optional[str] = None
   only_if_target_source: Optional[str] = None
+  teachers_from: Optional[str] = None
 
 
 def _fill(value, workdir: str):
@@ -65,13 +71,22 @@ def _fill(value, workdir: str):
 
 
 def stage_params(stage: Stage, workdir: str, config_files: Sequence[str] = (),
-                 params_override: Optional[str] = None):
-  """The locked config of a stage: experiment, files, stage overrides, user override."""
-  flags_obj = types.SimpleNamespace(
-      experiment=stage.experiment, config_file=list(config_files),
-      params_override=params_override, tpu=None)
-  return experiment_runner.parse_configuration(
-      flags_obj, extra_overrides=[_fill(stage.overrides, workdir)])
+                 params_override: Optional[str] = None,
+                 data_override: Optional[Dict] = None):
+  """The locked config of a stage: experiment, data, files, stage overrides, user override."""
+  def parse(experiment, overrides):
+    flags_obj = types.SimpleNamespace(
+        experiment=experiment, config_file=list(config_files),
+        params_override=params_override, tpu=None)
+    return experiment_runner.parse_configuration(
+        flags_obj, extra_overrides=overrides,
+        data_overrides=[data_override] if data_override else [])
+
+  overrides = [_fill(stage.overrides, workdir)]
+  if stage.teachers_from:
+    trunk = parse(stage.teachers_from, []).task.model.as_dict()
+    overrides.insert(0, {"task": {"specialists": {"model": trunk}}})
+  return parse(stage.experiment, overrides)
 
 
 def _metrics_file(stage: Stage) -> Optional[str]:
@@ -92,7 +107,8 @@ def _load_json(path: str, default):
 def run_pipeline(stages: Sequence[Stage], workdir: str,
                  config_files: Sequence[str] = (),
                  params_override: Optional[str] = None,
-                 only: Optional[Sequence[str]] = None) -> List[Dict]:
+                 only: Optional[Sequence[str]] = None,
+                 data_override: Optional[Dict] = None) -> List[Dict]:
   """Runs the stages in order and writes the report (`write_report`).
 
   Every stage resumes: a finished training is not repeated (its checkpoint
@@ -110,6 +126,8 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     config_files: YAML files applied to every stage.
     params_override: applied to every stage, last.
     only: names of the stages to run (default all).
+    data_override: the data (`data_spec_override`), applied to every stage
+      before the config files.
 
   Returns:
     The report rows (dicts), also written to `workdir/results.json`.
@@ -123,7 +141,8 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   for stage in stages:
     if only and stage.name not in only:
       continue
-    params = stage_params(stage, workdir, config_files, params_override)
+    params = stage_params(stage, workdir, config_files, params_override,
+                          data_override)
     source = params.task.distillation.target_source
     if stage.only_if_target_source not in (None, source):
       logging.info("Skipping stage %s: target_source is %r, not %r.",
@@ -158,6 +177,35 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
       row["rerun_seconds"] = sum(rerun_times.get(n, 0.0) for n in names)
   write_report(rows, workdir)
   return rows
+
+
+def record_data(params, workdir: str) -> Dict:
+  """Counts the classes and both splits' images, before any training.
+
+  A folder, file or split that cannot be read fails here, with its error.
+  Writes `workdir/data.json`; when 'eval' is a hold-out of the training
+  folder, it lists the held-out files (relative to the folder).
+
+  Returns:
+    The dict written.
+  """
+  from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
+
+  source = factory.build_source(params.task.data)
+  hierarchy = source.hierarchy
+  info = dict(source=params.task.data.source,
+              num_classes=hierarchy.num_classes,
+              num_verticals=hierarchy.num_verticals,
+              train_images=source.num_examples("train"),
+              eval_images=source.num_examples("eval"))
+  if getattr(source, "holds_out", False):
+    folder = params.task.data.folder
+    info["holdout"] = dict(
+        fraction=folder.holdout_fraction,
+        eval_files=sorted(os.path.relpath(path, folder.train_dir)
+                          for path, _ in source.files("eval")))
+  files.atomic_write_json(os.path.join(workdir, DATA_JSON), info)
+  return info
 
 
 def write_report(rows: Sequence[Dict], workdir: str) -> List[str]:
@@ -270,10 +318,11 @@ def gap_closed(generalist: float, student: float, specialists: float) -> float:
 
 NO_GAP_ADVICE = (
     "Distillation has nothing to transfer here: a student can at best match "
-    "the generalist. To give it something, train stronger teachers (a bigger "
-    "network in `task.specialists.model`, more steps in "
-    "`task.specialists.trainer.train_steps`, or `task.specialists.freeze: "
-    "none` to fine-tune the trunk) or collect more training images per class.")
+    "the generalist. To give it something, train stronger teachers (more "
+    "steps, `task.specialists.trainer.train_steps`; the whole trunk "
+    "fine-tuned, `task.specialists.freeze: none`; or a bigger teachers' "
+    "trunk, as the ablation pipelines' trunk stage does) or collect more "
+    "training images per class.")
 
 
 def summarize(rows: Sequence[Dict], generalist: str = GENERALIST,
