@@ -459,16 +459,19 @@ def plot_vertical_confusion(row: Dict, path: str) -> str:
     bars.barh(y, values, left=left, color=color, label=label)
     left += values
   bars.set_yticks(y)
-  bars.set_yticklabels([str(n) for n in names], fontsize=6)
+  bars.set_yticklabels([str(n) for n in names], fontsize=7)
+  # Row i at the top in both panels, as imshow draws the matrix.
+  bars.invert_yaxis()
   bars.set_xlim(0, 1)
   bars.set_xlabel("fraction of the vertical's test images (top-1)")
-  bars.legend(loc="lower right", fontsize=7)
+  bars.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3,
+              fontsize=7)
   bars.set_title(f"{row['name']}: top-1 answers per vertical")
   image = heat.imshow(matrix, cmap="Reds", aspect="auto", vmin=0)
   heat.set_yticks(y)
-  heat.set_yticklabels([str(n) for n in names], fontsize=6)
+  heat.set_yticklabels([str(n) for n in names], fontsize=7)
   heat.set_xticks(y)
-  heat.set_xticklabels([str(n) for n in names], rotation=90, fontsize=6)
+  heat.set_xticklabels([str(n) for n in names], rotation=90, fontsize=7)
   heat.set_xlabel("vertical of the predicted class")
   heat.set_title("errors into other verticals")
   fig.colorbar(image, ax=heat, fraction=0.046)
