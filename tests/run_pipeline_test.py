@@ -184,3 +184,16 @@ def test_whole_command_on_a_folder_tree_exports_a_working_tflite(tmp_path):
   assert not os.path.exists(workdir / "serving/birds_run/2")
   with open(workdir / "results.md") as f:
     assert "rerun (s)" in f.read()
+
+
+def test_the_template_yaml_states_the_defaults(tmp_path):
+  root = write_tree(tmp_path / "tree")
+  data = data_cfg.data_spec_override(f"folder:{root}")
+  template = str(REPO_ROOT / "official_configs" / "your_data.yaml")
+  for stage in pipelines.get_pipeline("kc"):
+    plain = pipeline_lib.stage_params(stage, str(tmp_path), data_override=data)
+    with_template = pipeline_lib.stage_params(
+        stage, str(tmp_path), config_files=[template], data_override=data)
+    as_lists = lambda d: json.loads(json.dumps(d))  # tuples -> lists
+    assert as_lists(with_template.as_dict()) == as_lists(plain.as_dict()), (
+        stage.name)

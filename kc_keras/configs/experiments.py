@@ -140,7 +140,9 @@ def kc_generalist() -> kc_config.ExperimentConfig:
   unless `trainer.train_epochs` or `trainer.train_steps` is set), Adam's
   epsilon, the intervals, the self-paced init, K and the teachers' recipe
   are derived from the data (`derived_defaults`). Without `--data` it
-  trains on the embedded generator's defaults.
+  trains on the embedded generator's defaults. It carries the teachers'
+  settings of `kc_student` too, so that one config file serves every stage
+  and changing the teachers never invalidates the generalist's run.
   """
   config = derived_defaults.unset(kc_config.ExperimentConfig())
   _phone_size_network(config.task.model, s1=512, s2=256)
@@ -149,6 +151,9 @@ def kc_generalist() -> kc_config.ExperimentConfig:
   config.task.train_batch_size = 64
   config.task.eval_batch_size = 256
   config.trainer.optimizer.learning_rate = 2e-3
+  _trunk_teachers(config, config.task.model.as_dict(), "runs/kc/generalist",
+                  "runs/kc", steps=300, steps_per_loop=100,
+                  schedule="constant", freeze=None)
   return config
 
 
@@ -156,12 +161,8 @@ def kc_generalist() -> kc_config.ExperimentConfig:
 def kc_student() -> kc_config.ExperimentConfig:
   """Specialists on the generalist, cached soft targets and the FC-SC + D + S student, your own data."""
   config = kc_generalist()
-  generalist_model = config.task.model.as_dict()
   _student(config, s1=512, s2=256)
   config.task.model.self_paced.init = None
-  _trunk_teachers(config, generalist_model, "runs/kc/generalist", "runs/kc",
-                  steps=300, steps_per_loop=100, schedule="constant",
-                  freeze=None)
   return config
 
 
