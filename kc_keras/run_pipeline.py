@@ -56,17 +56,8 @@ def main(argv):
                  params_override=FLAGS.params_override)
   try:
     data_override = _data_override()
-    params = [pipeline_lib.stage_params(s, FLAGS.workdir,
-                                        data_override=data_override, **options)
-              for s in stages]
-    if data_override:
-      os.makedirs(FLAGS.workdir, exist_ok=True)
-      info = pipeline_lib.record_data(params[0], FLAGS.workdir)
-      print(f"Data: {info['num_classes']} classes in {info['num_verticals']} "
-            f"verticals, {info['train_images']} training and "
-            f"{info['eval_images']} evaluation images"
-            + (" (held out of the training folder)" if "holdout" in info
-               else "") + ".", flush=True)
+    params = pipeline_lib.prepare(stages, FLAGS.workdir, data_override,
+                                  **options)
   except _INPUT_ERRORS as e:
     sys.exit(f"run_pipeline: error: {e}")
   rows = pipeline_lib.run_pipeline(stages, FLAGS.workdir, only=FLAGS.stages,

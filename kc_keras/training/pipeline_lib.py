@@ -179,6 +179,30 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   return rows
 
 
+def prepare(stages: Sequence[Stage], workdir: str, data_override: Optional[Dict],
+            config_files: Sequence[str] = (),
+            params_override: Optional[str] = None) -> List:
+  """Parses every stage's config and, with `data_override`, counts the data.
+
+  Everything a user can get wrong (a key, a value, a folder, the hierarchy)
+  fails here, before any training, with the error that names it.
+
+  Returns:
+    The locked config of each stage, in order.
+  """
+  params = [stage_params(s, workdir, config_files, params_override,
+                         data_override) for s in stages]
+  if data_override:
+    os.makedirs(workdir, exist_ok=True)
+    info = record_data(params[0], workdir)
+    print(f"Data: {info['num_classes']} classes in {info['num_verticals']} "
+          f"verticals, {info['train_images']} training and "
+          f"{info['eval_images']} evaluation images"
+          + (" (held out of the training folder)" if "holdout" in info
+             else "") + ".", flush=True)
+  return params
+
+
 def record_data(params, workdir: str) -> Dict:
   """Counts the classes and both splits' images, before any training.
 
