@@ -168,5 +168,25 @@ class ResolveTest(tf.test.TestCase):
     self.assertEqual(params.task.distillation.top_k, 100)
 
 
+def test_omniglot_stats_are_those_of_the_data(omniglot_path):
+  data = experiments.get_experiment("kc_student_omniglot").task.data
+  data.omniglot.data_dir = str(omniglot_path)
+  stats = dd.stats_of(data)
+  assert (stats.num_classes, stats.num_verticals, max(stats.vertical_sizes),
+          stats.num_train_images) == (OMNIGLOT.num_classes,
+                                      OMNIGLOT.num_verticals,
+                                      max(OMNIGLOT.vertical_sizes),
+                                      OMNIGLOT.num_train_images)
+
+
+def test_rich_stats_are_those_of_the_generator():
+  stats = dd.stats_of(
+      experiments.get_experiment("kc_student_embedded_rich").task.data)
+  assert (stats.num_classes, stats.num_verticals, max(stats.vertical_sizes),
+          stats.num_train_images) == (RICH.num_classes, RICH.num_verticals,
+                                      max(RICH.vertical_sizes),
+                                      RICH.num_train_images)
+
+
 if __name__ == "__main__":
   tf.test.main()
