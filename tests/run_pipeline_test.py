@@ -14,6 +14,7 @@ from kc_keras.configs import data as data_cfg
 from kc_keras.configs import derived_defaults
 from kc_keras.dataloaders.sources import embedded
 from kc_keras.dataloaders.sources import folder
+from kc_keras.dataloaders.sources import tfrecord
 from kc_keras.training import pipeline_lib
 from kc_keras.training import pipelines
 from export import run_export_lib
@@ -197,3 +198,29 @@ def test_the_template_yaml_states_the_defaults(tmp_path):
     as_lists = lambda d: json.loads(json.dumps(d))  # tuples -> lists
     assert as_lists(with_template.as_dict()) == as_lists(plain.as_dict()), (
         stage.name)
+
+
+def test_tfrecord_data_with_a_hierarchy_file(tmp_path):
+  root = write_tree(tmp_path / "tree")
+  source = folder.FolderSource(data_cfg.FolderConfig(train_dir=root))
+  hierarchy = source.hierarchy
+  with open(tmp_path / "hierarchy.json", "w") as f:
+    json.dump({"verticals": [{"id": v, "name": n} for v, n in
+                             enumerate(hierarchy.vertical_names)],
+               "classes": [{"id": c, "name": n,
+                            "vertical": int(hierarchy.class_to_vertical[c])}
+                           for c, n in enumerate(hierarchy.class_names)]}, f)
+  examples = [(pathlib.Path(path).read_bytes(), [label])
+              for path, label in source.files("train")]
+  tfrecord.write_tfrecord(str(tmp_path / "train-0.rec"), examples[:20])
+  tfrecord.write_tfrecord(str(tmp_path / "eval-0.rec"), examples[20:])
+  data = data_cfg.data_spec_override(
+      f"tfrecord:{tmp_path}/train-*.rec,{tmp_path}/eval-*.rec",
+      str(tmp_path / "hierarchy.json"))
+  params = pipeline_lib.prepare(pipelines.get_pipeline("kc"),
+                                str(tmp_path / "run"), data)
+  info = pipeline_lib.record_data(params[0], str(tmp_path))
+  assert (info["num_classes"], info["train_images"],
+          info["eval_images"]) == (9, 20, 13)
+  # 20 images // batch 64 -> 1 step per epoch.
+  assert params[-1].trainer.train_steps == 24
