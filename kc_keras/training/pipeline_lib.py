@@ -118,7 +118,8 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   A stage's wall time is recorded in `workdir/stage_times.json` when it
   first finishes; a later run keeps that time and reports its own time
   for the stage separately (`rerun_seconds`), so a resume that only checks
-  finished stages does not replace the time they took to train.
+  finished stages does not replace the time they took to train. A stage
+  whose model_dir is gone is timed afresh.
 
   Args:
     stages: the pipeline.
@@ -151,6 +152,9 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     model_dir = os.path.join(workdir, stage.model_dir)
     print(f"=== {stage.name}: --experiment={stage.experiment} "
           f"--mode={stage.mode} --model_dir={model_dir}", flush=True)
+    if not os.path.exists(model_dir):
+      # Deleted (or never run): this run trains it from the start.
+      first_times.pop(stage.name, None)
     start = time.time()
     experiment_runner.run(params, stage.mode, model_dir)
     elapsed = time.time() - start

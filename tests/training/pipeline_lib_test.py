@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import pytest
 
@@ -130,3 +131,13 @@ def test_a_resume_keeps_the_wall_time_of_the_run_that_trained(
   assert (rows[0]["wall_seconds"], rows[0]["rerun_seconds"]) == (100.0, 2.0)
   with open(tmp_path / "results.md") as f:
     assert "| 100 | 2 |" in f.read()
+
+
+def test_a_deleted_run_is_timed_afresh(fake_stages, tmp_path):
+  stages = [Stage(pipeline_lib.GENERALIST, "kc_generalist_demo",
+                  "train_and_eval", "generalist", report=True)]
+  pipeline_lib.run_pipeline(stages, str(tmp_path))
+  shutil.rmtree(tmp_path / "generalist")
+  fake_stages["per_run"] = 50.0
+  rows = pipeline_lib.run_pipeline(stages, str(tmp_path))
+  assert rows[0]["wall_seconds"] == 50.0 and "rerun_seconds" not in rows[0]
