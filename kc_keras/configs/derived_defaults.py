@@ -134,8 +134,9 @@ def checkpoint_interval(total_steps: int, loop_steps: int) -> int:
 def specialists_freeze(images_per_class: float) -> str:
   """Frozen trunk below FINE_TUNE_MIN_IMAGES_PER_CLASS images per class, else a fine-tuned head.
 
-  With few images per class a teacher that adapts the trunk's features
-  memorises its vertical; a classifier on the frozen features does not.
+  With few images per class, adapting the trunk's layers to one vertical
+  risks memorising its images; a classifier on the frozen features has
+  only its own weights to fit.
   """
   if images_per_class < FINE_TUNE_MIN_IMAGES_PER_CLASS:
     return FROZEN_TRUNK
