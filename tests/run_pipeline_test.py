@@ -128,7 +128,7 @@ def test_record_data_lists_the_holdout_and_derives_from_the_tree(tmp_path):
   assert params.trainer.train_steps == 24
   assert params.trainer.optimizer.epsilon == derived_defaults.adam_epsilon(9)
   assert params.task.model.self_paced.init == "sqrt_nv"
-  assert params.task.distillation.top_k == 3
+  assert params.task.distillation.top_k == 9
   assert params.task.specialists.freeze == derived_defaults.FROZEN_TRUNK
 
 

@@ -2,7 +2,7 @@
 
 import dataclasses
 import typing
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from official.modeling import hyperparams
 from official.modeling.hyperparams import params_dict
@@ -184,7 +184,8 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def differing_keys(old: Dict, new: Dict,
-                   ignore: Sequence[str] = RESUME_SAFE_KEYS
+                   ignore: Sequence[str] = RESUME_SAFE_KEYS,
+                   defaults: Optional[Dict] = None
                    ) -> List[Tuple[str, Any, Any]]:
   """`(key path, old, new)` for every leaf that differs, minus `ignore`d keys.
 
@@ -192,27 +193,34 @@ def differing_keys(old: Dict, new: Dict,
     old: a config as a nested dict (e.g. a saved params.yaml).
     new: the current config as a nested dict.
     ignore: key paths, or prefixes ending in '.', allowed to differ.
+    defaults: the config class's defaults as a nested dict; a key that
+      `old` lacks (added to the config after that run) does not differ when
+      its new value is its default.
 
   Returns:
     Sorted by key path.
   """
   a, b = _flatten(old), _flatten(new)
+  d = _flatten(defaults) if defaults else {}
   out = []
   for key in sorted(set(a) | set(b)):
     if any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore):
+      continue
+    if key not in a and key in d and b.get(key) == d[key]:
       continue
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       out.append((key, a.get(key, "<absent>"), b.get(key, "<absent>")))
   return out
 
 
-def check_rerun(old: Dict, new: Dict, model_dir: str) -> None:
+def check_rerun(old: Dict, new: Dict, model_dir: str,
+                defaults: Optional[Dict] = None) -> None:
   """Refuses to rerun `model_dir` with a config that changes what is trained.
 
   Raises:
     ConfigError: listing each differing key path with both values.
   """
-  diffs = differing_keys(old, new)
+  diffs = differing_keys(old, new, defaults=defaults)
   if not diffs:
     return
   listed = "; ".join(f"{k}: was {a!r}, now {b!r}"

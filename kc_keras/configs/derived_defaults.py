@@ -90,23 +90,26 @@ def adam_epsilon(num_classes: int) -> float:
   return KERAS_EPSILON * num_classes
 
 
-def self_paced_init(num_classes: int) -> str:
+def self_paced_init(num_classes: int, mode: str = "vertical") -> str:
   """'prior' when N >= PRIOR_INIT_MIN_CLASSES, else the paper's 'sqrt_nv'.
 
   With 'sqrt_nv' every scaled logit starts near -1, a sigmoid of 0.27 on all
   N classes: a starting loss of about 0.31 N that a short budget does not
-  recover from at thousands of classes. 'prior' starts at y = x.
+  recover from at thousands of classes. 'prior' starts at y = x. A network
+  without self-paced scaling (`mode` 'none') never reads it: 'sqrt_nv'.
   """
+  if mode == "none":
+    return "sqrt_nv"
   return "prior" if num_classes >= PRIOR_INIT_MIN_CLASSES else "sqrt_nv"
 
 
-def top_k(vertical_sizes: Sequence[int]) -> int:
-  """K = min(100, max_v N_v): the paper's K, never more than a vertical holds.
+def top_k(num_classes: int) -> int:
+  """K = min(100, N): the paper's K, never more than there are classes.
 
-  Teachers keep min(K, N_v) classes of vertical v, so this K keeps exactly
-  what K = 100 keeps; it only stops a cache from reserving unused slots.
+  A teacher keeps min(K, N_v) classes of its vertical v wherever K is used,
+  so K only sets how many slots a soft-target cache reserves per example.
   """
-  return min(PAPER_TOP_K, max(vertical_sizes))
+  return min(PAPER_TOP_K, num_classes)
 
 
 def steps_per_epoch(num_images: int, batch_size: int) -> int:
@@ -247,13 +250,13 @@ def resolve(params, stats: Optional[DataStats] = None,
   derive("trainer.checkpoint_interval",
          checkpoint_interval(trainer.train_steps, trainer.steps_per_loop),
          "half the run, a multiple of steps_per_loop")
-  derive("task.model.self_paced.init", self_paced_init(n),
-         f"N={n} classes ('prior' from {PRIOR_INIT_MIN_CLASSES})")
-  derive("task.specialists.model.self_paced.init",
-         self_paced_init(max(sizes)),
-         f"a teacher's head has at most {max(sizes)} classes")
-  derive("task.distillation.top_k", top_k(sizes),
-         f"min({PAPER_TOP_K}, largest vertical {max(sizes)})")
+  for prefix, classes in (("task.model", n),
+                          ("task.specialists.model", max(sizes))):
+    mode = _get(params, f"{prefix}.self_paced.mode")
+    derive(f"{prefix}.self_paced.init", self_paced_init(classes, mode),
+           f"{classes} classes, self_paced.mode {mode!r} ('prior' from "
+           f"{PRIOR_INIT_MIN_CLASSES} classes with scaling)")
+  derive("task.distillation.top_k", top_k(n), f"min({PAPER_TOP_K}, N={n})")
   if params.task.specialists.init_checkpoint:
     derive("task.specialists.freeze",
            specialists_freeze(stats.images_per_class),
