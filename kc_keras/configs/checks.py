@@ -2,7 +2,7 @@
 
 import dataclasses
 import typing
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from official.modeling import hyperparams
 from official.modeling.hyperparams import params_dict
@@ -13,6 +13,7 @@ import yaml
 # hardware/distribution (checkpoints restore under any strategy). A prefix
 # ending in '.' covers a whole sub-config.
 RESUME_SAFE_KEYS = (
+    "trainer.train_epochs",
     "trainer.train_steps",
     "trainer.steps_per_loop",
     "trainer.checkpoint_interval",
@@ -138,6 +139,9 @@ def _matches(value: Any, annotation: Any) -> bool:
 
 
 def _type_name(annotation: Any) -> str:
+  args = [a for a in typing.get_args(annotation) if a is not type(None)]
+  if typing.get_origin(annotation) is typing.Union and len(args) == 1:
+    return f"{_type_name(args[0])} (or None: derived from the data)"
   return getattr(annotation, "__name__", None) or str(annotation).replace(
       "typing.", "")
 
@@ -180,7 +184,8 @@ def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
 
 
 def differing_keys(old: Dict, new: Dict,
-                   ignore: Sequence[str] = RESUME_SAFE_KEYS
+                   ignore: Sequence[str] = RESUME_SAFE_KEYS,
+                   defaults: Optional[Dict] = None
                    ) -> List[Tuple[str, Any, Any]]:
   """`(key path, old, new)` for every leaf that differs, minus `ignore`d keys.
 
@@ -188,27 +193,34 @@ def differing_keys(old: Dict, new: Dict,
     old: a config as a nested dict (e.g. a saved params.yaml).
     new: the current config as a nested dict.
     ignore: key paths, or prefixes ending in '.', allowed to differ.
+    defaults: the config class's defaults as a nested dict; a key that
+      `old` lacks (added to the config after that run) does not differ when
+      its new value is its default.
 
   Returns:
     Sorted by key path.
   """
   a, b = _flatten(old), _flatten(new)
+  d = _flatten(defaults) if defaults else {}
   out = []
   for key in sorted(set(a) | set(b)):
     if any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore):
+      continue
+    if key not in a and key in d and b.get(key) == d[key]:
       continue
     if a.get(key, "<absent>") != b.get(key, "<absent>"):
       out.append((key, a.get(key, "<absent>"), b.get(key, "<absent>")))
   return out
 
 
-def check_rerun(old: Dict, new: Dict, model_dir: str) -> None:
+def check_rerun(old: Dict, new: Dict, model_dir: str,
+                defaults: Optional[Dict] = None) -> None:
   """Refuses to rerun `model_dir` with a config that changes what is trained.
 
   Raises:
     ConfigError: listing each differing key path with both values.
   """
-  diffs = differing_keys(old, new)
+  diffs = differing_keys(old, new, defaults=defaults)
   if not diffs:
     return
   listed = "; ".join(f"{k}: was {a!r}, now {b!r}"

@@ -1,6 +1,7 @@
 """Data config: which example source, its settings, and the tf.data pipeline knobs."""
 
 import dataclasses
+import os
 from typing import Optional, Sequence
 
 from official.modeling import hyperparams
@@ -130,6 +131,9 @@ class FolderConfig(hyperparams.Config):
   Attributes:
     train_dir: tree for 'train'.
     eval_dir: tree for 'eval' (optional).
+    holdout_fraction: with no `eval_dir`, the fraction of each class's
+      images of `train_dir` held out as 'eval' (deterministic, stratified;
+      see `FolderSource`); 0 = no hold-out.
     hierarchy_file: `.json`/`.csv`; empty = derived from `train_dir`.
     image_size: square side after resizing.
     channels: 1 or 3.
@@ -137,6 +141,7 @@ class FolderConfig(hyperparams.Config):
 
   train_dir: str = ""
   eval_dir: str = ""
+  holdout_fraction: float = 0.0
   hierarchy_file: str = ""
   image_size: int = 32
   channels: int = 3
@@ -144,6 +149,9 @@ class FolderConfig(hyperparams.Config):
   def validate(self, prefix: str = "data.folder"):
     if not self.train_dir and not self.hierarchy_file:
       raise ValueError(f"{prefix}.train_dir (or {prefix}.hierarchy_file) must be set.")
+    if not 0.0 <= self.holdout_fraction < 1.0:
+      raise ValueError(
+          f"{prefix}.holdout_fraction={self.holdout_fraction} must be in [0, 1).")
     _positive(prefix, image_size=self.image_size)
     if self.channels not in (1, 3):
       raise ValueError(f"{prefix}.channels={self.channels} must be 1 or 3.")
@@ -322,3 +330,63 @@ class DataConfig(hyperparams.Config):
     sub = getattr(self, self.source)
     channels = 1 if self.source == "omniglot" else sub.channels
     return (sub.image_size, sub.image_size, channels)
+
+
+DATA_SPEC_SCHEMES = ("folder", "tfrecord", "tfds")
+
+
+def data_spec_override(spec: str, hierarchy_file: str = "") -> dict:
+  """The `task.data` override of `run_pipeline --data=SPEC`.
+
+  SPEC is one of:
+    folder:TRAIN_DIR[,EVAL_DIR]   `TRAIN_DIR/<vertical>/<class>/<image>`;
+                                  no EVAL_DIR: a hold-out of TRAIN_DIR.
+    tfrecord:TRAIN_GLOB[,EVAL_GLOB]  model-garden TFRecords; needs
+                                  `hierarchy_file`.
+    tfds:NAME                     a prepared TFDS dataset (splits, keys:
+                                  `task.data.tfds.*`).
+
+  Args:
+    spec: the flag's value.
+    hierarchy_file: the class -> vertical file (`--hierarchy_file`).
+
+  Returns:
+    `{"task": {"data": {...}}}`.
+
+  Raises:
+    ValueError: one line naming what is wrong with `spec`.
+  """
+  scheme, sep, rest = spec.partition(":")
+  if not sep or scheme not in DATA_SPEC_SCHEMES or not rest:
+    raise ValueError(
+        f"--data={spec!r} must be folder:TRAIN_DIR[,EVAL_DIR], "
+        "tfrecord:TRAIN_GLOB[,EVAL_GLOB] or tfds:NAME.")
+  if scheme == "tfds":
+    if hierarchy_file:
+      raise ValueError(
+          "--hierarchy_file is not used with --data=tfds: the verticals come "
+          "from the feature task.data.tfds.vertical_key.")
+    return {"task": {"data": {"source": "tfds", "tfds": {"name": rest}}}}
+  parts = rest.split(",")
+  if len(parts) > 2 or not all(parts):
+    raise ValueError(f"--data={spec!r}: give a training {scheme} and at most "
+                     "one evaluation one, separated by a comma.")
+  train, evaluation = parts[0], (parts[1] if len(parts) == 2 else "")
+  if scheme == "folder":
+    for what, path in (("training", train), ("evaluation", evaluation)):
+      if path and not os.path.isdir(path):
+        raise ValueError(f"--data: the {what} folder {path!r} does not exist.")
+    if hierarchy_file and not os.path.isfile(hierarchy_file):
+      raise ValueError(f"--hierarchy_file {hierarchy_file!r} does not exist.")
+    return {"task": {"data": {"source": "folder", "folder": {
+        "train_dir": train, "eval_dir": evaluation,
+        "hierarchy_file": hierarchy_file}}}}
+  if not hierarchy_file:
+    raise ValueError(
+        "--data=tfrecord needs --hierarchy_file (the class -> vertical map).")
+  if not evaluation:
+    raise ValueError(
+        "--data=tfrecord needs an evaluation glob: tfrecord:TRAIN_GLOB,EVAL_GLOB.")
+  return {"task": {"data": {"source": "tfrecord", "tfrecord": {
+      "train_pattern": train, "eval_pattern": evaluation,
+      "hierarchy_file": hierarchy_file}}}}

@@ -1,6 +1,7 @@
 """DistillationConfig: target source, blend, top-K, loss, teachers, cache."""
 
 import dataclasses
+from typing import Optional
 
 from official.modeling import hyperparams
 
@@ -15,7 +16,8 @@ class DistillationConfig(hyperparams.Config):
   Attributes:
     alpha: soft-target weight, target = alpha * z* + (1 - alpha) * z; 1.0 is
       the paper, 0.0 is hard labels only (generalist/specialist training).
-    top_k: K, teacher classes kept per sample (paper: 100).
+    top_k: K, teacher classes kept per sample (paper: 100); None: derived
+      at parse time, min(100, largest vertical).
     temperature: tau > 0, soft targets are sigmoid(teacher logits / tau);
       1.0 is the paper; tau > 1 softens teachers that are near-certain on
       the training images (e.g. teachers that memorised them).
@@ -31,7 +33,7 @@ class DistillationConfig(hyperparams.Config):
       (resolved by `training.specialists.teachers_dir_of`).
   """
   alpha: float = 1.0
-  top_k: int = 100
+  top_k: Optional[int] = 100
   temperature: float = 1.0
   target_source: str = "online"
   loss_type: str = "sigmoid"
@@ -53,7 +55,7 @@ class DistillationConfig(hyperparams.Config):
     super().validate()
     if not 0.0 <= self.alpha <= 1.0:
       raise ValueError(f"{path}.alpha must be in [0, 1], got {self.alpha}.")
-    if self.top_k < 1:
+    if self.top_k is not None and self.top_k < 1:
       raise ValueError(f"{path}.top_k must be >= 1, got {self.top_k}.")
     if not 0.0 < self.temperature < float("inf"):
       raise ValueError(

@@ -4,13 +4,17 @@ Each factory returns a complete `ExperimentConfig`; YAML files in
 `official_configs/` override only what differs.
 """
 
-from typing import List
+from typing import List, Optional
 
 from official.core import exp_factory
 
+from kc_keras.configs import derived_defaults
 from kc_keras.configs import kc_config
 
 PREFIX = "kc_"
+# With no eval folder, a fifth of each class's images (at least one of a class
+# with two or more) is held out for evaluation.
+_OWN_DATA_HOLDOUT = 0.2
 
 
 def _demo_data(config: kc_config.ExperimentConfig) -> None:
@@ -52,19 +56,22 @@ def _hard_labels_only(config: kc_config.ExperimentConfig) -> None:
   config.task.distillation.target_source = "labels"
 
 
-def _frozen_trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
-                           trunk_dir: str, run_dir: str, steps: int,
-                           steps_per_loop: int, schedule: str) -> None:
-  """Teachers = the trunk, backbone and hidden layers frozen, plus a classifier.
+def _trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
+                    trunk_dir: str, run_dir: str, steps: int,
+                    steps_per_loop: int, schedule: str,
+                    freeze: Optional[str]) -> None:
+  """Teachers = the trunk, with `freeze` of it fixed, plus a classifier per vertical.
 
-  The classifier of each vertical is trained on the trunk's features
-  (`training/frozen_features.py`); `trunk_dir` and the paths under `run_dir`
-  are where the pipeline puts the trunk, the teachers and the soft-target cache.
+  With 'backbone_and_hidden' the classifier of each vertical is trained on
+  the trunk's features (`training/frozen_features.py`); None derives the
+  recipe from the images per class. `trunk_dir` and the paths under
+  `run_dir` are where the pipeline puts the trunk, the teachers and the
+  soft-target cache.
   """
   specialists = config.task.specialists
   specialists.init_checkpoint = trunk_dir
   specialists.model.override(trunk_model)
-  specialists.freeze = "backbone_and_hidden"
+  specialists.freeze = freeze
   specialists.train_batch_size = 64
   specialists.trainer.train_steps = steps
   specialists.trainer.steps_per_loop = steps_per_loop
@@ -90,17 +97,6 @@ def _student(config: kc_config.ExperimentConfig, s1: int, s2: int) -> None:
   # targets, and what did not help").
   config.task.distillation.alpha = 0.5
   config.task.distillation.target_source = "cache"
-
-
-def _prior_matched_self_paced_init(config: kc_config.ExperimentConfig) -> None:
-  """gamma_v starts at sqrt(N_v) |log(p/(1-p))|, p = 1/N: y = x at the start.
-
-  With the paper's sqrt(N_v), every scaled logit starts near -1 (sigmoid 0.27
-  on all N classes) and a 1,600-2,000-class student spends its short budget
-  undoing that (docs/RESULTS.md, "Self-paced initialisation"); the
-  200-class demo does fine without it.
-  """
-  config.task.model.self_paced.init = "prior"
 
 
 @exp_factory.register_config_factory("kc_generalist_demo")
@@ -131,9 +127,43 @@ def kc_student_demo() -> kc_config.ExperimentConfig:
   generalist_model = config.task.model.as_dict()
   _student(config, s1=512, s2=256)
   # Where README command 1 puts them (scripts/run_demo.sh, workdir runs/demo).
-  _frozen_trunk_teachers(config, generalist_model, "runs/demo/generalist",
-                         "runs/demo", steps=100, steps_per_loop=50,
-                         schedule="cosine")
+  _trunk_teachers(config, generalist_model, "runs/demo/generalist",
+                  "runs/demo", steps=100, steps_per_loop=50,
+                  schedule="cosine", freeze=derived_defaults.FROZEN_TRUNK)
+  return config
+
+
+@exp_factory.register_config_factory("kc_generalist")
+def kc_generalist() -> kc_config.ExperimentConfig:
+  """The generalist for your own data (`run_pipeline --pipeline=kc --data=...`).
+
+  The demo's phone-size network and learning rate; the budget (24 epochs
+  unless `trainer.train_epochs` or `trainer.train_steps` is set), Adam's
+  epsilon, the intervals, the self-paced init, K and the teachers' recipe
+  are derived from the data (`derived_defaults`). Without `--data` it
+  trains on the embedded generator's defaults. It carries the teachers'
+  settings of `kc_student` too, so that one config file serves every stage
+  and changing the teachers never invalidates the generalist's run.
+  """
+  config = derived_defaults.unset(kc_config.ExperimentConfig())
+  _phone_size_network(config.task.model, s1=512, s2=256)
+  _hard_labels_only(config)
+  config.task.data.folder.holdout_fraction = _OWN_DATA_HOLDOUT
+  config.task.train_batch_size = 64
+  config.task.eval_batch_size = 256
+  config.trainer.optimizer.learning_rate = 2e-3
+  _trunk_teachers(config, config.task.model.as_dict(), "runs/kc/generalist",
+                  "runs/kc", steps=300, steps_per_loop=100,
+                  schedule="constant", freeze=None)
+  return config
+
+
+@exp_factory.register_config_factory("kc_student")
+def kc_student() -> kc_config.ExperimentConfig:
+  """Specialists on the generalist, cached soft targets and the FC-SC + D + S student, your own data."""
+  config = kc_generalist()
+  _student(config, s1=512, s2=256)
+  config.task.model.self_paced.init = None
   return config
 
 
@@ -164,27 +194,19 @@ def _omniglot_trunk_network(model) -> None:
   _flatten_cnn(model, (32, 64, 128), s1=256, s2=256)
 
 
-# Keras' Adam epsilon (1e-7) scaled by the number of classes: the same steps as
-# with a loss averaged over the N classes, which keeps Adam from moving every
-# absent class's weights at the full rate (docs/RESULTS.md, "Adam's epsilon").
-_EPSILON_PER_CLASS = 1e-7
-
-
 # BatchNorm recalibration after training: 100 batches of 128 (half an
 # Omniglot epoch, 6% of the data-rich rows' 1,000 steps).
 _RECALIBRATION_BATCHES = 100
 
 
 def _omniglot_schedule(config: kc_config.ExperimentConfig, epochs: int) -> None:
-  # 24,345 training images: 190 steps per epoch at batch 128.
+  # Steps, logging and checkpoint intervals, Adam's epsilon and the self-paced
+  # init are derived from the data at parse time (derived_defaults).
   config.task.train_batch_size = 128
   config.task.eval_batch_size = 512
-  config.trainer.train_steps = 190 * epochs
-  config.trainer.steps_per_loop = 95
-  config.trainer.checkpoint_interval = 190 * epochs // 2
+  config.trainer.train_epochs = float(epochs)
   config.trainer.optimizer.learning_rate = 2e-3
   config.trainer.optimizer.schedule = "constant"
-  config.trainer.optimizer.epsilon = _EPSILON_PER_CLASS * 1623
   # With a constant learning rate the BatchNorm moving averages lag the
   # final weights (docs/RESULTS.md, "BatchNorm recalibration").
   config.trainer.batch_norm_recalibration_batches = _RECALIBRATION_BATCHES
@@ -197,20 +219,21 @@ def _student_on_trunk(config: kc_config.ExperimentConfig, run_dir: str,
   The student keeps the generalist's backbone and widths (s2 per vertical
   block). The teachers are `run_dir/trunk` (a network of `trunk_model`,
   trained by the pipeline's trunk stage) with a classifier of their vertical
-  trained 300 steps on its frozen features; the self-paced scales start at
-  the prior (`_prior_matched_self_paced_init`).
+  trained 300 steps on its frozen features. The self-paced init, K and the
+  teachers' freezing are derived from the data (derived_defaults).
   """
   head = config.task.model.head
   _student(config, s1=head.s1, s2=head.s2)
-  _prior_matched_self_paced_init(config)
-  _frozen_trunk_teachers(config, trunk_model, f"{run_dir}/trunk", run_dir,
-                         steps=300, steps_per_loop=100, schedule="constant")
+  config.task.model.self_paced.init = None
+  _trunk_teachers(config, trunk_model, f"{run_dir}/trunk", run_dir,
+                  steps=300, steps_per_loop=100, schedule="constant",
+                  freeze=None)
 
 
 @exp_factory.register_config_factory("kc_generalist_omniglot")
 def kc_generalist_omniglot() -> kc_config.ExperimentConfig:
   """The generalist on Omniglot (50 alphabets = verticals, 1,623 classes), 24 epochs."""
-  config = kc_config.ExperimentConfig()
+  config = derived_defaults.unset(kc_config.ExperimentConfig())
   _omniglot_data(config)
   _omniglot_network(config.task.model)
   _hard_labels_only(config)
@@ -268,30 +291,26 @@ def _rich_embedded_data(config: kc_config.ExperimentConfig) -> None:
 
 
 def _rich_embedded_schedule(config: kc_config.ExperimentConfig,
-                            train_steps: int) -> None:
+                            epochs: float) -> None:
   config.task.train_batch_size = 128
   config.task.eval_batch_size = 500
-  config.trainer.train_steps = train_steps
-  config.trainer.steps_per_loop = 100
-  config.trainer.checkpoint_interval = train_steps // 2
+  config.trainer.train_epochs = epochs
   config.trainer.optimizer.learning_rate = 2e-3
   config.trainer.optimizer.schedule = "constant"
-  config.trainer.optimizer.epsilon = (
-      _EPSILON_PER_CLASS * config.task.data.embedded.num_classes)
   # The moving averages lag here too (docs/RESULTS.md, "BatchNorm
   # recalibration").
   config.trainer.batch_norm_recalibration_batches = _RECALIBRATION_BATCHES
 
 
-# Steps of every network row (batch 128: 0.64 of an epoch, each image read
-# once) and of the teachers' trunk.
-_RICH_STEPS, _RICH_TRUNK_STEPS = 1000, 3000
+# Budget of every network row (1,000 steps at batch 128: each image read at
+# most once) and of the teachers' trunk (3,000 steps).
+_RICH_EPOCHS, _RICH_TRUNK_EPOCHS = 0.64, 1.92
 
 
 @exp_factory.register_config_factory("kc_generalist_embedded_rich")
 def kc_generalist_embedded_rich() -> kc_config.ExperimentConfig:
   """The generalist on 2,000 embedded classes in 20 verticals, images never repeated."""
-  config = kc_config.ExperimentConfig()
+  config = derived_defaults.unset(kc_config.ExperimentConfig())
   _rich_embedded_data(config)
   _flatten_cnn(config.task.model, (16, 32, 64), s1=256, s2=256)
   # With ReLU, self-paced scaling killed most of the student's first hidden
@@ -299,7 +318,7 @@ def kc_generalist_embedded_rich() -> kc_config.ExperimentConfig:
   # GELU has no dead units (docs/RESULTS.md, "GELU in the data-rich head").
   config.task.model.head.activation = "gelu"
   _hard_labels_only(config)
-  _rich_embedded_schedule(config, _RICH_STEPS)
+  _rich_embedded_schedule(config, _RICH_EPOCHS)
   return config
 
 
@@ -307,7 +326,7 @@ def kc_generalist_embedded_rich() -> kc_config.ExperimentConfig:
 def kc_trunk_embedded_rich() -> kc_config.ExperimentConfig:
   """The teachers' trunk on the data-rich embedded set: the same network, 3x the steps."""
   config = kc_generalist_embedded_rich()
-  _rich_embedded_schedule(config, _RICH_TRUNK_STEPS)
+  _rich_embedded_schedule(config, _RICH_TRUNK_EPOCHS)
   return config
 
 

@@ -1,7 +1,7 @@
 """The experiment config: task (data, model, distillation, specialists), trainer, runtime."""
 
 import dataclasses
-from typing import List
+from typing import List, Optional
 
 from official.modeling import hyperparams
 
@@ -27,7 +27,8 @@ class SpecialistsConfig(hyperparams.Config):
       head hidden layers, when their shapes match) initialise every teacher
       (Hinton et al. 2015); '' trains from scratch.
     freeze: 'none', 'backbone' or 'backbone_and_hidden': what stays fixed at
-      the generalist's values (cheap specialists on shared features).
+      the generalist's values (cheap specialists on shared features); None:
+      derived at parse time from the images per class.
     negatives_fraction: fraction of other verticals' images kept, with no
       positive label, as negatives for the sigmoid loss.
     train_batch_size: global batch size of each teacher's training.
@@ -42,7 +43,7 @@ class SpecialistsConfig(hyperparams.Config):
       default_factory=model_cfg.ModelConfig
   )
   init_checkpoint: str = ""
-  freeze: str = "none"
+  freeze: Optional[str] = "none"
   negatives_fraction: float = 0.0
   train_batch_size: int = 64
   trainer: trainer_cfg.TrainerConfig = dataclasses.field(
@@ -57,12 +58,12 @@ class SpecialistsConfig(hyperparams.Config):
           "task.specialists.negatives_fraction="
           f"{self.negatives_fraction} must be in [0, 1]."
       )
-    if self.freeze not in FREEZE_MODES:
+    if self.freeze is not None and self.freeze not in FREEZE_MODES:
       raise ValueError(
           f"task.specialists.freeze={self.freeze!r} is not one of "
           f"{FREEZE_MODES}."
       )
-    if self.freeze != "none" and not self.init_checkpoint:
+    if self.freeze not in (None, "none") and not self.init_checkpoint:
       raise ValueError(
           f"task.specialists.freeze={self.freeze!r} needs "
           "task.specialists.init_checkpoint (frozen random layers cannot "

@@ -163,6 +163,8 @@ class SelfPacedConfig(hyperparams.Config):
       N(init_value, init_stddev), or 'prior' -> N(sqrt(N_v) |log(p/(1-p))|,
       init_stddev) with p = 1/N, so that y = x at initialisation when the
       classifier's biases start at the prior logit (see SelfPacedScale).
+      None: derived from the number of classes at parse time
+      (`configs/derived_defaults.py`).
     init_value: mean of the 'constant' initialisation.
     init_stddev: stddev of the initialisation.
     epsilon: added to the squared per-vertical norm.
@@ -170,7 +172,7 @@ class SelfPacedConfig(hyperparams.Config):
       weights (the weight stores gamma / m); 1.0 is the paper.
   """
   mode: str = "vertical"
-  init: str = "sqrt_nv"
+  init: Optional[str] = "sqrt_nv"
   init_value: float = 10.0
   init_stddev: float = 1e-3
   epsilon: float = 1e-12
@@ -182,7 +184,7 @@ class SelfPacedConfig(hyperparams.Config):
       raise ValueError(
           f"{prefix}.mode must be one of {SELF_PACED_MODES}, got {self.mode!r}."
       )
-    if self.init not in SELF_PACED_INITS:
+    if self.init is not None and self.init not in SELF_PACED_INITS:
       raise ValueError(
           f"{prefix}.init must be one of {SELF_PACED_INITS}, got {self.init!r}."
       )

@@ -28,7 +28,8 @@ class OptimizerConfig(hyperparams.Config):
       learning rate to `lr * |g| / epsilon`; with a sigmoid loss summed over N
       classes, a class absent from the batch still gets a gradient of about
       its prior probability, and Keras' 1e-7 lets those steps run at the full
-      rate (see docs/RESULTS.md, "Adam's epsilon").
+      rate (see docs/RESULTS.md, "Adam's epsilon"). None: derived from the
+      data at parse time, 1e-7 * N (`configs/derived_defaults.py`).
   """
 
   type: str = "adam"
@@ -39,7 +40,7 @@ class OptimizerConfig(hyperparams.Config):
   weight_decay: float = 0.0
   momentum: float = 0.9
   global_clipnorm: Optional[float] = None
-  epsilon: float = 1e-7
+  epsilon: Optional[float] = 1e-7
 
   def validate(self, prefix: str = "trainer.optimizer"):
     if self.type not in OPTIMIZERS:
@@ -52,7 +53,7 @@ class OptimizerConfig(hyperparams.Config):
       raise ValueError(f"{prefix}.learning_rate={self.learning_rate} must be > 0.")
     if self.warmup_steps < 0:
       raise ValueError(f"{prefix}.warmup_steps={self.warmup_steps} must be >= 0.")
-    if self.epsilon <= 0:
+    if self.epsilon is not None and self.epsilon <= 0:
       raise ValueError(f"{prefix}.epsilon={self.epsilon} must be > 0.")
 
 
@@ -60,7 +61,13 @@ class OptimizerConfig(hyperparams.Config):
 class TrainerConfig(hyperparams.Config):
   """Step-based training loop settings (as in model-garden trainers).
 
+  A field that is None is derived from the data when the config is parsed
+  (`configs/derived_defaults.py`); a set value is kept.
+
   Attributes:
+    train_epochs: the budget in epochs (passes over the training split);
+      sets `train_steps` = ceil(epochs * (images // batch)) when
+      `train_steps` is None, and is ignored when `train_steps` is set.
     train_steps: total optimizer steps.
     steps_per_loop: steps run inside one compiled call; logs and summaries
       are written at this interval.
@@ -75,9 +82,10 @@ class TrainerConfig(hyperparams.Config):
     optimizer: the optimizer and schedule.
   """
 
-  train_steps: int = 1000
-  steps_per_loop: int = 50
-  checkpoint_interval: int = 200
+  train_epochs: Optional[float] = None
+  train_steps: Optional[int] = 1000
+  steps_per_loop: Optional[int] = 50
+  checkpoint_interval: Optional[int] = 200
   max_to_keep: int = 3
   validation_steps: int = -1
   batch_norm_recalibration_batches: int = 0
@@ -86,9 +94,14 @@ class TrainerConfig(hyperparams.Config):
   def validate(self, prefix: str = "trainer"):
     for name in ("train_steps", "steps_per_loop", "checkpoint_interval",
                  "max_to_keep"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{prefix}.{name}={getattr(self, name)} must be >= 1.")
-    if self.checkpoint_interval % self.steps_per_loop:
+      value = getattr(self, name)
+      if value is not None and value < 1:
+        raise ValueError(f"{prefix}.{name}={value} must be >= 1.")
+    if self.train_epochs is not None and not self.train_epochs > 0:
+      raise ValueError(
+          f"{prefix}.train_epochs={self.train_epochs} must be > 0.")
+    if (self.checkpoint_interval is not None and self.steps_per_loop is not None
+        and self.checkpoint_interval % self.steps_per_loop):
       raise ValueError(
           f"{prefix}.checkpoint_interval={self.checkpoint_interval} must be a "
           f"multiple of {prefix}.steps_per_loop={self.steps_per_loop}."

@@ -43,6 +43,9 @@ class Evaluator:
     positive among the test examples of v of AP(scores[:, c], labels[:, c])
     over the examples of v (METHOD.md section 4, `average_precision`).
   - mpvap = mean of AP_v over verticals that have any example.
+  - vertical_confusion[v][u]: examples of vertical v whose top-1 class is in
+    vertical u (where the errors of v fall; the diagonal holds v's correct
+    answers and its within-vertical confusions).
 
   Memory: per example only the scores of its own vertical(s)' classes are
   kept, so it scales to 100K classes. Rows without any label (e.g. padding of
@@ -84,6 +87,8 @@ class Evaluator:
     self._hits = {k: 0 for k in self.top_ks}
     self._vertical_count = np.zeros(self.num_verticals, np.int64)
     self._vertical_hits = np.zeros(self.num_verticals, np.int64)
+    self._confusion = np.zeros((self.num_verticals, self.num_verticals),
+                               np.int64)
     self._vertical_scores = [[] for _ in range(self.num_verticals)]
     self._vertical_labels = [[] for _ in range(self.num_verticals)]
 
@@ -128,8 +133,11 @@ class Evaluator:
     top1 = top_k_hits(scores, labels, 1)
     verticals = np.zeros((batch, self.num_verticals), bool)
     verticals[rows[valid], self.class_to_vertical[label_ids[valid]]] = True
+    # np.argmax keeps the lower class id on ties, as top_k_hits does.
+    predicted_vertical = self.class_to_vertical[np.argmax(scores, axis=1)]
     for v in np.flatnonzero(verticals.any(axis=0)):
       members = verticals[:, v]
+      np.add.at(self._confusion[v], predicted_vertical[members], 1)
       self._vertical_count[v] += int(members.sum())
       self._vertical_hits[v] += int(top1[members].sum())
       cols = self._class_ids[v]
@@ -155,8 +163,9 @@ class Evaluator:
     Returns:
       {'top{k}': float, ..., 'per_vertical_top1': {vertical: float},
        'per_vertical_ap': {vertical: float}, 'mpvap': float,
-       'num_examples': int, 'num_skipped': int}; verticals without examples
-       are left out of the per-vertical dicts; empty -> NaN.
+       'vertical_confusion': {vertical: {predicted vertical: count}} (non-zero
+       counts only), 'num_examples': int, 'num_skipped': int}; verticals
+       without examples are left out of the per-vertical dicts; empty -> NaN.
     """
     out = {}
     for k in self.top_ks:
@@ -171,6 +180,11 @@ class Evaluator:
     out["per_vertical_ap"] = {self._key(v): ap for v, ap in aps.items()}
     finite = [ap for ap in aps.values() if not np.isnan(ap)]
     out["mpvap"] = float(np.mean(finite)) if finite else float("nan")
+    out["vertical_confusion"] = {
+        self._key(v): {self._key(u): int(self._confusion[v, u])
+                       for u in np.flatnonzero(self._confusion[v])}
+        for v in seen
+    }
     out["num_examples"] = self._count
     out["num_skipped"] = self._skipped
     return out

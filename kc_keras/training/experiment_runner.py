@@ -4,18 +4,21 @@ from typing import Optional, Sequence
 
 from kc_keras.common import run_modes
 from kc_keras.configs import checks
+from kc_keras.configs import derived_defaults
 from kc_keras.configs import experiments  # noqa: F401  (registers kc_*)
 from kc_keras.configs import kc_config
 from kc_keras.training import modes
 
 
 def parse_configuration(
-    flags_obj, extra_overrides: Sequence[dict] = ()
+    flags_obj, extra_overrides: Sequence[dict] = (),
+    data_overrides: Sequence[dict] = ()
 ) -> kc_config.ExperimentConfig:
   """Registered defaults, then each --config_file, then --params_override.
 
   Every override is strict (an unknown key is an error naming its full path);
-  the result is type-checked against the dataclass annotations, validated
+  fields still unset (None) are then derived from the data
+  (`derived_defaults.resolve`); the result is type-checked against the dataclass annotations, validated
   and locked, as in `official.core.train_utils`.
 
   Args:
@@ -23,6 +26,8 @@ def parse_configuration(
       and `tpu` attributes (absl FLAGS or a namespace).
     extra_overrides: dicts applied after the config files and before
       `params_override` (a pipeline's per-stage settings).
+    data_overrides: dicts applied before the config files (the data of
+      `run_pipeline --data`, which a config file may then refine).
 
   Returns:
     The locked `ExperimentConfig`.
@@ -33,6 +38,8 @@ def parse_configuration(
     checks.ConfigError: a value of the wrong type.
   """
   params = experiments.get_experiment(flags_obj.experiment)
+  for overrides in data_overrides:
+    checks.apply_override(params, overrides)
   for config_file in flags_obj.config_file or []:
     checks.apply_override(params, config_file)
   for overrides in extra_overrides:
@@ -41,6 +48,7 @@ def parse_configuration(
     checks.apply_override(params, {"runtime": {"tpu": flags_obj.tpu}})
   if flags_obj.params_override:
     checks.apply_override(params, flags_obj.params_override)
+  derived_defaults.resolve(params)
   checks.check_types(params)
   params.validate()
   params.lock()

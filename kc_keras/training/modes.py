@@ -107,13 +107,15 @@ def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
       old = yaml.safe_load(f) or {}
   except yaml.YAMLError as e:
     raise checks.ConfigError(f"Unreadable {path}: {e}") from e
+  # Keys added to the config after that run, at their defaults, change nothing.
+  defaults = kc_config.ExperimentConfig().as_dict()
   if allow:
-    diffs = checks.differing_keys(old, params.as_dict())
+    diffs = checks.differing_keys(old, params.as_dict(), defaults=defaults)
     if diffs:
       logging.warning("--allow_config_change: %s differs from %s in %s",
                       model_dir, path, [k for k, _, _ in diffs])
     return
-  checks.check_rerun(old, params.as_dict(), model_dir)
+  checks.check_rerun(old, params.as_dict(), model_dir, defaults=defaults)
 
 
 class Session:

@@ -1,12 +1,13 @@
 """The registered pipelines: the README demo and the paper's ablation rows, in one module."""
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
+from kc_keras.training import pipeline_lib
 from kc_keras.training.pipeline_lib import Stage
 
-GENERALIST = "generalist FC-FC"
-SPECIALISTS = "specialists"
-FULL_STUDENT = "FC-SC + D + S (vertical)"
+GENERALIST = pipeline_lib.GENERALIST
+SPECIALISTS = pipeline_lib.SPECIALISTS
+FULL_STUDENT = pipeline_lib.FULL_STUDENT
 
 # The student variants of the paper's ablation table (METHOD.md section 5):
 # every row has the same backbone, data and schedule; only the head and the
@@ -28,38 +29,54 @@ def _paths(generalist_dir: str) -> Dict:
   }}
 
 
-def _teacher_stages(student_experiment: str, generalist_dir: str
-                    ) -> List[Stage]:
+def _teacher_stages(student_experiment: str, generalist_dir: str,
+                    teachers_from: Optional[str] = None) -> List[Stage]:
   paths = _paths(generalist_dir)
   return [
       Stage("specialists (train)", student_experiment, "train_specialists",
-            "specialists", paths, row_of=SPECIALISTS),
+            "specialists", paths, row_of=SPECIALISTS,
+            teachers_from=teachers_from),
       Stage(SPECIALISTS, student_experiment, "eval_specialists",
-            "specialists", paths, report=True),
+            "specialists", paths, report=True, teachers_from=teachers_from),
       # Students with online targets (the Omniglot ones) never read it.
       Stage("soft targets (cache)", student_experiment, "cache_targets",
-            "specialists", paths, only_if_target_source="cache"),
+            "specialists", paths, only_if_target_source="cache",
+            teachers_from=teachers_from),
   ]
 
 
 def _student_stage(name: str, student_experiment: str, head: Dict,
-                   self_paced: str, generalist_dir: str) -> Stage:
+                   self_paced: str, generalist_dir: str,
+                   teachers_from: Optional[str] = None) -> Stage:
   overrides = _paths(generalist_dir)
   overrides["task"]["model"] = {"head": head,
                                 "self_paced": {"mode": self_paced}}
   slug = "".join(c if c.isalnum() else " " for c in name.lower()).split()
   model_dir = "_".join(["student"] + slug)
   return Stage(name, student_experiment, "train_and_eval", model_dir,
-               overrides, report=True)
+               overrides, report=True, teachers_from=teachers_from)
+
+
+def _generalist_teachers_student(generalist_experiment: str,
+                                 student_experiment: str) -> List[Stage]:
+  """Generalist, specialists on it (its network), soft targets, the full student."""
+  return ([Stage(GENERALIST, generalist_experiment, "train_and_eval",
+                 "generalist", report=True)] +
+          _teacher_stages(student_experiment, "generalist",
+                          generalist_experiment) +
+          [_student_stage(FULL_STUDENT, student_experiment,
+                          {"head_type": "fc_sc"}, "vertical", "generalist",
+                          generalist_experiment)])
 
 
 def demo() -> List[Stage]:
-  """README command 1: generalist, specialists, soft targets, the full student."""
-  return ([Stage(GENERALIST, "kc_generalist_demo", "train_and_eval",
-                 "generalist", report=True)] +
-          _teacher_stages("kc_student_demo", "generalist") +
-          [_student_stage(FULL_STUDENT, "kc_student_demo",
-                          {"head_type": "fc_sc"}, "vertical", "generalist")])
+  """README command 1 on the embedded demo data."""
+  return _generalist_teachers_student("kc_generalist_demo", "kc_student_demo")
+
+
+def own_data() -> List[Stage]:
+  """Your own data (`--data`): the demo's stages on `kc_generalist` / `kc_student`."""
+  return _generalist_teachers_student("kc_generalist", "kc_student")
 
 
 def ablation(generalist_experiment: str, trunk_experiment: str,
@@ -83,12 +100,17 @@ def ablation(generalist_experiment: str, trunk_experiment: str,
 
 PIPELINES = {
     "demo": demo,
+    "kc": own_data,
     "ablation_omniglot": lambda: ablation(
         "kc_generalist_omniglot", "kc_trunk_omniglot", "kc_student_omniglot"),
     "ablation_embedded_rich": lambda: ablation(
         "kc_generalist_embedded_rich", "kc_trunk_embedded_rich",
         "kc_student_embedded_rich"),
 }
+
+
+# Pipelines that read `--data`, and the stage whose network they export.
+OWN_DATA_EXPORTS = {"kc": FULL_STUDENT}
 
 
 def get_pipeline(name: str) -> List[Stage]:

@@ -99,6 +99,16 @@ class DifferingKeysTest(tf.test.TestCase):
         r"--allow_config_change"):
       checks.check_rerun(old, new, "/runs/x")
 
+  def test_a_key_added_since_the_run_is_a_change_only_off_its_default(self):
+    old = {"task": {"data": {"seed": 0}}}
+    defaults = {"task": {"data": {"seed": 0, "holdout": 0.0, "epochs": None}}}
+    self.assertEqual(checks.differing_keys(
+        old, {"task": {"data": {"seed": 0, "holdout": 0.0, "epochs": None}}},
+        defaults=defaults), [])
+    self.assertEqual(checks.differing_keys(
+        old, {"task": {"data": {"seed": 0, "holdout": 0.2, "epochs": None}}},
+        defaults=defaults), [("task.data.holdout", "<absent>", 0.2)])
+
   def test_tuples_and_lists_compare_equal(self):
     self.assertEqual(
         checks.differing_keys({"a": (1, 2)}, {"a": [1, 2]}), [])

@@ -79,11 +79,13 @@ class ExperimentsTest(tf.test.TestCase, parameterized.TestCase):
           params_override="trainer.checkpoint_interval=33"))
 
   def test_params_yaml_round_trips(self):
+    # The data-rich experiment derives its defaults from the generator's
+    # settings alone (no data files needed).
     params = experiment_runner.parse_configuration(_flags(
-        "kc_generalist_omniglot", params_override="trainer.train_steps=7"))
+        "kc_generalist_embedded_rich", params_override="trainer.train_steps=7"))
     model_dir = self.create_tempdir().full_path
     path = modes.save_params(params, model_dir)
-    reloaded = experiments.get_experiment("kc_generalist_omniglot")
+    reloaded = experiments.get_experiment("kc_generalist_embedded_rich")
     reloaded.override(path and yaml.safe_load(open(path)), is_strict=True)
     as_lists = lambda d: json.loads(json.dumps(d))  # tuples -> lists
     self.assertEqual(as_lists(reloaded.as_dict()), as_lists(params.as_dict()))

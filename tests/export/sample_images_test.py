@@ -1,17 +1,17 @@
-"""Tests for export.sample_images: PNGs hold the eval pixels rounded to 8 bits."""
+"""Tests for run_export_lib.write_pngs (export.sample_images): PNGs hold the eval pixels rounded to 8 bits."""
 
 import numpy as np
 from PIL import Image
 
-from export import sample_images
+from export import run_export_lib
 
 
 def test_write_pngs_round_trip(tmp_path):
   rng = np.random.RandomState(0)
   images = rng.rand(2, 5, 6, 3).astype(np.float32)
   grey = rng.rand(1, 4, 4, 1).astype(np.float32)
-  paths = sample_images.write_pngs(images, str(tmp_path / "rgb"))
-  paths += sample_images.write_pngs(grey, str(tmp_path / "grey"))
+  paths = run_export_lib.write_pngs(images, str(tmp_path / "rgb"))
+  paths += run_export_lib.write_pngs(grey, str(tmp_path / "grey"))
   assert [p.rsplit("/", 1)[1] for p in paths] == [
       "eval_0.png", "eval_1.png", "eval_0.png"]
   for path, image in zip(paths, [*images, grey[0]]):

@@ -26,11 +26,15 @@ LABELS = np.array([[0], [1], [2], [3], [3]])
 #   class 3 [.5, .4, .9] labels [0, 1, 1] -> ranks: img4 (+) 1/1, img2 (-),
 #   img3 (+) 2/3 -> 5/6; AP_fish = (1 + 5/6) / 2 = 11/12.
 # mpvap = (0.75 + 11/12) / 2 = 5/6.
+# vertical of the top-1 class: bird -> {bird (img0), fish (img1)};
+#   fish -> fish for img2..4 (img3's error stays inside its vertical).
 EXPECTED = {
     "top1": 0.6, "top2": 0.8,
     "per_vertical_top1": {"bird": 0.5, "fish": 2.0 / 3.0},
     "per_vertical_ap": {"bird": 0.75, "fish": 11.0 / 12.0},
     "mpvap": 5.0 / 6.0,
+    "vertical_confusion": {"bird": {"bird": 1, "fish": 1},
+                           "fish": {"fish": 3}},
 }
 
 
@@ -39,6 +43,8 @@ class EvaluatorTest(tf.test.TestCase):
   def _check(self, result):
     for key in ("top1", "top2", "mpvap"):
       self.assertAllClose(result[key], EXPECTED[key], msg=key)
+    self.assertEqual(result["vertical_confusion"],
+                     EXPECTED["vertical_confusion"])
     for key in ("per_vertical_top1", "per_vertical_ap"):
       self.assertEqual(sorted(result[key]), ["bird", "fish"])
       for name, value in EXPECTED[key].items():

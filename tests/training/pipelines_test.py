@@ -54,9 +54,14 @@ def runs(monkeypatch):
     ("demo", "kc_student_demo", None, True),
 ])
 def test_cache_stage_runs_only_when_the_students_read_the_cache(
-    runs, tmp_path, pipeline, student, override, writes_cache):
+    runs, tmp_path, request, pipeline, student, override, writes_cache):
   default = experiments.get_experiment(student).task.distillation.target_source
   assert default == ("online" if pipeline == "ablation_omniglot" else "cache")
+  if pipeline == "ablation_omniglot":
+    # Parsing derives the defaults from the data: the hierarchy and counts.
+    data_dir = request.getfixturevalue("omniglot_path")
+    override = ",".join(filter(None, [
+        override, f"task.data.omniglot.data_dir={data_dir}"]))
   pipeline_lib.run_pipeline(pipelines.get_pipeline(pipeline), str(tmp_path),
                             params_override=override, only=[CACHE_STAGE])
   assert runs == (["cache_targets"] if writes_cache else [])

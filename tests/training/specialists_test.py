@@ -135,7 +135,7 @@ def test_pipeline_report_helpers():
   table = pipeline_lib.results_table(rows)
   assert "| specialists | 90.0 | 80.0 | 80.0 | 100 | 1 |" in table
   summary = pipeline_lib.summarize(rows)
-  assert "closes 50% of the" in summary and "5.0% of the specialists" in summary
+  assert "closes 50% of that gap" in summary and "5.0% of the specialists" in summary
   rows.append(dict(name="FC-FC + D", params=10, wall_seconds=1.0,
                    metrics=dict(mpvap=0.6, top1=0.5, top5=0.5)))
   assert pipeline_lib.chart_row_names(rows) == [

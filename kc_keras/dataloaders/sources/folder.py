@@ -1,5 +1,6 @@
 """Image folder trees `root/<vertical>/<class>/<image>` (jpg/png), one per split."""
 
+import hashlib
 import os
 from typing import Optional
 
@@ -13,6 +14,24 @@ from kc_keras.dataloaders import sources
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
+def holdout_count(num_images: int, fraction: float) -> int:
+  """Images of a class held out: round(fraction * n), at least 1, leaving at least 1.
+
+  A class with a single image stays in training only (it cannot be both
+  learned and tested); every class with two or more images gets at least
+  one test image, so that its AP is measured.
+  """
+  if fraction <= 0 or num_images < 2:
+    return 0
+  return min(num_images - 1, max(1, round(fraction * num_images)))
+
+
+def _holdout_rank(class_name: str, file_name: str) -> str:
+  # A hash of the names, not a seeded shuffle: adding or removing one image
+  # never moves the others between the splits.
+  return hashlib.sha256(f"{class_name}/{file_name}".encode()).hexdigest()
+
+
 class FolderSource(sources.DecodedImageSource):
   """Labelled images from folder trees.
 
@@ -20,6 +39,10 @@ class FolderSource(sources.DecodedImageSource):
   (`Hierarchy.from_folder_tree`). Files are listed in sorted
   (vertical, class, file name) order; `example_id` is the position in that list.
   Single-label: `label_ids = [class id, -1, ...]`.
+
+  With no `eval_dir` and `holdout_fraction` > 0, 'eval' is a hold-out of
+  `train_dir`: per class, the `holdout_count` images of smallest
+  sha256("<class>/<file name>"), and 'train' is the rest.
 
   Args:
     config: a `FolderConfig`.
@@ -47,8 +70,14 @@ class FolderSource(sources.DecodedImageSource):
     self._ids = {n: i for i, n in enumerate(self._hierarchy.class_names)}
     self._files = {}
 
+  @property
+  def holds_out(self) -> bool:
+    """Whether 'eval' is a hold-out of `train_dir`."""
+    return not self._config.eval_dir and self._config.holdout_fraction > 0
+
   def _root(self, split: str) -> str:
-    root = (self._config.train_dir if self.check_split(split) == "train"
+    root = (self._config.train_dir
+            if self.check_split(split) == "train" or self.holds_out
             else self._config.eval_dir)
     if not root:
       raise ValueError(f"folder source has no directory for split {split!r}")
@@ -62,6 +91,7 @@ class FolderSource(sources.DecodedImageSource):
       return self._files[split]
     root = self._root(split)
     h, out = self._hierarchy, []
+    keep_held_out = split == "eval"
     for vname in sorted(os.listdir(root)):
       vdir = os.path.join(root, vname)
       if not os.path.isdir(vdir):
@@ -79,10 +109,18 @@ class FolderSource(sources.DecodedImageSource):
           raise hierarchy_lib.HierarchyError(
               f"class {cname!r} is under vertical {vname!r} in {root} but the "
               f"hierarchy puts it in {expected!r}")
-        for fname in sorted(os.listdir(cdir)):
-          if fname.lower().endswith(IMAGE_EXTENSIONS):
-            out.append((os.path.join(cdir, fname), cid))
+        names = [f for f in sorted(os.listdir(cdir))
+                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if self.holds_out:
+          held = set(sorted(names, key=lambda f: _holdout_rank(cname, f))[
+              :holdout_count(len(names), self._config.holdout_fraction)])
+          names = [f for f in names if (f in held) == keep_held_out]
+        out.extend((os.path.join(cdir, f), cid) for f in names)
     if not out:
+      if self.holds_out and split == "eval":
+        raise ValueError(
+            f"no class under {root} has two images, so nothing can be held "
+            "out for evaluation: give an eval folder")
       raise ValueError(f"no {IMAGE_EXTENSIONS} images under {root}")
     self._files[split] = out
     return out
