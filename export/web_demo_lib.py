@@ -10,6 +10,15 @@ and `samples/*.png`) into a self-contained static site:
     <out>/samples/*.png             eval images to click on
     <out>/config.json               what the page loads
 
+Each model's entry in `config.json` carries the background its transparent
+pixels are composited onto (`alpha_background`, the run's
+`task.data.alpha_background`, see `kc_keras/dataloaders/image_decoding.py`)
+and where that value was read (`alpha_background_source`): a `.tflite`
+file records no data config, so it is taken from the `params.yaml` of the
+SavedModel export it was converted from when the run holds one
+(`export_params`), else it is image_decoding's default, white, and the
+source says so.
+
 Nothing is fetched from elsewhere at page load. `serve` serves it on
 loopback with the cross-origin isolation headers (COOP `same-origin`, COEP
 `require-corp`) that LiteRT.js's threaded WASM build needs; the page uses
@@ -26,7 +35,9 @@ import shutil
 import subprocess
 import sys
 import threading
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
+
+import yaml
 
 from export import web_compat_lib
 
@@ -65,6 +76,16 @@ CHROMIUM_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-quic", "--no-first-run",
                  "--disable-background-networking",
                  "--disable-component-update", "--disable-sync")
+# Where a run keeps its SavedModel exports and where an export records its
+# config (export_saved_model_lib.ASSETS_EXTRA / PARAMS_FILE; not imported:
+# this module loads no TensorFlow): <dir>/serving/<name>/<version>/...
+SERVING_DIR = "serving"
+EXPORT_PARAMS = os.path.join("assets.extra", "params.yaml")
+# kc_keras.dataloaders.image_decoding.DEFAULT_ALPHA_BACKGROUND (tested equal).
+DEFAULT_ALPHA_BACKGROUND = (1.0, 1.0, 1.0)
+DEFAULT_BACKGROUND_SOURCE = (
+    "default (kc_keras.dataloaders.image_decoding.DEFAULT_ALPHA_BACKGROUND): "
+    "no params.yaml of a SavedModel export found for this model")
 MIME_TYPES = {".wasm": "application/wasm", ".js": "text/javascript",
               ".mjs": "text/javascript", ".tflite": "application/octet-stream",
               ".json": "application/json", ".txt": "text/plain; charset=utf-8"}
@@ -81,6 +102,8 @@ class BuiltModel:
   name: str
   path: str
   bytes: int
+  alpha_background: Tuple[float, float, float] = DEFAULT_ALPHA_BACKGROUND
+  alpha_background_source: str = DEFAULT_BACKGROUND_SOURCE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +171,81 @@ def find_models(run_dir: str) -> List[str]:
   return models
 
 
+def export_params(model_path: str) -> Optional[str]:
+  """The `params.yaml` of the SavedModel export a `.tflite` was converted from, if the run has it.
+
+  A `.tflite` records no data config. The run layouts that write one
+  (scripts/run_demo.sh, the pipelines' last step) keep its SavedModel in
+  `serving/<name>/<version>/` beside it, and name the file `<name>.tflite`
+  or `<name>_<variant>.tflite`: the longest such `<name>` is taken, and its
+  highest version that has `assets.extra/params.yaml` (the one the file was
+  converted from when the exports are made in order).
+
+  Returns:
+    The path, or None when no export matches.
+  """
+  directory = os.path.dirname(os.path.abspath(model_path))
+  stem = os.path.basename(model_path)[:-len(".tflite")]
+  serving = os.path.join(directory, SERVING_DIR)
+  if not os.path.isdir(serving):
+    return None
+  found = []
+  for name in os.listdir(serving):
+    if stem != name and not stem.startswith(name + "_"):
+      continue
+    base = os.path.join(serving, name)
+    versions = [int(v) for v in os.listdir(base) if v.isdigit()
+                and os.path.isfile(os.path.join(base, v, EXPORT_PARAMS))]
+    if versions:
+      found.append((len(name), max(versions),
+                    os.path.join(base, str(max(versions)), EXPORT_PARAMS)))
+  return max(found)[2] if found else None
+
+
+def check_background(values, where: str) -> Tuple[float, float, float]:
+  """`values` as 3 floats in [0, 1] (as image_decoding.check_background).
+
+  Raises:
+    WebDemoError: anything else, naming `where`.
+  """
+  values = list(values) if isinstance(values, (list, tuple)) else [values]
+  if len(values) != 3 or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool)
+      and 0.0 <= float(v) <= 1.0 for v in values):
+    raise WebDemoError(
+        f"{where}: alpha_background={values!r} must be 3 values (r, g, b) in "
+        "[0, 1]")
+  return tuple(float(v) for v in values)
+
+
+def alpha_background(model_path: str
+                     ) -> Tuple[Tuple[float, float, float], str]:
+  """`(background, source)` of a model: its export's `task.data.alpha_background`, or the default.
+
+  `source` is the `params.yaml` read (relative to the model's directory),
+  or the reason the default was used.
+
+  Raises:
+    WebDemoError: an unreadable params.yaml or a bad value in it.
+  """
+  path = export_params(model_path)
+  if path is None:
+    return DEFAULT_ALPHA_BACKGROUND, DEFAULT_BACKGROUND_SOURCE
+  shown = os.path.relpath(path, os.path.dirname(os.path.abspath(model_path)))
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = yaml.safe_load(f)
+  except (OSError, yaml.YAMLError) as e:
+    raise WebDemoError(f"{path} could not be read: {e}") from e
+  data = ((saved or {}).get("task") or {}).get("data") or {}
+  if data.get("alpha_background") is None:
+    # An export made before the field existed: its training dropped alpha.
+    return DEFAULT_ALPHA_BACKGROUND, (
+        f"default (kc_keras.dataloaders.image_decoding.DEFAULT_ALPHA_"
+        f"BACKGROUND): {shown} has no task.data.alpha_background")
+  return check_background(data["alpha_background"], path), shown
+
+
 def _copy(src: str, dst: str) -> None:
   os.makedirs(os.path.dirname(dst), exist_ok=True)
   shutil.copyfile(src, dst)
@@ -155,7 +253,8 @@ def _copy(src: str, dst: str) -> None:
 
 def build(run_dir: Optional[str] = None, output_dir: Optional[str] = None,
           models: Sequence[str] = (), samples: Sequence[str] = (),
-          node_modules: Optional[str] = None) -> BuildResult:
+          node_modules: Optional[str] = None,
+          background: Optional[Sequence[float]] = None) -> BuildResult:
   """Writes the static site for `run_dir` (see the module docstring).
 
   Args:
@@ -165,14 +264,16 @@ def build(run_dir: Optional[str] = None, output_dir: Optional[str] = None,
     models: `.tflite` files to include instead of those of `run_dir`.
     samples: images to offer instead of `<run_dir>/samples/*`.
     node_modules: a vendored node_modules (default: `vendor_npm_packages()`).
+    background: `(r, g, b)` in [0, 1] behind transparent pixels for every
+      model, instead of each model's `alpha_background()`.
 
   Returns:
     A `BuildResult`; models LiteRT.js cannot run are in `skipped` with
     the reason (`web_compat_lib.problems`), never in the page.
 
   Raises:
-    WebDemoError: no model, no output directory, or no model the page can
-      run.
+    WebDemoError: no model, no output directory, no model the page can
+      run, or a bad background (given or in an export's params.yaml).
   """
   if not models:
     if run_dir is None:
@@ -188,6 +289,8 @@ def build(run_dir: Optional[str] = None, output_dir: Optional[str] = None,
       samples = sorted(os.path.join(sample_dir, f)
                        for f in os.listdir(sample_dir)
                        if f.lower().endswith((".png", ".jpg", ".jpeg")))
+  if background is not None:
+    background = check_background(background, "build(background=...)")
   node_modules = node_modules or vendor_npm_packages()
 
   built, skipped = [], []
@@ -206,6 +309,10 @@ def build(run_dir: Optional[str] = None, output_dir: Optional[str] = None,
       skipped.append({"name": name, "reason": "; ".join(found)})
       continue
     content = web_compat_lib.fix_batch_dimension(content)
+    if background is None:
+      rgb, rgb_source = alpha_background(path)
+    else:
+      rgb, rgb_source = background, "given to the build"
     served = f"models/{name}.tflite"
     os.makedirs(os.path.join(staged, "models"), exist_ok=True)
     with open(os.path.join(staged, served), "wb") as f:
@@ -213,11 +320,13 @@ def build(run_dir: Optional[str] = None, output_dir: Optional[str] = None,
     for suffix in (LABELS_SUFFIX, VERTICALS_SUFFIX):
       _copy(path + suffix, os.path.join(staged, served + suffix))
     built.append(BuiltModel(name, os.path.join(output_dir, served),
-                            len(content)))
+                            len(content), rgb, rgb_source))
     entries.append({"name": name, "file": served,
                     "labels": served + LABELS_SUFFIX,
                     "verticals": served + VERTICALS_SUFFIX,
-                    "bytes": len(content)})
+                    "bytes": len(content),
+                    "alpha_background": list(rgb),
+                    "alpha_background_source": rgb_source})
   if not built:
     raise WebDemoError(
         "no model LiteRT.js can run: " + "; ".join(

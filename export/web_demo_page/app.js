@@ -5,14 +5,15 @@
 // vendor/ (the pinned @litertjs packages).
 
 import {loadLiteRt, loadAndCompile, Tensor} from '@litertjs/core';
-import {InputError, preprocessBlob, preprocessCanvasSource} from './preprocess.js';
+import {DEFAULT_BACKGROUND, InputError, preprocessBlob, preprocessCanvasSource} from './preprocess.js';
 
 const TOP_K = 5;
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 
 const state = {config: null, model: null, entry: null, labels: [], verticals: [],
-               size: 0, channels: 0, inputName: '', accelerator: '', busy: false};
+               size: 0, channels: 0, background: DEFAULT_BACKGROUND, inputName: '',
+               accelerator: '', busy: false};
 
 function setStatus(text, kind = 'info') {
   const status = $('status');
@@ -94,13 +95,19 @@ async function loadModel(entry) {
   } finally {
     blank.delete();
   }
-  Object.assign(state, {model, entry, labels, verticals, size: height, channels,
+  // Transparent pixels are composited onto the run's task.data.alpha_background
+  // (config.json says where web_demo_lib read it); white for an older config.
+  const background = entry.alpha_background || DEFAULT_BACKGROUND;
+  if (!entry.alpha_background) console.warn(`config.json gives no alpha_background for ${entry.name}: white`);
+  Object.assign(state, {model, entry, labels, verticals, size: height, channels, background,
                         inputName: input.name, logitsName: logits.name,
                         accelerator: wanted === 'webgpu' ? 'WebGPU' : 'WASM (XNNPACK)'});
   const loadMs = performance.now() - started;
   $('model-info').textContent = `${entry.name}: ${(entry.bytes / 1024).toFixed(1)} KB, ` +
       `input ${height} x ${width} x ${channels}, ${classes} classes; loaded in ${loadMs.toFixed(0)} ms ` +
-      `on ${state.accelerator}${state.threads ? ', threaded' : ''}`;
+      `on ${state.accelerator}${state.threads ? ', threaded' : ''}; transparency onto ` +
+      `(${background.map((v) => Number(v.toFixed(3))).join(', ')})`;
+  $('model-info').title = `alpha_background: ${entry.alpha_background_source || 'default (white)'}`;
   document.body.dataset.loadMs = loadMs.toFixed(1);
   setStatus('Ready: pick, drop or photograph an image, or click a sample.', 'ready');
 }
@@ -174,7 +181,7 @@ async function classifyBlob(blob, name) {
   try {
     setStatus(`Classifying ${name}...`, 'busy');
     const started = performance.now();
-    const {tensor} = await preprocessBlob(blob, state.size, state.channels, name);
+    const {tensor} = await preprocessBlob(blob, state.size, state.channels, name, state.background);
     const decodeMs = performance.now() - started;
     preview(blob);
     return await classifyTensor(tensor, name, decodeMs);
@@ -205,7 +212,8 @@ async function snapCamera() {
   const video = $('camera');
   if (!video.videoWidth) return;
   const started = performance.now();
-  const tensor = preprocessCanvasSource(video, video.videoWidth, video.videoHeight, state.size, state.channels);
+  const tensor = preprocessCanvasSource(video, video.videoWidth, video.videoHeight, state.size, state.channels,
+                                        state.background);
   try {
     await classifyTensor(tensor, 'camera frame', performance.now() - started);
   } catch (e) {
@@ -287,13 +295,15 @@ async function main() {
   }
 }
 
-// For tests and the console: classify a File/Blob, or preprocess one.
+// For tests and the console: classify a File/Blob, or preprocess one (onto
+// the loaded model's background unless one is given).
 window.kcDemo = {
   state,
   last: null,
   classifyBlob,
   loadModel: (name) => loadModel(state.config.models.find((m) => m.name === name)),
-  preprocess: async (blob, size, channels) => Array.from((await preprocessBlob(blob, size, channels)).tensor),
+  preprocess: async (blob, size, channels, background = state.background) =>
+    Array.from((await preprocessBlob(blob, size, channels, undefined, background)).tensor),
 };
 
 main();

@@ -1,11 +1,25 @@
-// Image -> model input, as the training pipeline's eval path computes it
-// (kc_keras.dataloaders.sources.decode_and_resize): decode to C channels
-// (alpha dropped, not composited), scale to float [0, 1], resize to S x S
-// with an antialiased bilinear (triangle) kernel whose support widens with
-// the downscale factor, clip to [0, 1]. Returns a Float32Array [S, S, C].
+// Image -> model input, as training, evaluation and serving compute it: the
+// formula of kc_keras/dataloaders/image_decoding.py (decode_and_resize; its
+// module docstring). The browser decodes the file (JPEG EXIF orientation
+// applied, palettes and tRNS expanded) to 8-bit colour c and alpha a, used
+// as v / 255. With the model's background b (the run's
+// task.data.alpha_background, written by web_demo_lib into config.json),
+// each pixel becomes, in float:
+//   C = 3: o = a * c + (1 - a) * b              (grey files: c = (g, g, g))
+//   C = 1: o = a * Y(c) + (1 - a) * Y(b)        Y = 0.299 r + 0.587 g + 0.114 b
+// (no rounding to 8 bits; Y(g, g, g) = g up to float rounding). Opaque
+// images skip the blend.
+// Then o is resized to S x S with an antialiased bilinear (triangle) kernel
+// whose support widens with the downscale factor, and clipped to [0, 1].
+// Returns a Float32Array [S, S, C]. Not reproduced: 16-bit PNGs (the page
+// sees 8 bits, training keeps 16).
 
 export const MAX_IMAGE_PIXELS = 64_000_000;  // as export/tflite_demo_lib.py
 export const MAX_FILE_BYTES = 100 * 1024 * 1024;
+
+// image_decoding.DEFAULT_ALPHA_BACKGROUND and LUMA_WEIGHTS.
+export const DEFAULT_BACKGROUND = Object.freeze([1, 1, 1]);
+export const LUMA_WEIGHTS = Object.freeze([0.299, 0.587, 0.114]);
 
 export class InputError extends Error {}
 
@@ -44,15 +58,19 @@ export function headerSize(bytes) {
   return null;
 }
 
-// Raw RGBA bytes of a decoded image. A 2D canvas stores premultiplied
-// alpha, which loses the colour of (semi-)transparent pixels that the
-// training pipeline keeps (it drops alpha without compositing); for those
-// images WebCodecs' ImageDecoder with premultiplyAlpha 'none' gives the
-// stored colour, where the browser has it.
+// Raw RGBA bytes of a decoded image, with `opaque` (every alpha 255).
+// createImageBitmap applies a JPEG's EXIF orientation (imageOrientation
+// 'from-image', as training does). A 2D canvas stores premultiplied
+// alpha in 8 bits, which loses colour precision of semi-transparent pixels
+// (a * c after the blend can be off by up to 1/255) and all colour of
+// fully transparent ones; for images with transparency WebCodecs'
+// ImageDecoder with premultiplyAlpha 'none' gives the stored c and a
+// exactly, where the browser has it (the canvas pixels otherwise).
 async function decodeRgba(blob, name) {
   let bitmap;
   try {
-    bitmap = await createImageBitmap(blob, {premultiplyAlpha: 'none', colorSpaceConversion: 'none'});
+    bitmap = await createImageBitmap(blob, {imageOrientation: 'from-image', premultiplyAlpha: 'none',
+                                            colorSpaceConversion: 'none'});
   } catch (e) {
     throw new InputError(`${name}: not an image this page can decode (${e.message || e})`);
   }
@@ -96,7 +114,7 @@ async function decodeRgba(blob, name) {
       console.warn('ImageDecoder unavailable for this image; using the canvas pixels', e);
     }
   }
-  return {data, width, height};
+  return {data, width, height, opaque: !translucent};
 }
 
 // Weights of an antialiased bilinear resize of `inSize` to `outSize`
@@ -153,27 +171,45 @@ export function resizePlanes(planes, width, height, size) {
   return out;
 }
 
-// RGBA bytes -> float planes in [0, 1]: RGB, or grey (ITU-R 601 luma,
-// rounded to 8 bits as PIL's 'L' and libjpeg do) for one channel.
-export function rgbaToPlanes(data, width, height, channels) {
+// RGBA bytes -> float planes in [0, 1] of o (the formula above): RGB, or
+// the BT.601 luma Y for one channel, composited onto `background` (r, g, b)
+// unless every pixel is opaque. Computed in double precision, stored as
+// float32 (training computes in float32: they differ by ~1e-7).
+export function rgbaToPlanes(data, width, height, channels, background = DEFAULT_BACKGROUND,
+                             opaque = undefined) {
   const n = width * height;
+  if (opaque === undefined) {
+    opaque = true;
+    for (let i = 3; i < data.length; i += 4) {
+      if (data[i] !== 255) { opaque = false; break; }
+    }
+  }
+  const [wr, wg, wb] = LUMA_WEIGHTS;
   if (channels === 3) {
     const planes = [new Float32Array(n), new Float32Array(n), new Float32Array(n)];
     for (let p = 0; p < n; p++) {
-      for (let c = 0; c < 3; c++) planes[c][p] = data[4 * p + c] / 255;
+      const a = data[4 * p + 3] / 255;
+      for (let c = 0; c < 3; c++) {
+        const v = data[4 * p + c] / 255;
+        planes[c][p] = opaque ? v : a * v + (1 - a) * background[c];
+      }
     }
     return planes;
   }
+  const backgroundY = wr * background[0] + wg * background[1] + wb * background[2];
   const grey = new Float32Array(n);
   for (let p = 0; p < n; p++) {
-    const r = data[4 * p], g = data[4 * p + 1], b = data[4 * p + 2];
-    grey[p] = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) / 255;
+    const y = (wr * data[4 * p] + wg * data[4 * p + 1] + wb * data[4 * p + 2]) / 255;
+    const a = data[4 * p + 3] / 255;
+    grey[p] = opaque ? y : a * y + (1 - a) * backgroundY;
   }
   return [grey];
 }
 
-// A File/Blob -> {tensor: Float32Array [S, S, C], width, height}.
-export async function preprocessBlob(blob, size, channels, name = blob.name || 'image') {
+// A File/Blob -> {tensor: Float32Array [S, S, C], width, height}; `background`
+// is the model's alpha_background (r, g, b) in [0, 1].
+export async function preprocessBlob(blob, size, channels, name = blob.name || 'image',
+                                     background = DEFAULT_BACKGROUND) {
   if (blob.size > MAX_FILE_BYTES) {
     throw new InputError(`${name}: ${(blob.size / 1048576).toFixed(1)} MB is larger than this page accepts (${MAX_FILE_BYTES / 1048576} MB)`);
   }
@@ -182,19 +218,22 @@ export async function preprocessBlob(blob, size, channels, name = blob.name || '
   if (header && header.width * header.height > MAX_IMAGE_PIXELS) {
     throw new InputError(`${name}: ${header.width} x ${header.height} pixels is more than this page decodes (${MAX_IMAGE_PIXELS.toLocaleString('en')} pixels)`);
   }
-  const {data, width, height} = await decodeRgba(blob, name);
+  const {data, width, height, opaque} = await decodeRgba(blob, name);
   if (width * height > MAX_IMAGE_PIXELS) {
     throw new InputError(`${name}: ${width} x ${height} pixels is more than this page decodes (${MAX_IMAGE_PIXELS.toLocaleString('en')} pixels)`);
   }
-  const planes = rgbaToPlanes(data, width, height, channels);
+  const planes = rgbaToPlanes(data, width, height, channels, background, opaque);
   return {tensor: resizePlanes(planes, width, height, size), width, height};
 }
 
-// A video frame or canvas (camera) -> tensor; the frame is already decoded.
-export function preprocessCanvasSource(source, width, height, size, channels) {
+// A video frame or canvas (camera) -> tensor; the frame is already decoded
+// (and opaque: a camera frame has no transparency).
+export function preprocessCanvasSource(source, width, height, size, channels,
+                                       background = DEFAULT_BACKGROUND) {
   const canvas = new OffscreenCanvas(width, height);
   const context = canvas.getContext('2d', {willReadFrequently: true});
   context.drawImage(source, 0, 0, width, height);
   const {data} = context.getImageData(0, 0, width, height);
-  return resizePlanes(rgbaToPlanes(data, width, height, channels), width, height, size);
+  return resizePlanes(rgbaToPlanes(data, width, height, channels, background), width, height,
+                      size);
 }

@@ -10,11 +10,12 @@ import numpy as np
 from PIL import Image
 import pytest
 import tensorflow as tf
+import yaml
 
-from export import sample_images
+from export import run_export_lib
 from export import tflite_demo_lib
 from export import web_demo_lib
-from kc_keras.dataloaders import sources
+from kc_keras.dataloaders import image_decoding
 
 CHROMIUM = os.environ.get("KC_CHROMIUM", web_demo_lib.CHROMIUM)
 CHROMIUM_ARGS = web_demo_lib.CHROMIUM_ARGS
@@ -30,12 +31,20 @@ MAX_LOGIT_DIFF = 1e-4
 # round them differently from the Python interpreter's hybrid kernels:
 # measured 4.5e-3 on the demo student (bench/web_demo_bench.py).
 MAX_DYNAMIC_LOGIT_DIFF = 2e-2
-# Preprocessing bounds as tests/export/tflite_demo_test.py: float math on
-# both sides for PNG; JPEG decoders differ (TF's fast integer IDCT vs
-# Chromium's accurate one); colour to grey: one grey level.
+# Preprocessing bounds (image_decoding's formula on both sides): PNG, with
+# or without alpha, colour or grey: float math on both sides from the same
+# 8-bit values (the page in double, TF in float32); JPEG decoders differ
+# (TF's fast integer IDCT vs Chromium's accurate one).
 MAX_RESIZE_DIFF = 1e-5
 MAX_JPEG_DIFF = 4.0 / 255.0
-MAX_GREY_DIFF = 1.0 / 255.0 + MAX_RESIZE_DIFF
+# Without ImageDecoder (a Blob with no type) the page reads a canvas, which
+# stores 8-bit premultiplied colour: a semi-transparent pixel's a * c is off
+# by up to 1/255 after un- and re-premultiplying (measured 0.965 / 255 =
+# 3.8e-3 in test_canvas_fallback_bound; the other PNG cases measure
+# <= 6.6e-7, JPEG <= 2.2 / 255).
+MAX_CANVAS_ALPHA_DIFF = 1.0 / 255.0 + MAX_RESIZE_DIFF
+# A background that is not white, grey or symmetric in its channels.
+OTHER_BACKGROUND = (0.2, 0.4, 0.6)
 # Variants whose logits the page must reproduce (the slow test).
 WEB_VARIANTS = ("none", "fp16", "dynamic", "int8_float_head", "int16x8")
 
@@ -90,8 +99,8 @@ def node_modules():
 @pytest.fixture(scope="module")
 def samples(reference, tmp_path_factory):
   """The first eval images as PNG files (as export.sample_images writes)."""
-  return sample_images.write_pngs(reference.images[:NUM_SAMPLES],
-                                  str(tmp_path_factory.mktemp("samples")))
+  return run_export_lib.write_pngs(reference.images[:NUM_SAMPLES],
+                                   str(tmp_path_factory.mktemp("samples")))
 
 
 @pytest.fixture(scope="module")
@@ -182,48 +191,164 @@ def test_batch_fix_keeps_the_python_numerics(site, tflite_model, samples):
   np.testing.assert_array_equal(original.logits(images), fixed.logits(images))
 
 
-def _encode(pixels, mode, fmt):
+def _encode(pixels, mode, fmt, exif=None):
   buffer = io.BytesIO()
+  extra = {} if exif is None else {"exif": exif}
   Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels,
-                  mode).save(buffer, format=fmt)
+                  mode).save(buffer, format=fmt, **extra)
   return buffer.getvalue()
+
+
+_DEPTH = {"RGB": 3, "L": 1, "RGBA": 4, "LA": 2}
+
+
+def _pixels(size, mode):
+  """Seeded random 8-bit pixels of `mode`.
+
+  With alpha: every 4th row fully transparent, the next fully opaque, the
+  rest uniform in [0, 255], i.e. mostly semi-transparent.
+  """
+  rng = np.random.RandomState(sum(size))
+  pixels = (rng.rand(size[0], size[1], _DEPTH[mode]) * 255).astype(np.uint8)
+  if mode in ("RGBA", "LA"):
+    pixels[::4, :, -1] = 0  # fully transparent: the background alone
+    pixels[1::4, :, -1] = 255
+    alpha = pixels[..., -1]
+    assert ((alpha > 0) & (alpha < 255)).sum() > alpha.size // 3
+  return pixels
+
+
+def _page_preprocess(page, encoded, mime, target, channels):
+  """The page's tensor for `encoded` (its model's background), [S, S, C]."""
+  return np.asarray(page.evaluate(
+      """async ([b64, type, size, channels]) => {
+           const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+           return window.kcDemo.preprocess(new Blob([bytes], {type}), size,
+                                           channels);
+         }""",
+      [base64.b64encode(encoded).decode(), mime, target, channels]),
+                    np.float32).reshape(target, target, channels)
+
+
+def _training(encoded, target, channels,
+              background=image_decoding.DEFAULT_ALPHA_BACKGROUND):
+  return image_decoding.decode_and_resize(
+      tf.constant(encoded), target, channels, background).numpy()
 
 
 @pytest.mark.parametrize("size, channels, target, mode, fmt", [
     ((40, 50), 3, 16, "RGB", "PNG"),     # downscale, colour
     ((9, 7), 3, 16, "RGB", "PNG"),       # upscale
     ((105, 105), 1, 28, "L", "PNG"),     # Omniglot-like
-    ((30, 30), 1, 16, "RGB", "PNG"),     # colour file to grey
+    ((30, 30), 1, 16, "RGB", "PNG"),     # colour file to grey: float luma
     ((20, 24), 3, 16, "L", "PNG"),       # grey file to colour
-    ((16, 16), 3, 16, "RGBA", "PNG"),    # alpha dropped, not composited
+    ((16, 16), 3, 16, "RGBA", "PNG"),    # alpha composited onto white
     ((33, 17), 3, 16, "RGBA", "PNG"),    # alpha, resized
+    ((31, 26), 1, 16, "RGBA", "PNG"),    # grey model, RGBA file
+    ((18, 22), 3, 16, "LA", "PNG"),      # grey + alpha file to colour
     ((300, 200), 3, 32, "RGB", "JPEG"),
+    ((120, 90), 1, 16, "RGB", "JPEG"),   # colour JPEG to grey
 ])
 def test_preprocessing_matches_training(browser, site, size, channels, target,
                                         mode, fmt):
+  """Default (white) background: the fp16 test export's params have it."""
   _, url = site
-  rng = np.random.RandomState(sum(size))
-  depth = {"RGB": 3, "L": 1, "RGBA": 4}[mode]
-  pixels = (rng.rand(size[0], size[1], depth) * 255).astype(np.uint8)
-  if mode == "RGBA":
-    pixels[::3, :, 3] = 0  # fully transparent rows keep their colour in TF
-  encoded = _encode(pixels, mode, fmt)
+  assert site[0].models[0].alpha_background == (
+      image_decoding.DEFAULT_ALPHA_BACKGROUND)
+  encoded = _encode(_pixels(size, mode), mode, fmt)
   page = _open(browser, url)
-  ours = np.asarray(page.evaluate(
-      """async ([b64, type, size, channels]) => {
-           const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-           return window.kcDemo.preprocess(new Blob([bytes], {type}), size,
-                                           channels);
-         }""",
-      [base64.b64encode(encoded).decode(), f"image/{fmt.lower()}", target,
-       channels]), np.float32).reshape(target, target, channels)
+  assert page.evaluate("window.kcDemo.state.background") == list(
+      image_decoding.DEFAULT_ALPHA_BACKGROUND)
+  ours = _page_preprocess(page, encoded, f"image/{fmt.lower()}", target,
+                          channels)
   page.close()
-  theirs = sources.decode_and_resize(tf.constant(encoded), target,
-                                     channels).numpy()
+  theirs = _training(encoded, target, channels)
   tolerance = MAX_JPEG_DIFF if fmt == "JPEG" else MAX_RESIZE_DIFF
-  if channels == 1 and depth == 3:
-    tolerance = MAX_GREY_DIFF
   assert np.abs(ours - theirs).max() <= tolerance
+
+
+@pytest.fixture(scope="module")
+def other_background_site(tflite_model, exported, node_modules,
+                          tmp_path_factory):
+  """A run whose export trained with `OTHER_BACKGROUND`: the page's config takes it from its params.yaml."""
+  run = tmp_path_factory.mktemp("other_background_run")
+  for suffix in ("", web_demo_lib.LABELS_SUFFIX,
+                 web_demo_lib.VERTICALS_SUFFIX):
+    shutil.copyfile(tflite_model("fp16") + suffix,
+                    str(run / f"kc_other_fp16.tflite{suffix}"))
+  params_path = run / "serving" / "kc_other" / "1" / web_demo_lib.EXPORT_PARAMS
+  params_path.parent.mkdir(parents=True)
+  with open(os.path.join(exported.version_dir,
+                         web_demo_lib.EXPORT_PARAMS)) as f:
+    params = yaml.safe_load(f)
+  params["task"]["data"]["alpha_background"] = list(OTHER_BACKGROUND)
+  params_path.write_text(yaml.safe_dump(params))
+  result = web_demo_lib.build(str(run), node_modules=node_modules)
+  server, url = web_demo_lib.serve_in_thread(result.output_dir)
+  yield result, url
+  server.shutdown()
+  server.server_close()
+
+
+@pytest.mark.parametrize("size, channels, mode", [
+    ((33, 17), 3, "RGBA"),
+    ((31, 26), 1, "RGBA"),   # background through Y(b)
+    ((18, 22), 3, "LA"),
+    ((20, 20), 3, "RGB"),    # opaque: no blend
+])
+def test_preprocessing_with_the_runs_background(browser, other_background_site,
+                                                size, channels, mode):
+  result, url = other_background_site
+  with open(os.path.join(result.output_dir, "config.json")) as f:
+    entry = json.load(f)["models"][0]
+  assert entry["alpha_background"] == list(OTHER_BACKGROUND)
+  assert entry["alpha_background_source"] == os.path.join(
+      "serving", "kc_other", "1", web_demo_lib.EXPORT_PARAMS)
+  encoded = _encode(_pixels(size, mode), mode, "PNG")
+  page = _open(browser, url)
+  assert page.evaluate("document.body.dataset.state") == "ready"
+  assert page.evaluate("window.kcDemo.state.background") == list(
+      OTHER_BACKGROUND)
+  assert "transparency onto (0.2, 0.4, 0.6)" in page.locator(
+      "#model-info").inner_text()
+  ours = _page_preprocess(page, encoded, "image/png", 16, channels)
+  page.close()
+  theirs = _training(encoded, 16, channels, OTHER_BACKGROUND)
+  assert np.abs(ours - theirs).max() <= MAX_RESIZE_DIFF
+  if mode != "RGB":  # The background matters: white would be far off.
+    assert np.abs(ours - _training(encoded, 16, channels)).max() > 0.1
+
+
+def test_jpeg_exif_orientation_is_applied(browser, site):
+  """A JPEG whose EXIF orientation (6: rotate 90 clockwise) turns 60 x 40 into 40 x 60, as training decodes it."""
+  _, url = site
+  pixels = np.zeros((40, 60, 3), np.uint8)
+  pixels[:, :20] = (250, 30, 30)  # a red left third, a green top band
+  pixels[:8] = (30, 250, 30)
+  exif = Image.Exif()
+  exif[0x0112] = 6
+  encoded = _encode(pixels, "RGB", "JPEG", exif=exif.tobytes())
+  page = _open(browser, url)
+  ours = _page_preprocess(page, encoded, "image/jpeg", 16, 3)
+  page.close()
+  theirs = _training(encoded, 16, 3)
+  stored = _training(_encode(pixels, "RGB", "JPEG"), 16, 3)
+  assert np.abs(theirs - stored).max() > 0.5  # The orientation matters.
+  assert np.abs(ours - theirs).max() <= MAX_JPEG_DIFF
+
+
+def test_canvas_fallback_bound(browser, site):
+  """Without ImageDecoder (a Blob with no type) semi-transparent pixels go through the canvas's 8-bit premultiplied storage."""
+  _, url = site
+  encoded = _encode(_pixels((24, 24), "RGBA"), "RGBA", "PNG")
+  page = _open(browser, url)
+  ours = _page_preprocess(page, encoded, "", 24, 3)  # same size: per pixel
+  page.close()
+  theirs = _training(encoded, 24, 3)
+  diff = np.abs(ours - theirs).max()
+  print(f"canvas fallback: max |page - training| = {diff:.3e} "
+        f"({diff * 255:.3f} / 255)")
+  assert diff <= MAX_CANVAS_ALPHA_DIFF
 
 
 def _status_after_upload(page, name, content, mime):
