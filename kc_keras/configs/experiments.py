@@ -10,6 +10,7 @@ from official.core import exp_factory
 
 from kc_keras.configs import derived_defaults
 from kc_keras.configs import kc_config
+from kc_keras.configs import run_layout
 
 PREFIX = "kc_"
 # With no eval folder, a fifth of each class's images (at least one of a class
@@ -57,19 +58,19 @@ def _hard_labels_only(config: kc_config.ExperimentConfig) -> None:
 
 
 def _trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
-                    trunk_dir: str, run_dir: str, steps: int,
+                    run_dir: str, trunk: str, steps: int,
                     steps_per_loop: int, schedule: str,
                     freeze: Optional[str]) -> None:
   """Teachers = the trunk, with `freeze` of it fixed, plus a classifier per vertical.
 
   With 'backbone_and_hidden' the classifier of each vertical is trained on
   the trunk's features (`training/frozen_features.py`); None derives the
-  recipe from the images per class. `trunk_dir` and the paths under
-  `run_dir` are where the pipeline puts the trunk, the teachers and the
-  soft-target cache.
+  recipe from the images per class. The trunk (`run_dir/<trunk>`), the
+  teachers and the soft-target cache are where the pipeline puts them
+  (`run_layout`).
   """
+  config.override(run_layout.teacher_paths(run_dir, trunk), is_strict=True)
   specialists = config.task.specialists
-  specialists.init_checkpoint = trunk_dir
   specialists.model.override(trunk_model)
   specialists.freeze = freeze
   specialists.train_batch_size = 64
@@ -78,8 +79,6 @@ def _trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
   specialists.trainer.checkpoint_interval = steps
   specialists.trainer.optimizer.learning_rate = 1e-2
   specialists.trainer.optimizer.schedule = schedule
-  config.task.distillation.teachers_dir = f"{run_dir}/teachers"
-  config.task.distillation.cache_dir = f"{run_dir}/target_cache"
 
 
 def _student(config: kc_config.ExperimentConfig, s1: int, s2: int) -> None:
@@ -127,8 +126,8 @@ def kc_student_demo() -> kc_config.ExperimentConfig:
   generalist_model = config.task.model.as_dict()
   _student(config, s1=512, s2=256)
   # Where README command 1 puts them (scripts/run_demo.sh, workdir runs/demo).
-  _trunk_teachers(config, generalist_model, "runs/demo/generalist",
-                  "runs/demo", steps=100, steps_per_loop=50,
+  _trunk_teachers(config, generalist_model, "runs/demo", "generalist",
+                  steps=100, steps_per_loop=50,
                   schedule="cosine", freeze=derived_defaults.FROZEN_TRUNK)
   return config
 
@@ -152,8 +151,8 @@ def kc_generalist() -> kc_config.ExperimentConfig:
   config.task.train_batch_size = 64
   config.task.eval_batch_size = 256
   config.trainer.optimizer.learning_rate = 2e-3
-  _trunk_teachers(config, config.task.model.as_dict(), "runs/kc/generalist",
-                  "runs/kc", steps=300, steps_per_loop=100,
+  _trunk_teachers(config, config.task.model.as_dict(), "runs/kc",
+                  "generalist", steps=300, steps_per_loop=100,
                   schedule="constant", freeze=None)
   return config
 
@@ -225,9 +224,8 @@ def _student_on_trunk(config: kc_config.ExperimentConfig, run_dir: str,
   head = config.task.model.head
   _student(config, s1=head.s1, s2=head.s2)
   config.task.model.self_paced.init = None
-  _trunk_teachers(config, trunk_model, f"{run_dir}/trunk", run_dir,
-                  steps=300, steps_per_loop=100, schedule="constant",
-                  freeze=None)
+  _trunk_teachers(config, trunk_model, run_dir, "trunk", steps=300,
+                  steps_per_loop=100, schedule="constant", freeze=None)
 
 
 @exp_factory.register_config_factory("kc_generalist_omniglot")

@@ -2,6 +2,7 @@
 
 from typing import Dict, List, Optional
 
+from kc_keras.configs import run_layout
 from kc_keras.training import pipeline_lib
 from kc_keras.training.pipeline_lib import Stage
 
@@ -22,11 +23,7 @@ STUDENT_ROWS = (
 
 
 def _paths(generalist_dir: str) -> Dict:
-  return {"task": {
-      "specialists": {"init_checkpoint": "{workdir}/" + generalist_dir},
-      "distillation": {"teachers_dir": "{workdir}/teachers",
-                       "cache_dir": "{workdir}/target_cache"},
-  }}
+  return run_layout.teacher_paths("{workdir}", generalist_dir)
 
 
 def _teacher_stages(student_experiment: str, generalist_dir: str,
