@@ -242,6 +242,17 @@ def read_manifest(cache_dir):
     raise TargetCacheError(f"Unreadable manifest {path!r}: {e}") from e
 
 
+def _difference(field, got, want):
+  """One field's difference; for teachers, only the verticals that differ."""
+  if field != "teacher_fingerprints" or got is None:
+    return f"{field}: cached={got!r} expected={want!r}"
+  verticals = sorted(set(got) | set(want))
+  shown = [f"vertical {v} cached={got.get(v, 'none')[:12]} "
+           f"on disk={want.get(v, 'none')[:12]}"
+           for v in verticals if got.get(v) != want.get(v)]
+  return f"{field}: " + ", ".join(shown)
+
+
 def check_manifest(manifest, expected, cache_dir="<cache>"):
   """Compares a manifest with the expected binding fields.
 
@@ -268,7 +279,7 @@ def check_manifest(manifest, expected, cache_dir="<cache>"):
     got = manifest.get(field, _MISSING_FIELD_MEANS.get(field))
     got = None if got is None else _normalise(field, got)
     if got != want:
-      diffs.append(f"{field}: cached={got!r} expected={want!r}")
+      diffs.append(_difference(field, got, want))
   if diffs:
     raise TargetCacheMismatchError(
         f"Target cache {cache_dir!r} does not match: " + "; ".join(diffs))

@@ -316,13 +316,18 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
 
 
 def cache_binding(session: Session, model_dir: str) -> Dict:
-  """What a target cache must match: data, hierarchy, teachers, K, T and tau."""
+  """What a target cache must match: data, hierarchy, teachers, K, T and tau.
+
+  The teachers are those on disk now (each checked `teacher.json`), so a
+  teacher folder replaced since the cache was written is a mismatch.
+  """
   params = session.params
   teachers_dir = specialists.teachers_dir_of(params, model_dir)
   return dict(
       dataset_fingerprint=session.source.fingerprint("train"),
       hierarchy_fingerprint=session.hierarchy.fingerprint,
-      teacher_fingerprints=specialists.manifest_fingerprints(teachers_dir),
+      teacher_fingerprints=specialists.teacher_fingerprints(
+          teachers_dir, session.hierarchy),
       top_k=params.task.distillation.top_k,
       max_teachers_per_example=params.task.distillation.max_teachers_per_example,
       temperature=params.task.distillation.temperature,

@@ -1,0 +1,157 @@
+"""Teachers and caches read back from disk are checked against what they claim."""
+
+import json
+import os
+import shutil
+import types
+
+import keras
+import numpy as np
+import pytest
+
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.distillation import target_cache
+from kc_keras.training import modes
+from kc_keras.training import specialists
+
+HIERARCHY = hierarchy_lib.Hierarchy(("a", "b", "c", "d"), ("v0", "v1"),
+                                    (0, 0, 1, 1))
+
+
+def _network(seed):
+  keras.utils.set_random_seed(seed)
+  inputs = keras.Input((3,))
+  return keras.Model(inputs, keras.layers.Dense(2, name="fc")(inputs),
+                     name="teacher")
+
+
+def _save_teachers(teachers_dir, hierarchy=HIERARCHY, seed=0):
+  for v in range(hierarchy.num_verticals):
+    specialists.save_teacher(_network(seed + v), teachers_dir, v, hierarchy,
+                             train_steps=1, final_logs={"loss": 0.5},
+                             trained_on="images")
+  specialists.write_manifest(teachers_dir)
+
+
+def _info_path(teachers_dir, vertical):
+  return os.path.join(specialists.teacher_dir(teachers_dir, vertical),
+                      specialists.TEACHER_INFO_FILE)
+
+
+def _edit_info(teachers_dir, vertical, **fields):
+  path = _info_path(teachers_dir, vertical)
+  with open(path) as f:
+    info = json.load(f)
+  info.update(fields)
+  with open(path, "w") as f:
+    json.dump(info, f)
+
+
+def test_teachers_load_under_their_own_hierarchy(tmp_path):
+  _save_teachers(str(tmp_path))
+  teachers = specialists.load_teachers(str(tmp_path), HIERARCHY)
+  assert sorted(teachers) == [0, 1]
+
+
+def test_permuted_class_names_are_refused_naming_the_classes(tmp_path):
+  _save_teachers(str(tmp_path))
+  permuted = hierarchy_lib.Hierarchy(("b", "a", "c", "d"), ("v0", "v1"),
+                                     (0, 0, 1, 1))
+  with pytest.raises(
+      specialists.TeacherError,
+      match=r"vertical_00000/teacher.json does not belong to vertical 0 "
+            r"\('v0'\) of this hierarchy: class_names teacher vs hierarchy: "
+            r"\[0\] 'a' vs 'b', \[1\] 'b' vs 'a'; hierarchy_fingerprint"):
+    specialists.load_teachers(str(tmp_path), permuted)
+
+
+def test_renamed_vertical_is_refused(tmp_path):
+  _save_teachers(str(tmp_path))
+  renamed = hierarchy_lib.Hierarchy(HIERARCHY.class_names, ("w0", "v1"),
+                                    HIERARCHY.class_to_vertical)
+  with pytest.raises(specialists.TeacherError,
+                     match=r"vertical_name: teacher 'v0', hierarchy 'w0'"):
+    specialists.load_teachers(str(tmp_path), renamed)
+
+
+@pytest.mark.parametrize("field,value", [
+    ("hierarchy_fingerprint", "0" * 64), ("vertical_name", "v9"),
+    ("class_ids", [3, 2])])
+def test_edited_teacher_json_is_refused(tmp_path, field, value):
+  _save_teachers(str(tmp_path))
+  _edit_info(str(tmp_path), 1, **{field: value})
+  with pytest.raises(specialists.TeacherError,
+                     match=r"vertical_00001/teacher.json: its fields were "
+                           r"changed after it was written"):
+    specialists.load_teachers(str(tmp_path), HIERARCHY)
+
+
+def test_teacher_of_another_vertical_names_both_verticals(tmp_path):
+  _save_teachers(str(tmp_path))
+  shutil.rmtree(specialists.teacher_dir(str(tmp_path), 1))
+  shutil.copytree(specialists.teacher_dir(str(tmp_path), 0),
+                  specialists.teacher_dir(str(tmp_path), 1))
+  with pytest.raises(
+      specialists.TeacherError,
+      match=r"does not belong to vertical 1 \('v1'\) of this hierarchy: "
+            r"vertical_id: teacher 0, hierarchy 1; vertical_name: teacher "
+            r"'v0', hierarchy 'v1'"):
+    specialists.load_teachers(str(tmp_path), HIERARCHY)
+
+
+def test_truncated_teacher_json_names_the_file(tmp_path):
+  _save_teachers(str(tmp_path))
+  path = _info_path(str(tmp_path), 1)
+  with open(path, "r+") as f:
+    f.truncate(40)
+  with pytest.raises(specialists.TeacherError,
+                     match=r"vertical_00001/teacher.json: not valid JSON"):
+    specialists.load_teachers(str(tmp_path), HIERARCHY)
+  with pytest.raises(specialists.TeacherError, match=r"teacher.json: not"):
+    specialists.write_manifest(str(tmp_path))
+
+
+def test_replaced_model_file_is_refused_before_loading(tmp_path):
+  _save_teachers(str(tmp_path))
+  other = str(tmp_path / "other")
+  _save_teachers(other, seed=7)
+  shutil.copy(os.path.join(specialists.teacher_dir(other, 1),
+                           specialists.TEACHER_MODEL_FILE),
+              os.path.join(specialists.teacher_dir(str(tmp_path), 1),
+                           specialists.TEACHER_MODEL_FILE))
+  with pytest.raises(specialists.TeacherError,
+                     match=r"vertical_00001/teacher.keras does not match .*"
+                           r"file sha256"):
+    specialists.load_teachers(str(tmp_path), HIERARCHY)
+
+
+def _session(teachers_dir):
+  """What `modes.cache_binding` reads from a session, without data."""
+  params = types.SimpleNamespace(task=types.SimpleNamespace(
+      distillation=types.SimpleNamespace(
+          teachers_dir=teachers_dir, top_k=2, max_teachers_per_example=1,
+          temperature=1.0)))
+  source = types.SimpleNamespace(fingerprint=lambda split: "data")
+  return types.SimpleNamespace(params=params, source=source,
+                               hierarchy=HIERARCHY)
+
+
+def test_cache_is_stale_once_a_teacher_folder_is_replaced(tmp_path):
+  teachers_dir, cache_dir = str(tmp_path / "teachers"), str(tmp_path / "c")
+  _save_teachers(teachers_dir)
+  binding = modes.cache_binding(_session(teachers_dir), str(tmp_path))
+  batches = [(np.arange(2), np.zeros((2, 2), np.int32),
+              np.zeros((2, 2), np.float32))]
+  target_cache.write_target_cache(cache_dir, batches,
+                                  manifest_fields=binding)
+  # Another run's teacher of the same vertical, teachers_manifest.json kept.
+  other = str(tmp_path / "other")
+  _save_teachers(other, seed=7)
+  shutil.rmtree(specialists.teacher_dir(teachers_dir, 1))
+  shutil.copytree(specialists.teacher_dir(other, 1),
+                  specialists.teacher_dir(teachers_dir, 1))
+  expected = modes.cache_binding(_session(teachers_dir), str(tmp_path))
+  with pytest.raises(target_cache.TargetCacheMismatchError,
+                     match=r"teacher_fingerprints: vertical 1 cached=\w{12} "
+                           r"on disk=\w{12}$"):
+    target_cache.load_target_cache(cache_dir, expected=expected)
