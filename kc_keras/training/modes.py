@@ -24,6 +24,7 @@ from kc_keras.training import optimizers
 from kc_keras.training import specialists
 from kc_keras.training import strategy as strategy_lib
 from kc_keras.utils import files
+from kc_keras.utils import run_lock
 
 HIERARCHY_FILE = "hierarchy.json"
 EVAL_METRICS_FILE = "eval_metrics.json"
@@ -118,19 +119,29 @@ class Session:
   against the one recorded in `model_dir`, and the config against the
   recorded `params.yaml` (`check_params_change`); then it records both.
 
+  A writing mode passes `lock`: the chief then owns `model_dir`
+  (`run_lock.DirectoryLock`) before it reads or writes `params.yaml`, so two
+  runs started on one directory cannot mix their configs and checkpoints;
+  use the session as a context manager to release it.
+
   Args:
     params: the validated experiment config.
     model_dir: the run directory.
     allow_config_change: see `check_params_change`.
+    lock: what the run does ("training"), to own `model_dir` while it runs;
+      None takes no lock (readers, and callers that lock themselves).
 
   Raises:
     ValueError: from any of the checks above, naming what differs.
+    run_lock.LockedError: another live process owns `model_dir`.
   """
 
   def __init__(self, params: kc_config.ExperimentConfig, model_dir: str,
-               allow_config_change: bool = False):
+               allow_config_change: bool = False,
+               lock: Optional[str] = None):
     self.params = params
     self.model_dir = model_dir
+    self._lock = None
     strategy_lib.set_precision_policy(params.runtime)
     keras.utils.set_random_seed(params.runtime.seed)
     self.strategy = strategy_lib.build_strategy(params.runtime)
@@ -139,10 +150,29 @@ class Session:
     kc_config.check_against_hierarchy(params, self.hierarchy)
     os.makedirs(model_dir, exist_ok=True)
     self.is_chief = multi_worker.is_chief(self.strategy)
-    check_model_dir_hierarchy(model_dir, self.hierarchy, write=self.is_chief)
-    check_params_change(params, model_dir, allow_config_change)
-    if self.is_chief:
-      save_params(params, model_dir)
+    if lock and self.is_chief:
+      self._lock = run_lock.DirectoryLock(model_dir, lock).acquire()
+    try:
+      check_model_dir_hierarchy(model_dir, self.hierarchy,
+                                write=self.is_chief)
+      check_params_change(params, model_dir, allow_config_change)
+      if self.is_chief:
+        save_params(params, model_dir)
+    except BaseException:
+      self.close()
+      raise
+
+  def close(self) -> None:
+    """Releases the `model_dir` lock, if this session holds it."""
+    if self._lock is not None:
+      self._lock.release()
+      self._lock = None
+
+  def __enter__(self) -> "Session":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def skip_counter(self) -> Optional[data_errors.SkipCounter]:
     """A counter of skipped records when `task.data.on_decode_error='skip'`."""
@@ -204,7 +234,14 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
     The controller's `TrainResult`; with `on_decode_error='skip'` its logs
     (and train_summary.json) hold `skipped_examples`, counted by this process.
   """
-  session = Session(params, model_dir, allow_config_change)
+  with Session(params, model_dir, allow_config_change,
+               lock="training") as session:
+    return _train(session, verbose)
+
+
+def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
+  """`train` in an open session."""
+  params, model_dir = session.params, session.model_dir
   counter = session.skip_counter()
   source = params.task.distillation.target_source
   bank = None

@@ -1,5 +1,6 @@
 """Specialist teachers: training one per vertical, saving them, and loading them as a bank."""
 
+import contextlib
 import glob
 import os
 from typing import Dict, Optional, Sequence
@@ -19,6 +20,7 @@ from kc_keras.training import model_builder
 from kc_keras.training import optimizers
 from kc_keras.utils import files
 from kc_keras.utils import records
+from kc_keras.utils import run_lock
 
 TEACHER_MODEL_FILE = "teacher.keras"
 TEACHER_INFO_FILE = "teacher.json"
@@ -334,10 +336,16 @@ def train_specialists(session, model_dir: str,
   A vertical whose `teacher.json` exists for the same hierarchy is skipped, so
   a restarted job continues where it stopped. The generalist of
   `task.specialists.init_checkpoint` is built and restored once, by
-  `build_generalist` (`() -> KC model`; None trains from scratch).
+  `build_generalist` (`() -> KC model`; None trains from scratch). Each
+  teacher directory is locked while its vertical is checked and trained.
 
   Returns:
     The teachers manifest.
+
+  Raises:
+    TeacherError: bad vertical ids, or an existing teacher that does not
+      match the hierarchy or its file.
+    run_lock.LockedError: another live process trains one of these teachers.
   """
   params = session.params
   hierarchy = session.hierarchy
@@ -348,35 +356,56 @@ def train_specialists(session, model_dir: str,
   if bad:
     raise TeacherError(
         f"Vertical ids {bad} are outside 0..{hierarchy.num_verticals - 1}.")
-  generalist = features = None
+  generalist_state = {}
   for index, vertical in enumerate(wanted):
     directory = teacher_dir(teachers_dir, vertical)
-    info_path = os.path.join(directory, TEACHER_INFO_FILE)
-    if os.path.exists(info_path):
-      # Raises, naming what differs, for a teacher of another hierarchy.
-      info = read_teacher_info(teachers_dir, vertical, hierarchy)
-      check_teacher_file(info, os.path.join(directory, TEACHER_MODEL_FILE),
-                         info_path)
-      logging.info("Teacher of vertical %d exists; skipped.", vertical)
-      continue
-    if verbose:
-      print(f"[{index + 1}/{len(wanted)}] specialist for vertical {vertical} "
-            f"({hierarchy.vertical_names[vertical]}, "
-            f"{hierarchy.vertical_sizes[vertical]} classes)")
-    if build_generalist is not None and generalist is None:
-      generalist = build_generalist()
-      controller_lib.restore_model_weights(
-          generalist, params.task.specialists.init_checkpoint)
-      if params.task.specialists.freeze == "backbone_and_hidden":
-        features = frozen_features.compute_features(
-            generalist.student, pipeline.build_dataset(
-                session.source, "train", params.task.data, training=False,
-                global_batch_size=params.task.eval_batch_size))
-    train_one_specialist(
-        session, vertical, teachers_dir,
-        generalist.student if generalist is not None else None,
-        features=features, verbose=verbose)
+    # One writer per teacher: workers may split the verticals between them,
+    # but two on one vertical would interleave its checkpoints.
+    lock = (run_lock.DirectoryLock(
+        directory, f"training the teacher of vertical {vertical}")
+            if session.is_chief else contextlib.nullcontext())
+    with lock:
+      _train_or_skip(session, vertical, teachers_dir, index, len(wanted),
+                     generalist_state, build_generalist, verbose)
   return write_manifest(teachers_dir)
+
+
+def _train_or_skip(session, vertical: int, teachers_dir: str, index: int,
+                   total: int, generalist_state: Dict, build_generalist,
+                   verbose: bool) -> None:
+  """Trains the teacher of `vertical` unless a checked one exists.
+
+  `generalist_state` caches the restored generalist (and its frozen
+  features) across calls, so it is built once, and only when needed.
+  """
+  params = session.params
+  hierarchy = session.hierarchy
+  directory = teacher_dir(teachers_dir, vertical)
+  info_path = os.path.join(directory, TEACHER_INFO_FILE)
+  if os.path.exists(info_path):
+    # Raises, naming what differs, for a teacher of another hierarchy.
+    info = read_teacher_info(teachers_dir, vertical, hierarchy)
+    check_teacher_file(info, os.path.join(directory, TEACHER_MODEL_FILE),
+                       info_path)
+    logging.info("Teacher of vertical %d exists; skipped.", vertical)
+    return
+  if verbose:
+    print(f"[{index + 1}/{total}] specialist for vertical {vertical} "
+          f"({hierarchy.vertical_names[vertical]}, "
+          f"{hierarchy.vertical_sizes[vertical]} classes)")
+  if build_generalist is not None and "network" not in generalist_state:
+    generalist = build_generalist()
+    controller_lib.restore_model_weights(
+        generalist, params.task.specialists.init_checkpoint)
+    generalist_state["network"] = generalist.student
+    if params.task.specialists.freeze == "backbone_and_hidden":
+      generalist_state["features"] = frozen_features.compute_features(
+          generalist.student, pipeline.build_dataset(
+              session.source, "train", params.task.data, training=False,
+              global_batch_size=params.task.eval_batch_size))
+  train_one_specialist(
+      session, vertical, teachers_dir, generalist_state.get("network"),
+      features=generalist_state.get("features"), verbose=verbose)
 
 
 def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
