@@ -319,7 +319,8 @@ class Hierarchy:
   @classmethod
   def from_folder_tree(cls, root: str) -> "Hierarchy":
     """Derives `root/<vertical>/<class>/...`: sorted vertical names, then sorted
-    class names within each vertical, get consecutive ids.
+    class names within each vertical, get consecutive ids. Hidden folders
+    (`.ipynb_checkpoints`, `.git`, ...) are not verticals or classes.
 
     Raises:
       HierarchyError: missing root, a vertical without class folders, or a class
@@ -328,15 +329,11 @@ class Hierarchy:
     root = os.fspath(root)
     if not os.path.isdir(root):
       raise HierarchyError(f"hierarchy folder not found: {root}")
-    vertical_names = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
-    )
+    vertical_names = visible_subdirectories(root)
     class_names, class_to_vertical, where = [], [], {}
     for v, vname in enumerate(vertical_names):
       vdir = os.path.join(root, vname)
-      cnames = sorted(
-          d for d in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, d))
-      )
+      cnames = visible_subdirectories(vdir)
       if not cnames:
         raise HierarchyError(f"vertical folder has no class folders: {vdir}")
       for cname in cnames:
@@ -349,6 +346,17 @@ class Hierarchy:
         class_names.append(cname)
         class_to_vertical.append(v)
     return cls(tuple(class_names), tuple(vertical_names), tuple(class_to_vertical))
+
+
+def is_hidden(name: str) -> bool:
+  """A dot-name: tool metadata (`.ipynb_checkpoints`, `.DS_Store`, `._x.jpg`)."""
+  return name.startswith(".")
+
+
+def visible_subdirectories(directory: str) -> list[str]:
+  """Sorted names of the subdirectories of `directory` that are not hidden."""
+  return sorted(d for d in os.listdir(directory)
+                if not is_hidden(d) and os.path.isdir(os.path.join(directory, d)))
 
 
 def _format_of(path: str) -> str:

@@ -12,21 +12,33 @@ from kc_keras.dataloaders import sources
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
+def _describe_imageless(class_dir: str, names: list[str]) -> str:
+  """`<dir> is empty` or `<dir> holds only <n> .webp/... file(s)`."""
+  if not names:
+    return f"{class_dir} is empty"
+  kinds = sorted({os.path.splitext(n)[1].lower() or "no-extension"
+                  for n in names})
+  return f"{class_dir} holds only {len(names)} {'/'.join(kinds)} file(s)"
+
+
 class FolderSource(sources.DecodedImageSource):
   """Labelled images from folder trees.
 
   The hierarchy is `hierarchy_file` when set, else derived from `train_dir`
   (`Hierarchy.from_folder_tree`). Files are listed in sorted
   (vertical, class, file name) order; `example_id` is the position in that list.
-  Single-label: `label_ids = [class id, -1, ...]`.
+  Single-label: `label_ids = [class id, -1, ...]`. Hidden names (starting
+  with '.') are skipped at every level. Both splits' trees are listed and
+  checked when the source is built.
 
   Args:
     config: a `FolderConfig`.
     max_labels: `L`.
 
   Raises:
-    hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy, or
-      filed under another vertical than the hierarchy's (naming it).
+    hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy,
+      filed under another vertical than the hierarchy's, or holding no
+      supported image (naming it), in either split's tree.
     ValueError: a split without a directory or without images.
   """
 
@@ -42,10 +54,18 @@ class FolderSource(sources.DecodedImageSource):
       self._hierarchy = hierarchy_lib.Hierarchy.from_folder_tree(config.train_dir)
     self._ids = {n: i for i, n in enumerate(self._hierarchy.class_names)}
     self._files = {}
+    # Both trees are listed and checked now, so that a stray or empty class
+    # folder stops the run before training, not at the evaluation after it.
+    for split in ("train", "eval"):
+      if self._split_dir(split):
+        self.files(split)
+
+  def _split_dir(self, split: str) -> str:
+    return (self._config.train_dir if self.check_split(split) == "train"
+            else self._config.eval_dir)
 
   def _root(self, split: str) -> str:
-    root = (self._config.train_dir if self.check_split(split) == "train"
-            else self._config.eval_dir)
+    root = self._split_dir(split)
     if not root:
       raise ValueError(f"folder source has no directory for split {split!r}")
     if not os.path.isdir(root):
@@ -57,15 +77,11 @@ class FolderSource(sources.DecodedImageSource):
     if split in self._files:
       return self._files[split]
     root = self._root(split)
-    h, out = self._hierarchy, []
-    for vname in sorted(os.listdir(root)):
+    h, out, empty = self._hierarchy, [], []
+    for vname in hierarchy_lib.visible_subdirectories(root):
       vdir = os.path.join(root, vname)
-      if not os.path.isdir(vdir):
-        continue
-      for cname in sorted(os.listdir(vdir)):
+      for cname in hierarchy_lib.visible_subdirectories(vdir):
         cdir = os.path.join(vdir, cname)
-        if not os.path.isdir(cdir):
-          continue
         if cname not in self._ids:
           raise hierarchy_lib.HierarchyError(
               f"class {cname!r} in {cdir} ({split}) is not in the hierarchy")
@@ -75,9 +91,18 @@ class FolderSource(sources.DecodedImageSource):
           raise hierarchy_lib.HierarchyError(
               f"class {cname!r} is under vertical {vname!r} in {root} but the "
               f"hierarchy puts it in {expected!r}")
-        for fname in sorted(os.listdir(cdir)):
-          if fname.lower().endswith(IMAGE_EXTENSIONS):
-            out.append((os.path.join(cdir, fname), cid))
+        names = [n for n in sorted(os.listdir(cdir)) if not
+                 hierarchy_lib.is_hidden(n)]
+        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not images:
+          empty.append(_describe_imageless(cdir, names))
+        out.extend((os.path.join(cdir, n), cid) for n in images)
+    if empty:
+      raise hierarchy_lib.HierarchyError(
+          f"{len(empty)} class folder(s) of {root} ({split}) hold no "
+          f"{'/'.join(IMAGE_EXTENSIONS)} image: " + "; ".join(empty[:10]) +
+          (f"; ... ({len(empty) - 10} more)" if len(empty) > 10 else "") +
+          ". Add images or remove the folders.")
     if not out:
       raise ValueError(f"no {IMAGE_EXTENSIONS} images under {root}")
     self._files[split] = out
