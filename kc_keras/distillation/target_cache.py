@@ -5,8 +5,11 @@ import json
 import os
 import uuid
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
+
+from kc_keras.utils import run_lock
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1
@@ -74,7 +77,9 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   sibling directory; `manifest.json` is written last, then the directory is
   renamed to `cache_dir`. An existing cache at `cache_dir` is moved aside only
   once the new one is complete and deleted after the rename. A directory with
-  no manifest is never read as a cache (see `load_target_cache`).
+  no manifest is never read as a cache (see `load_target_cache`). The cache
+  is locked (`lock_path`) while written, and what an interrupted write left
+  is restored or removed first (`recover_interrupted_write`).
 
   Args:
     cache_dir: destination directory.
@@ -92,6 +97,7 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   Raises:
     ValueError: on missing/unknown manifest fields, a bad shard size, or a
       batch whose shapes do not match (b, T*K).
+    run_lock.LockedError: another live process writes this cache.
   """
   missing = [f for f in BINDING_FIELDS if f not in manifest_fields]
   unknown = [f for f in manifest_fields if f not in BINDING_FIELDS]
@@ -107,6 +113,14 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   cache_dir = os.path.normpath(cache_dir)
   parent = os.path.dirname(cache_dir) or "."
   tf.io.gfile.makedirs(parent)
+  with run_lock.DirectoryLock(cache_dir, "writing the target cache",
+                              path=lock_path(cache_dir)):
+    recover_interrupted_write(cache_dir)
+    return _write_locked(cache_dir, batches, fields, width, shard_size)
+
+
+def _write_locked(cache_dir, batches, fields, width, shard_size):
+  """`write_target_cache` once the cache is locked and its leftovers gone."""
   token = uuid.uuid4().hex
   tmp_dir = f"{cache_dir}.tmp-{token}"
   tf.io.gfile.makedirs(tmp_dir)
@@ -217,6 +231,59 @@ def fill_skipped(batches, num_examples, width):
     yield empty(expected, num_examples)
 
 
+def lock_path(cache_dir):
+  """The lock file of a cache: a sibling, since the directory is renamed."""
+  return os.path.normpath(cache_dir) + ".lock"
+
+
+def _leftovers(cache_dir):
+  """Staging (`.tmp-*`) and previous (`.old-*`) copies beside `cache_dir`."""
+  return sorted(p for pattern in (".tmp-*", ".old-*")
+                for p in tf.io.gfile.glob(cache_dir + pattern)
+                if tf.io.gfile.isdir(p))
+
+
+def _is_complete(directory):
+  return tf.io.gfile.exists(os.path.join(directory, MANIFEST_NAME))
+
+
+def recover_interrupted_write(cache_dir):
+  """Restores a cache that a killed writer left beside `cache_dir`; cleans up.
+
+  The writer renames the previous cache to `<cache_dir>.old-*` and then the
+  complete new one from `<cache_dir>.tmp-*` to `cache_dir`; a kill between
+  the two renames leaves no `cache_dir` but two complete copies. The newest
+  complete copy (the new one first: its manifest is written last, so a
+  `.tmp-*` with a manifest is complete) is renamed to `cache_dir`. Every
+  other leftover (incomplete staging, the previous copy) is then removed.
+  Call it holding the cache's lock (`lock_path`).
+
+  Args:
+    cache_dir: the cache directory.
+
+  Returns:
+    The leftover directory that became `cache_dir`, or None.
+  """
+  cache_dir = os.path.normpath(cache_dir)
+  leftovers = _leftovers(cache_dir)
+  restored = None
+  if not tf.io.gfile.exists(cache_dir):
+    complete = [p for p in leftovers if _is_complete(p)]
+    # New (.tmp-) before previous (.old-), then the latest manifest.
+    complete.sort(key=lambda p: (".tmp-" in p[len(cache_dir):],
+                                 tf.io.gfile.stat(os.path.join(
+                                     p, MANIFEST_NAME)).mtime_nsec))
+    if complete:
+      restored = complete[-1]
+      tf.io.gfile.rename(restored, cache_dir)
+      logging.warning("Target cache %s restored from %s, left complete by an "
+                      "interrupted write.", cache_dir, restored)
+  for path in leftovers:
+    if path != restored:
+      tf.io.gfile.rmtree(path)
+  return restored
+
+
 def read_manifest(cache_dir):
   """Reads `cache_dir/manifest.json`.
 
@@ -248,7 +315,7 @@ def _difference(field, got, want):
     return f"{field}: cached={got!r} expected={want!r}"
   verticals = sorted(set(got) | set(want))
   shown = [f"vertical {v} cached={got.get(v, 'none')[:12]} "
-           f"on disk={want.get(v, 'none')[:12]}"
+           f"expected={want.get(v, 'none')[:12]}"
            for v in verticals if got.get(v) != want.get(v)]
   return f"{field}: " + ", ".join(shown)
 
@@ -288,6 +355,9 @@ def check_manifest(manifest, expected, cache_dir="<cache>"):
 def load_target_cache(cache_dir, *, expected, verify_checksums=True):
   """Opens a checked target cache as a dataset in the written order.
 
+  When `cache_dir` is missing but an interrupted write left a complete copy
+  beside it, that copy is restored first (`recover_interrupted_write`).
+
   Args:
     cache_dir: a directory written by `write_target_cache`.
     expected: dict of binding fields to check (see `check_manifest`).
@@ -302,6 +372,10 @@ def load_target_cache(cache_dir, *, expected, verify_checksums=True):
       checksum differs (named).
     TargetCacheMismatchError: the cache was written for something else.
   """
+  if not tf.io.gfile.exists(cache_dir) and _leftovers(cache_dir):
+    with run_lock.DirectoryLock(cache_dir, "restoring the target cache",
+                                path=lock_path(cache_dir)):
+      recover_interrupted_write(cache_dir)
   manifest = read_manifest(cache_dir)
   check_manifest(manifest, expected, cache_dir)
   width = int(manifest["top_k"]) * int(manifest["max_teachers_per_example"])

@@ -153,5 +153,5 @@ def test_cache_is_stale_once_a_teacher_folder_is_replaced(tmp_path):
   expected = modes.cache_binding(_session(teachers_dir), str(tmp_path))
   with pytest.raises(target_cache.TargetCacheMismatchError,
                      match=r"teacher_fingerprints: vertical 1 cached=\w{12} "
-                           r"on disk=\w{12}$"):
+                           r"expected=\w{12}$"):
     target_cache.load_target_cache(cache_dir, expected=expected)
