@@ -43,6 +43,7 @@ SMALL_CNN_STEM = ("input_scaling", "block0_conv0", "block0_bn0",
 DEFAULT = "default"
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
+MANIFEST_SUFFIX = ".manifest.json"
 # `serve_image` minus its empty-batch guard (see ServingModule).
 TFLITE_FUNCTION = "tflite_serve_image"
 # A self-paced network's `HierarchicalClassifier.floor_parts`, in the export.
@@ -61,6 +62,15 @@ def sidecar_paths(output: str) -> dict:
   """
   return {"labels": output + LABELS_SUFFIX,
           "verticals": output + VERTICALS_SUFFIX}
+
+
+def manifest_path(output: str) -> str:
+  """`<output>.manifest.json`: the sha256 of the model and its label files.
+
+  Written after them (`files.write_file_set`); `files.check_file_set` then
+  tells a complete set from one an interrupted export left mixed.
+  """
+  return output + MANIFEST_SUFFIX
 
 
 def load_export_data_config(saved_model_dir: str):
@@ -506,7 +516,7 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
                   float_layers: Sequence[str] = (),
                   logit_floor: Union[float, str, None] = DEFAULT,
                   float_head: bool = True) -> dict:
-  """Converts and writes `output` plus its label files, each atomically.
+  """Converts and writes `output` plus its label files as one set.
 
   Args:
     saved_model_dir: a version directory written by `export_saved_model`.
@@ -520,8 +530,8 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
     float_head: see `convert`.
 
   Returns:
-    `{"model": output, "labels": ..., "verticals": ..., "bytes": size,
-    "logit_floor": the floor applied or None}`.
+    `{"model": output, "labels": ..., "verticals": ..., "manifest": ...,
+    "bytes": size, "logit_floor": the floor applied or None}`.
 
   Raises:
     TFLiteExportError: see `convert`; `representative_examples < 1` for int8.
@@ -540,9 +550,10 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
       float_head)
   labels, verticals = _label_lines(saved_model_dir)
   paths = sidecar_paths(output)
-  # Labels first: a model file never appears without its names.
-  files.atomic_write_text(paths["labels"], labels)
-  files.atomic_write_text(paths["verticals"], verticals)
-  files.atomic_write_bytes(output, model)
+  # One set: a reader that checks the manifest (the demo) never pairs a new
+  # model with old labels, even when this process is killed part-way.
+  files.write_file_set({paths["labels"]: labels.encode("utf-8"),
+                        paths["verticals"]: verticals.encode("utf-8"),
+                        output: model}, manifest_path(output))
   return dict(model=output, bytes=len(model), logit_floor=applied_floor,
-              **paths)
+              manifest=manifest_path(output), **paths)

@@ -11,6 +11,7 @@ from export import export_tflite_lib as lib
 from export import parity_lib
 from export import tflite_demo_lib
 from export_test_utils import INT8_CALIBRATION_EXAMPLES
+from kc_keras.utils import files
 
 # Top-1 agreement with the Keras network on the eval split and a bound on
 # the logit error of each variant. Issue 5 asks >= 98% for int8. Strict int8
@@ -86,6 +87,10 @@ def test_quantized_files_are_smaller_and_labels_ship(tflite_model, reference):
   assert tflite_demo_lib.read_lines(paths["labels"]) == list(h.class_names)
   assert tflite_demo_lib.read_lines(paths["verticals"]) == [
       h.vertical_names[v] for v in h.class_to_vertical]
+  # Written as one set: the manifest lists all three and matches them.
+  manifest = files.check_file_set(lib.manifest_path(tflite_model("int8")))
+  assert sorted(manifest["files"]) == sorted(
+      os.path.basename(p) for p in [tflite_model("int8"), *paths.values()])
 
 
 def test_bad_quantization_and_failed_write(exported, tmp_path):
