@@ -92,16 +92,13 @@ def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
     checks.ConfigError: naming every differing key path with both values,
       or an unreadable params.yaml.
   """
-  import yaml  # pylint: disable=g-import-not-at-top
-
   path = os.path.join(model_dir, PARAMS_FILE)
   if not os.path.exists(path):
     return
-  try:
-    with open(path) as f:
-      old = yaml.safe_load(f) or {}
-  except yaml.YAMLError as e:
-    raise checks.ConfigError(f"Unreadable {path}: {e}") from e
+  with open(path) as f:
+    old = checks.load_yaml(f, path) or {}
+  if not isinstance(old, dict):
+    raise checks.ConfigError(f"{path}: not a config (a YAML mapping).")
   if allow:
     diffs = checks.differing_keys(old, params.as_dict())
     if diffs:
@@ -397,16 +394,14 @@ def load_params_of(run_dir: str) -> kc_config.ExperimentConfig:
   Raises:
     FileNotFoundError: when `run_dir` has no `params.yaml` (not a run directory).
   """
-  import yaml  # pylint: disable=g-import-not-at-top
-
-  path = os.path.join(run_dir, "params.yaml")
+  path = os.path.join(run_dir, PARAMS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"{path} not found: {run_dir!r} is not the model_dir of a trained run "
         f"(e.g. task.specialists.init_checkpoint must name a trained generalist's).")
   other = kc_config.ExperimentConfig()
   with open(path) as f:
-    other.override(yaml.safe_load(f), is_strict=True)
+    other.override(checks.load_yaml(f, path), is_strict=True)
   return other
 
 
