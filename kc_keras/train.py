@@ -8,6 +8,7 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
 from kc_keras.training import experiment_runner  # noqa: E402
+from kc_keras.utils import files  # noqa: E402
 
 flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
 flags.DEFINE_enum(
@@ -42,14 +43,20 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   params = experiment_runner.parse_configuration(FLAGS)
-  experiment_runner.run(
-      params,
-      mode=FLAGS.mode,
-      model_dir=FLAGS.model_dir,
-      checkpoint_path=FLAGS.checkpoint_path,
-      verticals=[int(v) for v in FLAGS.verticals] if FLAGS.verticals else None,
-      allow_config_change=FLAGS.allow_config_change,
-  )
+  try:
+    with files.storage_errors(FLAGS.model_dir):
+      experiment_runner.run(
+          params,
+          mode=FLAGS.mode,
+          model_dir=FLAGS.model_dir,
+          checkpoint_path=FLAGS.checkpoint_path,
+          verticals=([int(v) for v in FLAGS.verticals] if FLAGS.verticals
+                     else None),
+          allow_config_change=FLAGS.allow_config_change,
+      )
+  except files.StorageError as e:
+    # One line, not a traceback: the fix (space, permissions) is outside.
+    raise SystemExit(f"kc_keras.train: {e}") from None
 
 
 if __name__ == "__main__":

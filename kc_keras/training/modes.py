@@ -130,6 +130,7 @@ class Session:
 
   Raises:
     ValueError: from any of the checks above, naming what differs.
+    files.StorageError: `model_dir` cannot be written (read-only, full).
     run_lock.LockedError: another live process owns `model_dir`.
   """
 
@@ -145,7 +146,10 @@ class Session:
     self.source = factory.build_source(params.task.data)
     self.hierarchy = self.source.hierarchy
     kc_config.check_against_hierarchy(params, self.hierarchy)
-    os.makedirs(model_dir, exist_ok=True)
+    files.check_writable(
+        model_dir, "every mode records params.yaml and writes its results "
+        "there (eval: eval_metrics.json and eval/ summaries); copy the run "
+        "to a writable directory and pass that as --model_dir.")
     self.is_chief = multi_worker.is_chief(self.strategy)
     if lock and self.is_chief:
       self._lock = run_lock.DirectoryLock(model_dir, lock).acquire()

@@ -1,6 +1,7 @@
 """Atomic file writes: a crash mid-write never leaves a partial file behind."""
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -15,6 +16,114 @@ from kc_keras.utils import run_lock
 
 
 FILE_MODE = 0o644
+# errno -> what a user is told; OSErrors of these kinds are about the disk,
+# not about the program, and are reported in one line (`storage_errors`).
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+# The same conditions as TensorFlow's file system reports them (no errno).
+_STORAGE_MESSAGES = ("No space left on device", "Disk quota exceeded",
+                     "Read-only file system", "Permission denied")
+
+
+class StorageError(OSError):
+  """A write failed for lack of space or permission; the message is one line."""
+
+
+def free_space(path: str) -> str:
+  """`'<n> free on <dir>'` for the nearest existing directory of `path`."""
+  directory = os.path.abspath(path)
+  while not os.path.isdir(directory) and directory != os.path.dirname(
+      directory):
+    directory = os.path.dirname(directory)
+  try:
+    free = shutil.disk_usage(directory).free
+  except OSError:
+    return f"free space unknown on {directory}"
+  for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+    if free >= size:
+      return f"{free / size:.1f} {unit} free on {directory}"
+  return f"{free} bytes free on {directory}"
+
+
+def storage_error(error: BaseException,
+                  default_path: str) -> Optional[StorageError]:
+  """The one-line `StorageError` for a disk-full / read-only / denied error.
+
+  Args:
+    error: any exception.
+    default_path: the path named when the error does not carry one (TF's
+      file errors, e.g. a checkpoint write).
+
+  Returns:
+    The `StorageError`, or None when `error` is not about storage.
+  """
+  if isinstance(error, OSError) and error.errno in _STORAGE_ERRNOS:
+    reason = _STORAGE_ERRNOS[error.errno]
+    path = error.filename or default_path
+  else:
+    text = str(error)
+    found = [m for m in _STORAGE_MESSAGES if m in text]
+    if not found:
+      return None
+    reason, path = found[0].lower(), default_path
+  return StorageError(f"Cannot write {path}: {reason} ({free_space(path)}).")
+
+
+@contextlib.contextmanager
+def storage_errors(default_path: str) -> Iterator[None]:
+  """Re-raises storage failures inside the block as one-line `StorageError`s.
+
+  A full disk deep inside a checkpoint write otherwise surfaces as a long
+  traceback; what the user needs is the path and the free space.
+
+  Args:
+    default_path: named when the error carries no path (the run directory).
+
+  Raises:
+    StorageError: for `storage_error` kinds; anything else passes unchanged.
+  """
+  try:
+    yield
+  except StorageError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    converted = storage_error(e, default_path)
+    if converted is None:
+      raise
+    raise converted from None
+
+
+def _probe_write(directory: str) -> None:
+  """Creates and deletes a file in `directory` (raises OSError if it cannot)."""
+  with tempfile.TemporaryFile(dir=directory):
+    pass
+
+
+def check_writable(directory: str, why: str) -> None:
+  """Creates `directory` if needed and checks that a file can be written in it.
+
+  A real write, not `os.access`: permission bits do not stop root, and
+  neither tells a read-only mount or a full disk from a usable directory.
+
+  Args:
+    directory: the directory.
+    why: what needs it, appended to the message.
+
+  Raises:
+    StorageError: one line naming the directory, the reason and `why`.
+  """
+  try:
+    os.makedirs(directory, exist_ok=True)
+    _probe_write(directory)
+  except OSError as e:
+    reason = _STORAGE_ERRNOS.get(e.errno, e.strerror or str(e))
+    raise StorageError(f"{directory} is not writable ({reason}; "
+                       f"{free_space(directory)}): {why}") from None
 
 
 def _temporary_sibling(path: str) -> str:

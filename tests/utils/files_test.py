@@ -1,6 +1,8 @@
 """File sets written as a unit, and staging directories of dead processes."""
 
+import errno
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -91,3 +93,40 @@ def test_staging_of_a_dead_process_is_removed_a_live_one_kept(tmp_path):
       f.write(b"x")
   assert sorted(os.listdir(tmp_path)) == sorted(
       ["1", live.name, elsewhere.name, other_version.name])
+
+
+def test_disk_full_becomes_one_line_naming_path_and_free_space(tmp_path):
+  path = str(tmp_path / "ckpt-7.data")
+  with pytest.raises(files.StorageError) as raised:
+    with files.storage_errors(str(tmp_path)):
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+  message = str(raised.value)
+  assert re.fullmatch(
+      rf"Cannot write {re.escape(path)}: no space left on device "
+      rf"\(\d+\.\d (GiB|MiB|KiB) free on {re.escape(str(tmp_path))}\)\.",
+      message), message
+  assert raised.value.__cause__ is None and raised.value.__suppress_context__
+
+
+def test_tensorflow_disk_errors_name_the_default_path(tmp_path):
+  with pytest.raises(files.StorageError,
+                     match=rf"^Cannot write {re.escape(str(tmp_path))}: no "
+                           r"space left on device \("):
+    with files.storage_errors(str(tmp_path)):
+      raise RuntimeError("tensorflow/core/...: No space left on device")
+  with pytest.raises(KeyError):  # anything else passes unchanged
+    with files.storage_errors(str(tmp_path)):
+      raise KeyError("x")
+
+
+def test_check_writable_names_the_directory_and_reason(tmp_path):
+  files.check_writable(str(tmp_path / "new"), "why")
+  assert os.path.isdir(tmp_path / "new")
+  # Root ignores permission bits: the failing write is simulated.
+  with mock.patch.object(files, "_probe_write", side_effect=OSError(
+      errno.EROFS, "Read-only file system")):
+    with pytest.raises(files.StorageError,
+                       match=rf"^{re.escape(str(tmp_path))} is not writable "
+                             r"\(read-only file system; .* free on .*\): "
+                             r"because$"):
+      files.check_writable(str(tmp_path), "because")
