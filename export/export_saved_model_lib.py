@@ -104,9 +104,7 @@ class ExportResult:
 # ------------------------------------------------------------- the network
 def model_dir_of(checkpoint_path: str) -> str:
   """The run directory of a checkpoint prefix (or the directory itself)."""
-  if tf.io.gfile.isdir(checkpoint_path):
-    return checkpoint_path
-  return os.path.dirname(checkpoint_path)
+  return controller_lib.run_dir_of(checkpoint_path)
 
 
 def check_recorded_hierarchy(model_dir: str,

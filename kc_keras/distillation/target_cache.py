@@ -9,10 +9,12 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.utils import records
 from kc_keras.utils import run_lock
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: the manifest is sealed (`records.seal`); 1 (unsealed) is still read.
+FORMAT_VERSION = 2
 # Manifest fields that bind a cache to what produced it.
 BINDING_FIELDS = ("dataset_fingerprint", "hierarchy_fingerprint",
                   "teacher_fingerprints", "top_k", "max_teachers_per_example",
@@ -159,9 +161,10 @@ def _write_locked(cache_dir, batches, fields, width, shard_size):
       close_shard()
 
     teachers = sorted(fields["teacher_fingerprints"].items())
-    manifest = {"format_version": FORMAT_VERSION, **fields,
-                "teacher_fingerprints": {str(v): fp for v, fp in teachers},
-                "num_examples": num_examples, "shards": shards}
+    manifest = records.seal({
+        "format_version": FORMAT_VERSION, **fields,
+        "teacher_fingerprints": {str(v): fp for v, fp in teachers},
+        "num_examples": num_examples, "shards": shards})
     with tf.io.gfile.GFile(os.path.join(tmp_dir, MANIFEST_NAME), "w") as f:
       f.write(json.dumps(manifest, indent=2, sort_keys=True))
 
@@ -294,8 +297,9 @@ def read_manifest(cache_dir):
     The manifest dict.
 
   Raises:
-    TargetCacheError: if the manifest is missing ("incomplete cache") or
-      unreadable.
+    TargetCacheError: if the manifest is missing ("incomplete cache"),
+      unreadable, edited after it was written (its seal), or its shard
+      table is malformed or disagrees with its example count.
   """
   path = os.path.join(cache_dir, MANIFEST_NAME)
   if not tf.io.gfile.exists(path):
@@ -304,9 +308,34 @@ def read_manifest(cache_dir):
         "did not finish); rebuild the cache.")
   try:
     with tf.io.gfile.GFile(path, "r") as f:
-      return json.loads(f.read())
+      manifest = json.loads(f.read())
   except ValueError as e:
     raise TargetCacheError(f"Unreadable manifest {path!r}: {e}") from e
+  return _checked_structure(manifest, path)
+
+
+def _checked_structure(manifest, path):
+  """The manifest, once its seal and its shard table are consistent."""
+  if not isinstance(manifest, dict):
+    raise TargetCacheError(f"Manifest {path!r} is not a JSON object.")
+  if int(manifest.get("format_version", 1)) >= 2:
+    records.check_seal(manifest, path, TargetCacheError)
+  records.missing_keys(manifest, BINDING_FIELDS[:1] + (
+      "top_k", "max_teachers_per_example", "num_examples", "shards"), path,
+                       TargetCacheError)
+  shards = manifest["shards"]
+  if not isinstance(shards, list) or not all(
+      isinstance(s, dict) and {"file", "num_examples", "sha256"} <= set(s)
+      for s in shards):
+    raise TargetCacheError(
+        f"Manifest {path!r}: 'shards' must list file, num_examples and "
+        "sha256 of every shard.")
+  listed = sum(int(s["num_examples"]) for s in shards)
+  if listed != int(manifest["num_examples"]):
+    raise TargetCacheError(
+        f"Manifest {path!r}: its shards hold {listed} examples but it "
+        f"claims num_examples={manifest['num_examples']}.")
+  return manifest
 
 
 def _difference(field, got, want):

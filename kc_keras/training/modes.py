@@ -313,6 +313,7 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
     params: the validated experiment config.
     model_dir: the training directory.
     checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
+      The hierarchy recorded in its run directory must be the data's.
     allow_config_change: see `check_params_change`.
 
   Returns:
@@ -320,6 +321,9 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
     `skipped_examples`: eval records dropped as unreadable).
   """
   session = Session(params, model_dir, allow_config_change)
+  if checkpoint_path:
+    check_model_dir_hierarchy(controller_lib.run_dir_of(checkpoint_path),
+                              session.hierarchy, write=False)
   counter = session.skip_counter()
   model = session.build_model()
   restored = controller_lib.restore_model_weights(
@@ -380,6 +384,8 @@ def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
   build_generalist = None
   init_dir = params.task.specialists.init_checkpoint
   if init_dir:
+    # The teachers inherit the generalist's features of these classes.
+    check_model_dir_hierarchy(init_dir, session.hierarchy, write=False)
     generalist_params = load_params_of(init_dir)
 
     def build_generalist():

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.distillation import target_cache as tc
+from kc_keras.utils import records
 from kc_keras.utils import run_lock
 
 FIELDS = {
@@ -83,6 +84,8 @@ class TargetCacheTest(tf.test.TestCase):
     with open(path) as f:
       manifest = json.load(f)
     manifest.pop("temperature")
+    manifest.pop(records.SEAL_KEY)
+    manifest["format_version"] = 1
     with open(path, "w") as f:
       json.dump(manifest, f)
     self.assertLen(_read(tc.load_target_cache(self.cache_dir, expected=FIELDS)),
@@ -91,6 +94,41 @@ class TargetCacheTest(tf.test.TestCase):
                                 "temperature: cached=1.0 expected=3.0"):
       tc.load_target_cache(self.cache_dir,
                            expected=dict(FIELDS, temperature=3.0))
+
+  def _edit_manifest(self, **fields):
+    path = os.path.join(self.cache_dir, tc.MANIFEST_NAME)
+    with open(path) as f:
+      manifest = json.load(f)
+    manifest.update(fields)
+    with open(path, "w") as f:
+      json.dump(manifest, f)
+
+  def test_edited_manifest_is_refused(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    # Edited to claim the teachers on disk now: the seal no longer matches.
+    self._edit_manifest(teacher_fingerprints={"0": "t0", "1": "new"})
+    with self.assertRaisesRegex(
+        tc.TargetCacheError,
+        r"manifest.json: its fields were changed after it was written"):
+      tc.load_target_cache(self.cache_dir,
+                           expected=dict(FIELDS,
+                                         teacher_fingerprints={0: "t0",
+                                                               1: "new"}))
+
+  def test_shard_table_must_add_up(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS,
+                          shard_size=4)
+    self._edit_manifest(format_version=1, num_examples=9,
+                        **{records.SEAL_KEY: None})
+    with self.assertRaisesRegex(
+        tc.TargetCacheError,
+        r"its shards hold 7 examples but it claims num_examples=9"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
+    self._edit_manifest(num_examples=7, shards=[{"file": "shard-00000"}])
+    with self.assertRaisesRegex(tc.TargetCacheError,
+                                r"'shards' must list file, num_examples and "
+                                r"sha256"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
 
   def test_incomplete_cache_is_refused(self):
     tf.io.gfile.makedirs(self.cache_dir)

@@ -256,6 +256,18 @@ class RunDirGuardTest(tf.test.TestCase):
                                 r"40 classes.*44 classes"):
       modes.evaluate(_params("task.data.embedded.num_classes=44"), model_dir)
 
+  def test_checkpoint_of_a_run_of_another_hierarchy_is_refused(self):
+    model_dir = self.create_tempdir().full_path
+    other = self.create_tempdir().full_path
+    modes.Session(_params("task.data.embedded.num_classes=44"), other)
+    with mock.patch.object(controller_lib, "restore_model_weights") as restore:
+      with self.assertRaisesRegex(
+          hierarchy_lib.HierarchyError,
+          rf"^{other} was trained with another hierarchy \(44 classes"):
+        modes.evaluate(_params(), model_dir,
+                       checkpoint_path=os.path.join(other, "ckpt-5"))
+    restore.assert_not_called()
+
   def test_eval_of_a_read_only_model_dir_says_so_before_any_work(self):
     model_dir = self.create_tempdir().full_path
     # Root ignores permission bits: the failing write is simulated.
