@@ -385,10 +385,14 @@ def _train_or_skip(session, vertical: int, teachers_dir: str, index: int,
   if os.path.exists(info_path):
     # Raises, naming what differs, for a teacher of another hierarchy.
     info = read_teacher_info(teachers_dir, vertical, hierarchy)
-    check_teacher_file(info, os.path.join(directory, TEACHER_MODEL_FILE),
-                       info_path)
-    logging.info("Teacher of vertical %d exists; skipped.", vertical)
-    return
+    try:
+      check_teacher_file(info, os.path.join(directory, TEACHER_MODEL_FILE),
+                         info_path)
+      logging.info("Teacher of vertical %d exists; skipped.", vertical)
+      return
+    except (TeacherError, OSError) as e:
+      # A kill between writing teacher.keras and its record: train again.
+      logging.warning("Retraining the teacher of vertical %d: %s", vertical, e)
   if verbose:
     print(f"[{index + 1}/{total}] specialist for vertical {vertical} "
           f"({hierarchy.vertical_names[vertical]}, "

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import types
+from unittest import mock
 
 import keras
 import numpy as np
@@ -155,3 +156,22 @@ def test_cache_is_stale_once_a_teacher_folder_is_replaced(tmp_path):
                      match=r"teacher_fingerprints: vertical 1 cached=\w{12} "
                            r"expected=\w{12}$"):
     target_cache.load_target_cache(cache_dir, expected=expected)
+
+
+def test_rerun_retrains_a_teacher_whose_file_does_not_match(tmp_path):
+  _save_teachers(str(tmp_path))
+  model_path = os.path.join(specialists.teacher_dir(str(tmp_path), 1),
+                            specialists.TEACHER_MODEL_FILE)
+  with open(model_path, "ab") as f:  # as if killed before teacher.json
+    f.write(b"x")
+  trained = []
+  session = types.SimpleNamespace(
+      params=types.SimpleNamespace(task=types.SimpleNamespace(
+          specialists=types.SimpleNamespace(verticals=[]))),
+      hierarchy=HIERARCHY, is_chief=True)
+  with mock.patch.object(specialists, "train_one_specialist",
+                         lambda s, v, *a, **k: trained.append(v)):
+    with mock.patch.object(specialists, "teachers_dir_of",
+                           lambda *a: str(tmp_path)):
+      specialists.train_specialists(session, str(tmp_path), verbose=False)
+  assert trained == [1]
