@@ -101,10 +101,15 @@ def override_dict(dict_or_string_or_yaml_file) -> Dict:
   if not isinstance(value, str):
     raise ValueError(f"Cannot read an override from {type(value).__name__}.")
   try:
-    value = params_dict.nested_csv_str_to_json_str(value)
+    converted = params_dict.nested_csv_str_to_json_str(value)
   except ValueError:
-    pass
-  loaded = load_yaml(value, "the override string")
+    converted = value
+  if converted != value:
+    # 'a.b=1,a.b=2': a repeated key in the comma form overrides the earlier
+    # one on purpose (later overrides win), as in `params_dict`.
+    loaded = yaml.load(converted, Loader=params_dict._LOADER)  # pylint: disable=protected-access
+  else:
+    loaded = load_yaml(value, "the override string")
   if isinstance(loaded, dict):
     return loaded
   with open(value) as f:
