@@ -9,7 +9,6 @@ from typing import (Callable, Iterable, Iterator, List, Optional, Sequence,
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from export import export_saved_model_lib as saved_model_lib
 from export import tflite_float_kernels
@@ -82,6 +81,7 @@ def load_export_data_config(saved_model_dir: str):
   Raises:
     TFLiteExportError: when the export has no params.yaml.
   """
+  from kc_keras.configs import checks  # pylint: disable=g-import-not-at-top
   from kc_keras.configs import kc_config  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(saved_model_dir, saved_model_lib.ASSETS_EXTRA,
@@ -92,7 +92,7 @@ def load_export_data_config(saved_model_dir: str):
         "--experiment/--config_file or export with export_saved_model.")
   data_config = kc_config.ExperimentConfig().task.data
   with tf.io.gfile.GFile(path) as f:
-    saved = yaml.safe_load(f)
+    saved = checks.load_yaml(f, path)
   data_config.override(saved["task"]["data"], is_strict=True)
   return data_config
 
@@ -499,12 +499,35 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
 
 
 def _label_lines(saved_model_dir: str) -> List[str]:
-  """Per-class name and vertical-name files from the export's hierarchy."""
+  """Per-class name and vertical-name files from the export's hierarchy.
+
+  Raises:
+    TFLiteExportError: the hierarchy beside the SavedModel names other
+      classes than the SavedModel's own label asset.
+  """
   from kc_keras.dataloaders import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
 
-  hierarchy = hierarchy_lib.Hierarchy.load(os.path.join(
-      saved_model_dir, saved_model_lib.ASSETS_EXTRA,
-      saved_model_lib.HIERARCHY_FILE))
+  hierarchy_path = os.path.join(saved_model_dir, saved_model_lib.ASSETS_EXTRA,
+                                saved_model_lib.HIERARCHY_FILE)
+  hierarchy = hierarchy_lib.Hierarchy.load(hierarchy_path)
+  # The names the SavedModel itself serves: the hierarchy file beside it must
+  # be the one it was exported with, or the TFLite labels would be wrong.
+  served_path = os.path.join(saved_model_dir, "assets",
+                             saved_model_lib.LABELS_ASSET)
+  if tf.io.gfile.exists(served_path):
+    with tf.io.gfile.GFile(served_path) as f:
+      served = f.read().splitlines()
+    if served != list(hierarchy.class_names):
+      differ = [i for i, (a, b) in enumerate(zip(served,
+                                                 hierarchy.class_names))
+                if a != b]
+      where = (f"class {differ[0]}: {served[differ[0]]!r} vs "
+               f"{hierarchy.class_names[differ[0]]!r}" if differ else
+               f"{len(served)} vs {hierarchy.num_classes} classes")
+      raise TFLiteExportError(
+          f"{hierarchy_path} does not name the classes the SavedModel serves "
+          f"({served_path}; first difference at {where}); export the "
+          "SavedModel again.")
   labels = "".join(n + "\n" for n in hierarchy.class_names)
   verticals = "".join(hierarchy.vertical_names[v] + "\n"
                       for v in hierarchy.class_to_vertical)
