@@ -1,5 +1,6 @@
 """Teachers and caches read back from disk are checked against what they claim."""
 
+import glob
 import json
 import os
 import shutil
@@ -9,12 +10,16 @@ from unittest import mock
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.distillation import target_cache
+from kc_keras.training import experiment_runner
 from kc_keras.training import modes
 from kc_keras.training import specialists
 
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "official_configs")
 HIERARCHY = hierarchy_lib.Hierarchy(("a", "b", "c", "d"), ("v0", "v1"),
                                     (0, 0, 1, 1))
 
@@ -175,3 +180,64 @@ def test_rerun_retrains_a_teacher_whose_file_does_not_match(tmp_path):
                            lambda *a: str(tmp_path)):
       specialists.train_specialists(session, str(tmp_path), verbose=False)
   assert trained == [1]
+
+
+def _folder_run(root, csv_rows):
+  """A 2 x 2-class folder tree with a CSV hierarchy, and the student's config."""
+  rng = np.random.RandomState(0)
+  for split in ("train", "eval"):
+    for vertical, classes in (("va", ("a0", "a1")), ("vb", ("b0", "b1"))):
+      for name in classes:
+        os.makedirs(os.path.join(root, split, vertical, name))
+        for i in range(2):
+          image = (rng.rand(8, 8, 3) * 255).astype(np.uint8)
+          with open(os.path.join(root, split, vertical, name, f"{i}.png"),
+                    "wb") as f:
+            f.write(tf.io.encode_png(image).numpy())
+  hierarchy_file = os.path.join(root, "hierarchy.csv")
+  with open(hierarchy_file, "w") as f:
+    f.write("class_id,class_name,vertical_id,vertical_name\n")
+    f.write("".join(f"{i},{c},{v},{vn}\n"
+                    for i, (c, v, vn) in enumerate(csv_rows)))
+  return experiment_runner.parse_configuration(types.SimpleNamespace(
+      experiment="kc_student_demo",
+      config_file=[os.path.join(CONFIGS, "generalist_demo_smoke.yaml"),
+                   os.path.join(CONFIGS, "student_demo_smoke.yaml")],
+      params_override=(
+          f"task.data.source=folder,"
+          f"task.data.folder.train_dir={root}/train,"
+          f"task.data.folder.eval_dir={root}/eval,"
+          f"task.data.folder.hierarchy_file={hierarchy_file},"
+          "task.data.folder.image_size=8,task.data.shuffle_buffer_size=8,"
+          "task.specialists.init_checkpoint='',task.specialists.freeze=none,"
+          "task.specialists.train_batch_size=4,"
+          "task.specialists.trainer.train_steps=1,"
+          "task.specialists.trainer.steps_per_loop=1,"
+          "task.specialists.trainer.checkpoint_interval=1,"
+          "task.distillation.target_source=online,"
+          f"task.distillation.teachers_dir={root}/teachers,"
+          "task.train_batch_size=4,trainer.train_steps=1,"
+          "trainer.steps_per_loop=1,trainer.checkpoint_interval=1"),
+      tpu=None))
+
+
+def test_permuted_csv_stops_eval_specialists_and_online_student(tmp_path):
+  root = str(tmp_path)
+  rows = [("a0", 0, "va"), ("a1", 0, "va"), ("b0", 1, "vb"), ("b1", 1, "vb")]
+  params = _folder_run(root, rows)
+  modes.train_specialists(params, f"{root}/specialists", verbose=False)
+  # Two class names swapped in the CSV, the folders unchanged.
+  rows[0], rows[1] = ("a1", 0, "va"), ("a0", 0, "va")
+  with open(os.path.join(root, "hierarchy.csv"), "w") as f:
+    f.write("class_id,class_name,vertical_id,vertical_name\n")
+    f.write("".join(f"{i},{c},{v},{vn}\n"
+                    for i, (c, v, vn) in enumerate(rows)))
+  message = (r"class_names teacher vs hierarchy: \[0\] 'a0' vs 'a1', "
+             r"\[1\] 'a1' vs 'a0'")
+  # The CSV is read when each run starts; fresh run directories, so that
+  # only the teachers (in task.distillation.teachers_dir) hold the old one.
+  with pytest.raises(specialists.TeacherError, match=message):
+    modes.evaluate_specialists(params, f"{root}/specialists_eval")
+  with pytest.raises(specialists.TeacherError, match=message):
+    modes.train(params, f"{root}/student", verbose=False)
+  assert not glob.glob(f"{root}/student/ckpt-*")
