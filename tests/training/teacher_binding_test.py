@@ -182,7 +182,7 @@ def test_rerun_retrains_a_teacher_whose_file_does_not_match(tmp_path):
   assert trained == [1]
 
 
-def _folder_run(root, csv_rows):
+def _folder_run(root, csv_rows, override=""):
   """A 2 x 2-class folder tree with a CSV hierarchy, and the student's config."""
   rng = np.random.RandomState(0)
   for split in ("train", "eval"):
@@ -217,7 +217,9 @@ def _folder_run(root, csv_rows):
           "task.distillation.target_source=online,"
           f"task.distillation.teachers_dir={root}/teachers,"
           "task.train_batch_size=4,trainer.train_steps=1,"
-          "trainer.steps_per_loop=1,trainer.checkpoint_interval=1"),
+          "trainer.steps_per_loop=1,trainer.checkpoint_interval=1,"
+          f"task.distillation.cache_dir={root}/cache" +
+          (f",{override}" if override else "")),
       tpu=None))
 
 
@@ -241,3 +243,26 @@ def test_permuted_csv_stops_eval_specialists_and_online_student(tmp_path):
   with pytest.raises(specialists.TeacherError, match=message):
     modes.train(params, f"{root}/student", verbose=False)
   assert not glob.glob(f"{root}/student/ckpt-*")
+
+
+@pytest.mark.slow
+def test_cache_of_replaced_teacher_stops_the_student_before_training(
+    tmp_path):
+  rows = [("a0", 0, "va"), ("a1", 0, "va"), ("b0", 1, "vb"), ("b1", 1, "vb")]
+  root, other = str(tmp_path / "run"), str(tmp_path / "other")
+  params = _folder_run(root, rows, "task.distillation.target_source=cache")
+  modes.train_specialists(params, f"{root}/specialists", verbose=False)
+  modes.cache_targets(params, f"{root}/specialists")
+  # Another run's teacher of vertical 1 (another seed), the manifests kept.
+  modes.train_specialists(_folder_run(other, rows, "runtime.seed=7"),
+                          f"{other}/specialists", verticals=[1],
+                          verbose=False)
+  shutil.rmtree(specialists.teacher_dir(f"{root}/teachers", 1))
+  shutil.copytree(specialists.teacher_dir(f"{other}/teachers", 1),
+                  specialists.teacher_dir(f"{root}/teachers", 1))
+  with pytest.raises(target_cache.TargetCacheMismatchError,
+                     match=r"teacher_fingerprints: vertical 1 cached=\w{12} "
+                           r"expected=\w{12}$"):
+    modes.train(params, f"{root}/student", verbose=False)
+  assert not glob.glob(f"{root}/student/ckpt-*")
+
