@@ -1,5 +1,6 @@
 """Offline soft-target cache: sharded TFRecords plus a binding manifest."""
 
+import contextlib
 import hashlib
 import json
 import os
@@ -115,8 +116,7 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   cache_dir = os.path.normpath(cache_dir)
   parent = os.path.dirname(cache_dir) or "."
   tf.io.gfile.makedirs(parent)
-  with run_lock.DirectoryLock(cache_dir, "writing the target cache",
-                              path=lock_path(cache_dir)):
+  with _lock(cache_dir, "writing the target cache"):
     recover_interrupted_write(cache_dir)
     return _write_locked(cache_dir, batches, fields, width, shard_size)
 
@@ -237,6 +237,14 @@ def fill_skipped(batches, num_examples, width):
 def lock_path(cache_dir):
   """The lock file of a cache: a sibling, since the directory is renamed."""
   return os.path.normpath(cache_dir) + ".lock"
+
+
+def _lock(cache_dir, what):
+  """The cache's `run_lock.DirectoryLock`; none on an object store (gs://),
+  which has no atomic exclusive create for it."""
+  if "://" in cache_dir:
+    return contextlib.nullcontext()
+  return run_lock.DirectoryLock(cache_dir, what, path=lock_path(cache_dir))
 
 
 def _leftovers(cache_dir):
@@ -402,8 +410,7 @@ def load_target_cache(cache_dir, *, expected, verify_checksums=True):
     TargetCacheMismatchError: the cache was written for something else.
   """
   if not tf.io.gfile.exists(cache_dir) and _leftovers(cache_dir):
-    with run_lock.DirectoryLock(cache_dir, "restoring the target cache",
-                                path=lock_path(cache_dir)):
+    with _lock(cache_dir, "restoring the target cache"):
       recover_interrupted_write(cache_dir)
   manifest = read_manifest(cache_dir)
   check_manifest(manifest, expected, cache_dir)

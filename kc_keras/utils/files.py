@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash mid-write never leaves a partial file behind."""
+"""File writes a crash cannot leave half-done, and one-line storage errors."""
 
 import contextlib
 import errno
