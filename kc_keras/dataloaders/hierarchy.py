@@ -300,14 +300,19 @@ class Hierarchy:
     """Reads a `.json` or `.csv` hierarchy file.
 
     Raises:
-      HierarchyError: unknown extension, missing file or inconsistent content.
+      HierarchyError: unknown extension, missing file, text that is not
+        UTF-8, or inconsistent content.
     """
     path = os.fspath(path)
     fmt = _format_of(path)
     if not os.path.isfile(path):
       raise HierarchyError(f"hierarchy file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
-      text = f.read()
+    try:
+      with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    except UnicodeDecodeError as e:
+      raise HierarchyError(
+          f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if fmt == "json":
       try:
         data = json.loads(text)
