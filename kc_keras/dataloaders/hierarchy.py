@@ -21,7 +21,8 @@ class HierarchyError(ValueError):
   """A hierarchy (or a hierarchy file) is inconsistent; the message names the entries."""
 
 
-def _named(items) -> str:
+def named(items) -> str:
+  """Up to 10 items as `repr`s, then how many more."""
   items = list(items)
   shown = ", ".join(repr(x) for x in items[:_MAX_NAMED])
   if len(items) > _MAX_NAMED:
@@ -87,24 +88,24 @@ class Hierarchy:
           dup.append(name)
         seen.add(name)
       if dup:
-        raise HierarchyError(f"duplicate {kind} names: {_named(sorted(set(dup)))}")
+        raise HierarchyError(f"duplicate {kind} names: {named(sorted(set(dup)))}")
       empty = [i for i, name in enumerate(names) if not name]
       if empty:
-        raise HierarchyError(f"empty {kind} names at ids {_named(empty)}")
+        raise HierarchyError(f"empty {kind} names at ids {named(empty)}")
     c2v = np.asarray(self.class_to_vertical, np.int64)
     bad = np.flatnonzero((c2v < 0) | (c2v >= m))
     if bad.size:
       raise HierarchyError(
           "classes map to vertical ids outside 0.."
           f"{m - 1}: "
-          + _named(f"{self.class_names[i]} (id {i}) -> {c2v[i]}" for i in bad)
+          + named(f"{self.class_names[i]} (id {i}) -> {c2v[i]}" for i in bad)
       )
     sizes = np.bincount(c2v, minlength=m)
     empty = np.flatnonzero(sizes == 0)
     if empty.size:
       raise HierarchyError(
           "verticals without classes: "
-          + _named(f"{self.vertical_names[v]} (id {v})" for v in empty)
+          + named(f"{self.vertical_names[v]} (id {v})" for v in empty)
       )
 
   # ---------------------------------------------------------------- tables
@@ -377,12 +378,12 @@ def _check_dense(ids: Sequence[int], kind: str, source: str) -> None:
     counts[i] = counts.get(i, 0) + 1
   dup = sorted(i for i, n in counts.items() if n > 1)
   if dup:
-    raise HierarchyError(f"{source}: {kind} ids listed twice: {_named(dup)}")
+    raise HierarchyError(f"{source}: {kind} ids listed twice: {named(dup)}")
   expected = set(range(len(ids)))
   extra = sorted(set(ids) - expected)
   missing = sorted(expected - set(ids))
   if extra or missing:
     raise HierarchyError(
         f"{source}: {kind} ids must be dense 0..{len(ids) - 1}; "
-        f"missing {_named(missing)}; unexpected {_named(extra)}"
+        f"missing {named(missing)}; unexpected {named(extra)}"
     )

@@ -113,6 +113,19 @@ class FolderSourceTest(tf.test.TestCase):
         r".*cars/fiat holds only 3 \.txt/\.webp file\(s\)\. Add images"):
       folder.FolderSource(FolderConfig(train_dir=train))
 
+  def test_hierarchy_class_without_train_images_is_refused(self):
+    root = self.get_temp_dir()
+    _write_tree(os.path.join(root, "train"))
+    hfile = os.path.join(root, "h4.json")
+    Hierarchy(("crow", "wren", "audi", "bmw"), ("birds", "cars"),
+              (0, 0, 1, 1)).save(hfile)
+    with self.assertRaisesRegex(
+        HierarchyError,
+        r"^1 class\(es\) of the hierarchy have no folder of images under "
+        r".*train: 'bmw'\."):
+      folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
+                                       hierarchy_file=hfile))
+
   def test_eval_only_class_is_refused_before_training(self):
     root = self.get_temp_dir()
     _write_tree(os.path.join(root, "train"))

@@ -38,7 +38,8 @@ class FolderSource(sources.DecodedImageSource):
   Raises:
     hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy,
       filed under another vertical than the hierarchy's, or holding no
-      supported image (naming it), in either split's tree.
+      supported image (naming it), in either split's tree; a class of the
+      hierarchy without images in the train tree.
     ValueError: a split without a directory or without images.
   """
 
@@ -105,6 +106,16 @@ class FolderSource(sources.DecodedImageSource):
           ". Add images or remove the folders.")
     if not out:
       raise ValueError(f"no {IMAGE_EXTENSIONS} images under {root}")
+    if split == "train":
+      # A class of the hierarchy file without a folder would train as a
+      # class that never has a positive; the eval tree may be a subset.
+      seen = {cid for _, cid in out}
+      absent = [n for c, n in enumerate(h.class_names) if c not in seen]
+      if absent:
+        raise hierarchy_lib.HierarchyError(
+            f"{len(absent)} class(es) of the hierarchy have no folder of "
+            f"images under {root}: {hierarchy_lib.named(absent)}. Add their "
+            "images or remove them from the hierarchy file.")
     self._files[split] = out
     return out
 
