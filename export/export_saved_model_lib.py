@@ -104,9 +104,7 @@ class ExportResult:
 # ------------------------------------------------------------- the network
 def model_dir_of(checkpoint_path: str) -> str:
   """The run directory of a checkpoint prefix (or the directory itself)."""
-  if tf.io.gfile.isdir(checkpoint_path):
-    return checkpoint_path
-  return os.path.dirname(checkpoint_path)
+  return controller_lib.run_dir_of(checkpoint_path)
 
 
 def check_recorded_hierarchy(model_dir: str,
@@ -268,6 +266,40 @@ def decode_images(encoded: tf.Tensor, image_shape: Sequence[int],
       fn_output_signature=tf.TensorSpec(image_shape, tf.float32))
 
 
+_EXAMPLE_FEATURES_TAG = 0x0A  # tf.Example field 1 (features), length-delimited.
+_MAX_VARINT_BYTES = 5  # Lengths below 2**35: more than any request.
+
+
+def _example_is_framed(serialized: tf.Tensor) -> tf.Tensor:
+  """Whether a serialized tf.Example (scalar string) is framed as one.
+
+  An Example holds one field, `features`: the bytes are empty, or the tag
+  0x0A, a varint length, and exactly that many bytes. Checked before
+  ParseExample because its error quotes the raw bytes, which TF's Python
+  layer cannot decode as UTF-8 (a UnicodeDecodeError instead of
+  INVALID_ARGUMENT). Bytes framed correctly but corrupt inside still reach
+  ParseExample's own error.
+  """
+  length = tf.strings.length(serialized)
+  head = tf.io.decode_raw(tf.strings.substr(serialized, 0,
+                                            1 + _MAX_VARINT_BYTES), tf.uint8)
+  head = tf.cast(tf.pad(head, [[0, 1 + _MAX_VARINT_BYTES - tf.size(head)]]),
+                 tf.int64)
+  value = tf.constant(0, tf.int64)
+  used = tf.constant(0, tf.int64)
+  done = tf.constant(False)
+  for i in range(_MAX_VARINT_BYTES):
+    byte = head[1 + i]
+    value += tf.where(done, tf.constant(0, tf.int64),
+                      tf.bitwise.left_shift(byte % 128, 7 * i))
+    used += tf.where(done, tf.constant(0, tf.int64), tf.constant(1, tf.int64))
+    done = tf.logical_or(done, byte < 128)
+  framed = tf.logical_and(
+      tf.logical_and(tf.equal(head[0], _EXAMPLE_FEATURES_TAG), done),
+      tf.equal(1 + used + value, tf.cast(length, tf.int64)))
+  return tf.logical_or(tf.equal(length, 0), framed)
+
+
 # ------------------------------------------------------------ the module
 class ServingModule(tf.Module):
   """The network plus label tables and the serving signatures.
@@ -390,8 +422,22 @@ class ServingModule(tf.Module):
       return tf.identity(images)
 
   def _serve_image(self, images):
-    logits = self._logits(self._check_image_shape(images))
+    images = self._check_image_range(self._check_image_shape(images))
+    logits = self._logits(images)
     return {"logits": logits, "probs": tf.sigmoid(logits)}
+
+  def _check_image_range(self, images):
+    """Values outside [0, 1] (NaN, 1e30, a 0..255 scale) give scores that
+    look like an answer (or NaN) but mean nothing: refused, naming them."""
+    per_image = tf.reshape(images, [tf.shape(images)[0], -1])
+    # NaN fails both comparisons, so it is refused too.
+    ok = tf.reduce_all(tf.logical_and(per_image >= 0.0, per_image <= 1.0),
+                       axis=1)
+    with tf.control_dependencies([tf.debugging.Assert(tf.reduce_all(ok), [
+        "Invalid images: values must be float32 in [0, 1]; batch indices",
+        tf.where(tf.logical_not(ok))[:, 0], "are not (min",
+        tf.reduce_min(per_image), "max", tf.reduce_max(per_image), ")"])]):
+      return tf.identity(images)
 
   def _serve_image_uint8(self, images):
     images = self._check_image_shape(images)
@@ -415,6 +461,14 @@ class ServingModule(tf.Module):
                                      self.alpha_background))
 
   def _serve_examples(self, examples):
+    framed = tf.map_fn(_example_is_framed, examples,
+                       fn_output_signature=tf.bool)
+    bad = tf.where(tf.logical_not(framed))[:, 0]
+    with tf.control_dependencies([tf.debugging.Assert(
+        tf.reduce_all(framed),
+        ["Invalid examples: not serialized tf.Example protos at batch "
+         "indices", bad])]):
+      examples = tf.identity(examples)
     features = tf.io.parse_example(
         examples,
         {EXAMPLE_IMAGE_KEY: tf.io.FixedLenFeature([], tf.string,

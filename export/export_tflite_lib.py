@@ -9,7 +9,6 @@ from typing import (Callable, Iterable, Iterator, List, Optional, Sequence,
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
 import tensorflow as tf
-import yaml
 
 from export import export_saved_model_lib as saved_model_lib
 from export import tflite_float_kernels
@@ -45,6 +44,7 @@ SMALL_CNN_STEM = ("input_scaling", "block0_conv0", "block0_bn0",
 DEFAULT = "default"
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
+MANIFEST_SUFFIX = ".manifest.json"
 # `serve_image` minus its empty-batch guard (see ServingModule).
 TFLITE_FUNCTION = "tflite_serve_image"
 # A self-paced network's `HierarchicalClassifier.floor_parts`, in the export.
@@ -65,6 +65,15 @@ def sidecar_paths(output: str) -> dict:
           "verticals": output + VERTICALS_SUFFIX}
 
 
+def manifest_path(output: str) -> str:
+  """`<output>.manifest.json`: the sha256 of the model and its label files.
+
+  Written after them (`files.write_file_set`); `files.check_file_set` then
+  tells a complete set from one an interrupted export left mixed.
+  """
+  return output + MANIFEST_SUFFIX
+
+
 def load_export_data_config(saved_model_dir: str):
   """The data config saved with the export (`task.data` of its params.yaml).
 
@@ -74,6 +83,7 @@ def load_export_data_config(saved_model_dir: str):
   Raises:
     TFLiteExportError: when the export has no params.yaml.
   """
+  from kc_keras.configs import checks  # pylint: disable=g-import-not-at-top
   from kc_keras.configs import kc_config  # pylint: disable=g-import-not-at-top
 
   path = os.path.join(saved_model_dir, saved_model_lib.ASSETS_EXTRA,
@@ -84,7 +94,7 @@ def load_export_data_config(saved_model_dir: str):
         "--experiment/--config_file or export with export_saved_model.")
   data_config = kc_config.ExperimentConfig().task.data
   with tf.io.gfile.GFile(path) as f:
-    saved = yaml.safe_load(f)
+    saved = checks.load_yaml(f, path)
   data_config.override(saved["task"]["data"], is_strict=True)
   return data_config
 
@@ -492,12 +502,35 @@ def convert_with_floor(saved_model_dir: str, quantization: str,
 
 
 def _label_lines(saved_model_dir: str) -> List[str]:
-  """Per-class name and vertical-name files from the export's hierarchy."""
+  """Per-class name and vertical-name files from the export's hierarchy.
+
+  Raises:
+    TFLiteExportError: the hierarchy beside the SavedModel names other
+      classes than the SavedModel's own label asset.
+  """
   from kc_keras.dataloaders import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
 
-  hierarchy = hierarchy_lib.Hierarchy.load(os.path.join(
-      saved_model_dir, saved_model_lib.ASSETS_EXTRA,
-      saved_model_lib.HIERARCHY_FILE))
+  hierarchy_path = os.path.join(saved_model_dir, saved_model_lib.ASSETS_EXTRA,
+                                saved_model_lib.HIERARCHY_FILE)
+  hierarchy = hierarchy_lib.Hierarchy.load(hierarchy_path)
+  # The names the SavedModel itself serves: the hierarchy file beside it must
+  # be the one it was exported with, or the TFLite labels would be wrong.
+  served_path = os.path.join(saved_model_dir, "assets",
+                             saved_model_lib.LABELS_ASSET)
+  if tf.io.gfile.exists(served_path):
+    with tf.io.gfile.GFile(served_path) as f:
+      served = f.read().splitlines()
+    if served != list(hierarchy.class_names):
+      differ = [i for i, (a, b) in enumerate(zip(served,
+                                                 hierarchy.class_names))
+                if a != b]
+      where = (f"class {differ[0]}: {served[differ[0]]!r} vs "
+               f"{hierarchy.class_names[differ[0]]!r}" if differ else
+               f"{len(served)} vs {hierarchy.num_classes} classes")
+      raise TFLiteExportError(
+          f"{hierarchy_path} does not name the classes the SavedModel serves "
+          f"({served_path}; first difference at {where}); export the "
+          "SavedModel again.")
   labels = "".join(n + "\n" for n in hierarchy.class_names)
   verticals = "".join(hierarchy.vertical_names[v] + "\n"
                       for v in hierarchy.class_to_vertical)
@@ -509,7 +542,7 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
                   float_layers: Sequence[str] = (),
                   logit_floor: Union[float, str, None] = DEFAULT,
                   float_head: bool = True) -> dict:
-  """Converts and writes `output` plus its label files, each atomically.
+  """Converts and writes `output` plus its label files as one set.
 
   Args:
     saved_model_dir: a version directory written by `export_saved_model`.
@@ -523,8 +556,8 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
     float_head: see `convert`.
 
   Returns:
-    `{"model": output, "labels": ..., "verticals": ..., "bytes": size,
-    "logit_floor": the floor applied or None}`.
+    `{"model": output, "labels": ..., "verticals": ..., "manifest": ...,
+    "bytes": size, "logit_floor": the floor applied or None}`.
 
   Raises:
     TFLiteExportError: see `convert`; `representative_examples < 1` for int8.
@@ -543,9 +576,10 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
       float_head)
   labels, verticals = _label_lines(saved_model_dir)
   paths = sidecar_paths(output)
-  # Labels first: a model file never appears without its names.
-  files.atomic_write_text(paths["labels"], labels)
-  files.atomic_write_text(paths["verticals"], verticals)
-  files.atomic_write_bytes(output, model)
+  # One set: a reader that checks the manifest (the demo) never pairs a new
+  # model with old labels, even when this process is killed part-way.
+  files.write_file_set({paths["labels"]: labels.encode("utf-8"),
+                        paths["verticals"]: verticals.encode("utf-8"),
+                        output: model}, manifest_path(output))
   return dict(model=output, bytes=len(model), logit_floor=applied_floor,
-              **paths)
+              manifest=manifest_path(output), **paths)

@@ -10,8 +10,11 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from kc_keras.utils import files
+
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
+MANIFEST_SUFFIX = ".manifest.json"
 IMAGES_INPUT = "images"
 LOGITS_OUTPUT = "logits"
 DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
@@ -132,8 +135,10 @@ class TFLiteClassifier:
     num_threads: interpreter threads.
 
   Raises:
-    DemoError: missing files, a model that is not a `serve_image`
-      conversion, or label files of another length than the model's N.
+    DemoError: missing files, a set that differs from its
+      `<model>.manifest.json` (an interrupted export), a model that is not a
+      `serve_image` conversion, or label files of another length than the
+      model's N.
   """
 
   def __init__(self, model_path: str, labels_path: Optional[str] = None,
@@ -142,6 +147,8 @@ class TFLiteClassifier:
                  verticals_path or model_path + VERTICALS_SUFFIX):
       if not os.path.isfile(path):
         raise DemoError(f"{path} not found")
+    # An export killed part-way leaves a model and labels of different runs.
+    files.check_file_set(model_path + MANIFEST_SUFFIX, DemoError)
     self.model_path = model_path
     try:
       self.interpreter = Interpreter(model_path=model_path,

@@ -37,17 +37,24 @@ def main(argv):
   del argv
   # TensorFlow loads here, not at import, so that --help answers at once.
   from kc_keras.training import experiment_runner  # pylint: disable=g-import-not-at-top
+  from kc_keras.utils import files  # pylint: disable=g-import-not-at-top
   params = experiment_runner.parse_configuration(FLAGS)
-  experiment_runner.run(
-      params,
-      mode=FLAGS.mode,
-      model_dir=FLAGS.model_dir,
-      checkpoint_path=FLAGS.checkpoint_path,
-      verticals=[int(v) for v in FLAGS.verticals] if FLAGS.verticals else None,
-      allow_config_change=FLAGS.allow_config_change,
-      eval_data=FLAGS.eval_data,
-      eval_output=FLAGS.eval_output,
-  )
+  try:
+    with files.storage_errors(FLAGS.model_dir):
+      experiment_runner.run(
+          params,
+          mode=FLAGS.mode,
+          model_dir=FLAGS.model_dir,
+          checkpoint_path=FLAGS.checkpoint_path,
+          verticals=([int(v) for v in FLAGS.verticals] if FLAGS.verticals
+                     else None),
+          allow_config_change=FLAGS.allow_config_change,
+          eval_data=FLAGS.eval_data,
+          eval_output=FLAGS.eval_output,
+      )
+  except files.StorageError as e:
+    # One line, not a traceback: the fix (space, permissions) is outside.
+    raise SystemExit(f"kc_keras.train: {e}") from None
 
 
 if __name__ == "__main__":

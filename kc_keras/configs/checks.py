@@ -1,6 +1,7 @@
 """Config checks beyond `validate()`: key paths of overrides, value types, run-dir changes."""
 
 import dataclasses
+import math
 import typing
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -39,6 +40,46 @@ class UnknownConfigKeyError(KeyError, ValueError):
     return str(self.args[0]) if self.args else ""
 
 
+class _UniqueKeyLoader(params_dict._LOADER):  # pylint: disable=protected-access
+  """The `params_dict` YAML loader, refusing a key given twice in one mapping.
+
+  Plain YAML keeps the last of two equal keys: a second `trainer:` block
+  would silently drop every key of the first.
+  """
+
+  def construct_mapping(self, node, deep=False):
+    first_line = {}
+    duplicates = []
+    for key_node, _ in node.value:
+      key = self.construct_object(key_node, deep=True)
+      line = key_node.start_mark.line + 1
+      if key in first_line:
+        duplicates.append(f"{key!r} (lines {first_line[key]} and {line})")
+      else:
+        first_line[key] = line
+    if duplicates:
+      raise ConfigError(
+          f"{node.start_mark.name}: duplicate key(s) "
+          + ", ".join(duplicates) + "; merge them into one.")
+    return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(stream, source: str) -> Any:
+  """Parses YAML (text or an open file) with unique keys, naming `source`.
+
+  Raises:
+    ConfigError: a duplicate key or invalid YAML, naming `source`.
+  """
+  loader = _UniqueKeyLoader(stream)
+  loader.name = source
+  try:
+    return loader.get_single_data()
+  except yaml.YAMLError as e:
+    raise ConfigError(f"{source}: invalid YAML: {e}") from None
+  finally:
+    loader.dispose()
+
+
 def override_dict(dict_or_string_or_yaml_file) -> Dict:
   """The dict an override stands for, parsed as `params_dict` parses it.
 
@@ -51,6 +92,7 @@ def override_dict(dict_or_string_or_yaml_file) -> Dict:
 
   Raises:
     ValueError: for another input type.
+    ConfigError: a key given twice in one mapping, or invalid YAML.
   """
   value = dict_or_string_or_yaml_file
   if not value:
@@ -60,14 +102,19 @@ def override_dict(dict_or_string_or_yaml_file) -> Dict:
   if not isinstance(value, str):
     raise ValueError(f"Cannot read an override from {type(value).__name__}.")
   try:
-    value = params_dict.nested_csv_str_to_json_str(value)
+    converted = params_dict.nested_csv_str_to_json_str(value)
   except ValueError:
-    pass
-  loaded = yaml.load(value, Loader=params_dict._LOADER)  # pylint: disable=protected-access
+    converted = value
+  if converted != value:
+    # 'a.b=1,a.b=2': a repeated key in the comma form overrides the earlier
+    # one on purpose (later overrides win), as in `params_dict`.
+    loaded = yaml.load(converted, Loader=params_dict._LOADER)  # pylint: disable=protected-access
+  else:
+    loaded = load_yaml(value, "the override string")
   if isinstance(loaded, dict):
     return loaded
   with open(value) as f:
-    return yaml.load(f, Loader=params_dict._LOADER) or {}  # pylint: disable=protected-access
+    return load_yaml(f, value) or {}
 
 
 def check_known_keys(config: hyperparams.Config, overrides: Dict,
@@ -154,7 +201,8 @@ def check_types(config: hyperparams.Config, prefix: str = "") -> None:
   deep inside training.
 
   Raises:
-    ConfigError: naming the full key path, the value and the expected type.
+    ConfigError: naming the full key path, the value and the expected type,
+      or a NaN / infinite float (no setting means one).
   """
   hints = typing.get_type_hints(type(config))
   for field in dataclasses.fields(config):
@@ -172,6 +220,17 @@ def check_types(config: hyperparams.Config, prefix: str = "") -> None:
       raise ConfigError(
           f"{path}={shown!r} has type {type(value).__name__}; expected "
           f"{_type_name(annotation)}.")
+    if _is_non_finite(value):
+      raise ConfigError(f"{path}={value!r} is not a finite number.")
+
+
+def _is_non_finite(value: Any) -> bool:
+  """A float (or a list holding one) that is NaN or infinite."""
+  if isinstance(value, float):
+    return not math.isfinite(value)
+  if isinstance(value, (list, tuple)):
+    return any(_is_non_finite(v) for v in value)
+  return False
 
 
 def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:

@@ -21,7 +21,8 @@ class HierarchyError(ValueError):
   """A hierarchy (or a hierarchy file) is inconsistent; the message names the entries."""
 
 
-def _named(items) -> str:
+def named(items) -> str:
+  """Up to 10 items as `repr`s, then how many more."""
   items = list(items)
   shown = ", ".join(repr(x) for x in items[:_MAX_NAMED])
   if len(items) > _MAX_NAMED:
@@ -87,24 +88,24 @@ class Hierarchy:
           dup.append(name)
         seen.add(name)
       if dup:
-        raise HierarchyError(f"duplicate {kind} names: {_named(sorted(set(dup)))}")
+        raise HierarchyError(f"duplicate {kind} names: {named(sorted(set(dup)))}")
       empty = [i for i, name in enumerate(names) if not name]
       if empty:
-        raise HierarchyError(f"empty {kind} names at ids {_named(empty)}")
+        raise HierarchyError(f"empty {kind} names at ids {named(empty)}")
     c2v = np.asarray(self.class_to_vertical, np.int64)
     bad = np.flatnonzero((c2v < 0) | (c2v >= m))
     if bad.size:
       raise HierarchyError(
           "classes map to vertical ids outside 0.."
           f"{m - 1}: "
-          + _named(f"{self.class_names[i]} (id {i}) -> {c2v[i]}" for i in bad)
+          + named(f"{self.class_names[i]} (id {i}) -> {c2v[i]}" for i in bad)
       )
     sizes = np.bincount(c2v, minlength=m)
     empty = np.flatnonzero(sizes == 0)
     if empty.size:
       raise HierarchyError(
           "verticals without classes: "
-          + _named(f"{self.vertical_names[v]} (id {v})" for v in empty)
+          + named(f"{self.vertical_names[v]} (id {v})" for v in empty)
       )
 
   # ---------------------------------------------------------------- tables
@@ -300,14 +301,19 @@ class Hierarchy:
     """Reads a `.json` or `.csv` hierarchy file.
 
     Raises:
-      HierarchyError: unknown extension, missing file or inconsistent content.
+      HierarchyError: unknown extension, missing file, text that is not
+        UTF-8, or inconsistent content.
     """
     path = os.fspath(path)
     fmt = _format_of(path)
     if not os.path.isfile(path):
       raise HierarchyError(f"hierarchy file not found: {path}")
-    with open(path, encoding="utf-8", newline="") as f:
-      text = f.read()
+    try:
+      with open(path, encoding="utf-8", newline="") as f:
+        text = f.read()
+    except UnicodeDecodeError as e:
+      raise HierarchyError(
+          f"{path}: not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     if fmt == "json":
       try:
         data = json.loads(text)
@@ -319,7 +325,8 @@ class Hierarchy:
   @classmethod
   def from_folder_tree(cls, root: str) -> "Hierarchy":
     """Derives `root/<vertical>/<class>/...`: sorted vertical names, then sorted
-    class names within each vertical, get consecutive ids.
+    class names within each vertical, get consecutive ids. Hidden folders
+    (`.ipynb_checkpoints`, `.git`, ...) are not verticals or classes.
 
     Raises:
       HierarchyError: missing root, a vertical without class folders, or a class
@@ -328,15 +335,11 @@ class Hierarchy:
     root = os.fspath(root)
     if not os.path.isdir(root):
       raise HierarchyError(f"hierarchy folder not found: {root}")
-    vertical_names = sorted(
-        d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d))
-    )
+    vertical_names = visible_subdirectories(root)
     class_names, class_to_vertical, where = [], [], {}
     for v, vname in enumerate(vertical_names):
       vdir = os.path.join(root, vname)
-      cnames = sorted(
-          d for d in os.listdir(vdir) if os.path.isdir(os.path.join(vdir, d))
-      )
+      cnames = visible_subdirectories(vdir)
       if not cnames:
         raise HierarchyError(f"vertical folder has no class folders: {vdir}")
       for cname in cnames:
@@ -349,6 +352,17 @@ class Hierarchy:
         class_names.append(cname)
         class_to_vertical.append(v)
     return cls(tuple(class_names), tuple(vertical_names), tuple(class_to_vertical))
+
+
+def is_hidden(name: str) -> bool:
+  """A dot-name: tool metadata (`.ipynb_checkpoints`, `.DS_Store`, `._x.jpg`)."""
+  return name.startswith(".")
+
+
+def visible_subdirectories(directory: str) -> list[str]:
+  """Sorted names of the subdirectories of `directory` that are not hidden."""
+  return sorted(d for d in os.listdir(directory)
+                if not is_hidden(d) and os.path.isdir(os.path.join(directory, d)))
 
 
 def _format_of(path: str) -> str:
@@ -364,12 +378,12 @@ def _check_dense(ids: Sequence[int], kind: str, source: str) -> None:
     counts[i] = counts.get(i, 0) + 1
   dup = sorted(i for i, n in counts.items() if n > 1)
   if dup:
-    raise HierarchyError(f"{source}: {kind} ids listed twice: {_named(dup)}")
+    raise HierarchyError(f"{source}: {kind} ids listed twice: {named(dup)}")
   expected = set(range(len(ids)))
   extra = sorted(set(ids) - expected)
   missing = sorted(expected - set(ids))
   if extra or missing:
     raise HierarchyError(
         f"{source}: {kind} ids must be dense 0..{len(ids) - 1}; "
-        f"missing {_named(missing)}; unexpected {_named(extra)}"
+        f"missing {named(missing)}; unexpected {named(extra)}"
     )

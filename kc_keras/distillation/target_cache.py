@@ -1,15 +1,21 @@
 """Offline soft-target cache: sharded TFRecords plus a binding manifest."""
 
+import contextlib
 import hashlib
 import json
 import os
 import uuid
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.utils import records
+from kc_keras.utils import run_lock
+
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# 2: the manifest is sealed (`records.seal`); 1 (unsealed) is still read.
+FORMAT_VERSION = 2
 # Manifest fields that bind a cache to what produced it.
 BINDING_FIELDS = ("dataset_fingerprint", "hierarchy_fingerprint",
                   "teacher_fingerprints", "top_k", "max_teachers_per_example",
@@ -74,7 +80,9 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   sibling directory; `manifest.json` is written last, then the directory is
   renamed to `cache_dir`. An existing cache at `cache_dir` is moved aside only
   once the new one is complete and deleted after the rename. A directory with
-  no manifest is never read as a cache (see `load_target_cache`).
+  no manifest is never read as a cache (see `load_target_cache`). The cache
+  is locked (`lock_path`) while written, and what an interrupted write left
+  is restored or removed first (`recover_interrupted_write`).
 
   Args:
     cache_dir: destination directory.
@@ -92,6 +100,7 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   Raises:
     ValueError: on missing/unknown manifest fields, a bad shard size, or a
       batch whose shapes do not match (b, T*K).
+    run_lock.LockedError: another live process writes this cache.
   """
   missing = [f for f in BINDING_FIELDS if f not in manifest_fields]
   unknown = [f for f in manifest_fields if f not in BINDING_FIELDS]
@@ -107,6 +116,13 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   cache_dir = os.path.normpath(cache_dir)
   parent = os.path.dirname(cache_dir) or "."
   tf.io.gfile.makedirs(parent)
+  with _lock(cache_dir, "writing the target cache"):
+    recover_interrupted_write(cache_dir)
+    return _write_locked(cache_dir, batches, fields, width, shard_size)
+
+
+def _write_locked(cache_dir, batches, fields, width, shard_size):
+  """`write_target_cache` once the cache is locked and its leftovers gone."""
   token = uuid.uuid4().hex
   tmp_dir = f"{cache_dir}.tmp-{token}"
   tf.io.gfile.makedirs(tmp_dir)
@@ -145,9 +161,10 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
       close_shard()
 
     teachers = sorted(fields["teacher_fingerprints"].items())
-    manifest = {"format_version": FORMAT_VERSION, **fields,
-                "teacher_fingerprints": {str(v): fp for v, fp in teachers},
-                "num_examples": num_examples, "shards": shards}
+    manifest = records.seal({
+        "format_version": FORMAT_VERSION, **fields,
+        "teacher_fingerprints": {str(v): fp for v, fp in teachers},
+        "num_examples": num_examples, "shards": shards})
     with tf.io.gfile.GFile(os.path.join(tmp_dir, MANIFEST_NAME), "w") as f:
       f.write(json.dumps(manifest, indent=2, sort_keys=True))
 
@@ -217,6 +234,67 @@ def fill_skipped(batches, num_examples, width):
     yield empty(expected, num_examples)
 
 
+def lock_path(cache_dir):
+  """The lock file of a cache: a sibling, since the directory is renamed."""
+  return os.path.normpath(cache_dir) + ".lock"
+
+
+def _lock(cache_dir, what):
+  """The cache's `run_lock.DirectoryLock`; none on an object store (gs://),
+  which has no atomic exclusive create for it."""
+  if "://" in cache_dir:
+    return contextlib.nullcontext()
+  return run_lock.DirectoryLock(cache_dir, what, path=lock_path(cache_dir))
+
+
+def _leftovers(cache_dir):
+  """Staging (`.tmp-*`) and previous (`.old-*`) copies beside `cache_dir`."""
+  return sorted(p for pattern in (".tmp-*", ".old-*")
+                for p in tf.io.gfile.glob(cache_dir + pattern)
+                if tf.io.gfile.isdir(p))
+
+
+def _is_complete(directory):
+  return tf.io.gfile.exists(os.path.join(directory, MANIFEST_NAME))
+
+
+def recover_interrupted_write(cache_dir):
+  """Restores a cache that a killed writer left beside `cache_dir`; cleans up.
+
+  The writer renames the previous cache to `<cache_dir>.old-*` and then the
+  complete new one from `<cache_dir>.tmp-*` to `cache_dir`; a kill between
+  the two renames leaves no `cache_dir` but two complete copies. The newest
+  complete copy (the new one first: its manifest is written last, so a
+  `.tmp-*` with a manifest is complete) is renamed to `cache_dir`. Every
+  other leftover (incomplete staging, the previous copy) is then removed.
+  Call it holding the cache's lock (`lock_path`).
+
+  Args:
+    cache_dir: the cache directory.
+
+  Returns:
+    The leftover directory that became `cache_dir`, or None.
+  """
+  cache_dir = os.path.normpath(cache_dir)
+  leftovers = _leftovers(cache_dir)
+  restored = None
+  if not tf.io.gfile.exists(cache_dir):
+    complete = [p for p in leftovers if _is_complete(p)]
+    # New (.tmp-) before previous (.old-), then the latest manifest.
+    complete.sort(key=lambda p: (".tmp-" in p[len(cache_dir):],
+                                 tf.io.gfile.stat(os.path.join(
+                                     p, MANIFEST_NAME)).mtime_nsec))
+    if complete:
+      restored = complete[-1]
+      tf.io.gfile.rename(restored, cache_dir)
+      logging.warning("Target cache %s restored from %s, left complete by an "
+                      "interrupted write.", cache_dir, restored)
+  for path in leftovers:
+    if path != restored:
+      tf.io.gfile.rmtree(path)
+  return restored
+
+
 def read_manifest(cache_dir):
   """Reads `cache_dir/manifest.json`.
 
@@ -227,8 +305,9 @@ def read_manifest(cache_dir):
     The manifest dict.
 
   Raises:
-    TargetCacheError: if the manifest is missing ("incomplete cache") or
-      unreadable.
+    TargetCacheError: if the manifest is missing ("incomplete cache"),
+      unreadable, edited after it was written (its seal), or its shard
+      table is malformed or disagrees with its example count.
   """
   path = os.path.join(cache_dir, MANIFEST_NAME)
   if not tf.io.gfile.exists(path):
@@ -237,9 +316,45 @@ def read_manifest(cache_dir):
         "did not finish); rebuild the cache.")
   try:
     with tf.io.gfile.GFile(path, "r") as f:
-      return json.loads(f.read())
+      manifest = json.loads(f.read())
   except ValueError as e:
     raise TargetCacheError(f"Unreadable manifest {path!r}: {e}") from e
+  return _checked_structure(manifest, path)
+
+
+def _checked_structure(manifest, path):
+  """The manifest, once its seal and its shard table are consistent."""
+  if not isinstance(manifest, dict):
+    raise TargetCacheError(f"Manifest {path!r} is not a JSON object.")
+  if int(manifest.get("format_version", 1)) >= 2:
+    records.check_seal(manifest, path, TargetCacheError)
+  records.missing_keys(manifest, BINDING_FIELDS[:1] + (
+      "top_k", "max_teachers_per_example", "num_examples", "shards"), path,
+                       TargetCacheError)
+  shards = manifest["shards"]
+  if not isinstance(shards, list) or not all(
+      isinstance(s, dict) and {"file", "num_examples", "sha256"} <= set(s)
+      for s in shards):
+    raise TargetCacheError(
+        f"Manifest {path!r}: 'shards' must list file, num_examples and "
+        "sha256 of every shard.")
+  listed = sum(int(s["num_examples"]) for s in shards)
+  if listed != int(manifest["num_examples"]):
+    raise TargetCacheError(
+        f"Manifest {path!r}: its shards hold {listed} examples but it "
+        f"claims num_examples={manifest['num_examples']}.")
+  return manifest
+
+
+def _difference(field, got, want):
+  """One field's difference; for teachers, only the verticals that differ."""
+  if field != "teacher_fingerprints" or got is None:
+    return f"{field}: cached={got!r} expected={want!r}"
+  verticals = sorted(set(got) | set(want))
+  shown = [f"vertical {v} cached={got.get(v, 'none')[:12]} "
+           f"expected={want.get(v, 'none')[:12]}"
+           for v in verticals if got.get(v) != want.get(v)]
+  return f"{field}: " + ", ".join(shown)
 
 
 def check_manifest(manifest, expected, cache_dir="<cache>"):
@@ -268,7 +383,7 @@ def check_manifest(manifest, expected, cache_dir="<cache>"):
     got = manifest.get(field, _MISSING_FIELD_MEANS.get(field))
     got = None if got is None else _normalise(field, got)
     if got != want:
-      diffs.append(f"{field}: cached={got!r} expected={want!r}")
+      diffs.append(_difference(field, got, want))
   if diffs:
     raise TargetCacheMismatchError(
         f"Target cache {cache_dir!r} does not match: " + "; ".join(diffs))
@@ -276,6 +391,9 @@ def check_manifest(manifest, expected, cache_dir="<cache>"):
 
 def load_target_cache(cache_dir, *, expected, verify_checksums=True):
   """Opens a checked target cache as a dataset in the written order.
+
+  When `cache_dir` is missing but an interrupted write left a complete copy
+  beside it, that copy is restored first (`recover_interrupted_write`).
 
   Args:
     cache_dir: a directory written by `write_target_cache`.
@@ -291,6 +409,9 @@ def load_target_cache(cache_dir, *, expected, verify_checksums=True):
       checksum differs (named).
     TargetCacheMismatchError: the cache was written for something else.
   """
+  if not tf.io.gfile.exists(cache_dir) and _leftovers(cache_dir):
+    with _lock(cache_dir, "restoring the target cache"):
+      recover_interrupted_write(cache_dir)
   manifest = read_manifest(cache_dir)
   check_manifest(manifest, expected, cache_dir)
   width = int(manifest["top_k"]) * int(manifest["max_teachers_per_example"])

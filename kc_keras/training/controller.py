@@ -352,6 +352,13 @@ class TrainController:
     )
 
 
+def run_dir_of(checkpoint_path: str) -> str:
+  """The run directory of a checkpoint prefix (or the directory itself)."""
+  if tf.io.gfile.isdir(checkpoint_path):
+    return checkpoint_path
+  return os.path.dirname(checkpoint_path)
+
+
 def restore_model_weights(model: keras.Model, checkpoint_path: str) -> str:
   """Restores only the model's variables from a training checkpoint.
 

@@ -27,6 +27,7 @@ from kc_keras.training import optimizers
 from kc_keras.training import specialists
 from kc_keras.training import strategy as strategy_lib
 from kc_keras.utils import files
+from kc_keras.utils import run_lock
 
 HIERARCHY_FILE = "hierarchy.json"
 EVAL_METRICS_FILE = "eval_metrics.json"
@@ -97,16 +98,13 @@ def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
     checks.ConfigError: naming every differing key path with both values,
       or an unreadable params.yaml.
   """
-  import yaml  # pylint: disable=g-import-not-at-top
-
   path = os.path.join(model_dir, PARAMS_FILE)
   if not os.path.exists(path):
     return
-  try:
-    with open(path) as f:
-      old = yaml.safe_load(f) or {}
-  except yaml.YAMLError as e:
-    raise checks.ConfigError(f"Unreadable {path}: {e}") from e
+  with open(path) as f:
+    old = checks.load_yaml(f, path) or {}
+  if not isinstance(old, dict):
+    raise checks.ConfigError(f"{path}: not a config (a YAML mapping).")
   # Keys added to the config after that run, at their defaults, change nothing.
   defaults = kc_config.ExperimentConfig().as_dict()
   if allow:
@@ -126,21 +124,32 @@ class Session:
   against the one recorded in `model_dir`, and the config against the
   recorded `params.yaml` (`check_params_change`); then it records both.
 
+  A writing mode passes `lock`: the chief then owns `model_dir`
+  (`run_lock.DirectoryLock`) before it reads or writes `params.yaml`, so two
+  runs started on one directory cannot mix their configs and checkpoints;
+  use the session as a context manager to release it.
+
   Args:
     params: the validated experiment config.
     model_dir: the run directory.
     allow_config_change: see `check_params_change`.
     source: the data to use instead of `params.task.data`'s (the eval data
       of `evaluate(eval_data=...)`, labelled with the run's hierarchy).
+    lock: what the run does ("training"), to own `model_dir` while it runs;
+      None takes no lock (readers, and callers that lock themselves).
 
   Raises:
     ValueError: from any of the checks above, naming what differs.
+    files.StorageError: `model_dir` cannot be written (read-only, full).
+    run_lock.LockedError: another live process owns `model_dir`.
   """
 
   def __init__(self, params: kc_config.ExperimentConfig, model_dir: str,
-               allow_config_change: bool = False, source=None):
+               allow_config_change: bool = False, source=None,
+               lock: Optional[str] = None):
     self.params = params
     self.model_dir = model_dir
+    self._lock = None
     strategy_lib.set_precision_policy(params.runtime)
     keras.utils.set_random_seed(params.runtime.seed)
     self.strategy = strategy_lib.build_strategy(params.runtime)
@@ -148,12 +157,34 @@ class Session:
                    else factory.build_source(params.task.data))
     self.hierarchy = self.source.hierarchy
     kc_config.check_against_hierarchy(params, self.hierarchy)
-    os.makedirs(model_dir, exist_ok=True)
+    files.check_writable(
+        model_dir, "every mode records params.yaml and writes its results "
+        "there (eval: eval_metrics.json and eval/ summaries); copy the run "
+        "to a writable directory and pass that as --model_dir.")
     self.is_chief = multi_worker.is_chief(self.strategy)
-    check_model_dir_hierarchy(model_dir, self.hierarchy, write=self.is_chief)
-    check_params_change(params, model_dir, allow_config_change)
-    if self.is_chief:
-      save_params(params, model_dir)
+    if lock and self.is_chief:
+      self._lock = run_lock.DirectoryLock(model_dir, lock).acquire()
+    try:
+      check_model_dir_hierarchy(model_dir, self.hierarchy,
+                                write=self.is_chief)
+      check_params_change(params, model_dir, allow_config_change)
+      if self.is_chief:
+        save_params(params, model_dir)
+    except BaseException:
+      self.close()
+      raise
+
+  def close(self) -> None:
+    """Releases the `model_dir` lock, if this session holds it."""
+    if self._lock is not None:
+      self._lock.release()
+      self._lock = None
+
+  def __enter__(self) -> "Session":
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def skip_counter(self) -> Optional[data_errors.SkipCounter]:
     """A counter of skipped records when `task.data.on_decode_error='skip'`."""
@@ -222,7 +253,14 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
     The controller's `TrainResult`; with `on_decode_error='skip'` its logs
     (and train_summary.json) hold `skipped_examples`, counted by this process.
   """
-  session = Session(params, model_dir, allow_config_change)
+  with Session(params, model_dir, allow_config_change,
+               lock="training") as session:
+    return _train(session, verbose)
+
+
+def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
+  """`train` in an open session."""
+  params, model_dir = session.params, session.model_dir
   counter = session.skip_counter()
   source = params.task.distillation.target_source
   bank = None
@@ -329,11 +367,11 @@ def eval_data_source(params: kc_config.ExperimentConfig, model_dir: str,
   config = data_config_lib.FolderConfig(
       eval_dir=path, hierarchy_file=hierarchy_file, image_size=size,
       channels=channels)
-  source = folder_source.FolderSource(
-      config, params.task.data.max_labels_per_example,
-      alpha_background=tuple(params.task.data.alpha_background))
   try:
-    source.files("eval")
+    # Lists (and checks) every file of the eval tree.
+    source = folder_source.FolderSource(
+        config, params.task.data.max_labels_per_example,
+        alpha_background=tuple(params.task.data.alpha_background))
   except hierarchy_lib.HierarchyError as e:
     raise hierarchy_lib.HierarchyError(
         f"--eval_data {path} does not match the classes of the run in "
@@ -367,6 +405,7 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
     params: the validated experiment config (the run's).
     model_dir: the training directory.
     checkpoint_path: a checkpoint prefix or directory; default `model_dir`.
+      The hierarchy recorded in its run directory must be the data's.
     allow_config_change: see `check_params_change`.
     eval_data: `folder:DIR`, data to evaluate instead of the eval split.
     output_path: where to write the metrics JSON instead of the default.
@@ -379,6 +418,9 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
   source = (eval_data_source(params, model_dir, eval_data)
             if eval_data is not None else None)
   session = Session(params, model_dir, allow_config_change, source=source)
+  if checkpoint_path:
+    check_model_dir_hierarchy(controller_lib.run_dir_of(checkpoint_path),
+                              session.hierarchy, write=False)
   counter = session.skip_counter()
   model = session.build_model()
   restored = controller_lib.restore_model_weights(
@@ -424,13 +466,18 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
 
 
 def cache_binding(session: Session, model_dir: str) -> Dict:
-  """What a target cache must match: data, hierarchy, teachers, K, T and tau."""
+  """What a target cache must match: data, hierarchy, teachers, K, T and tau.
+
+  The teachers are those on disk now (each checked `teacher.json`), so a
+  teacher folder replaced since the cache was written is a mismatch.
+  """
   params = session.params
   teachers_dir = specialists.teachers_dir_of(params, model_dir)
   return dict(
       dataset_fingerprint=session.source.fingerprint("train"),
       hierarchy_fingerprint=session.hierarchy.fingerprint,
-      teacher_fingerprints=specialists.manifest_fingerprints(teachers_dir),
+      teacher_fingerprints=specialists.teacher_fingerprints(
+          teachers_dir, session.hierarchy),
       top_k=params.task.distillation.top_k,
       max_teachers_per_example=params.task.distillation.max_teachers_per_example,
       temperature=params.task.distillation.temperature,
@@ -445,6 +492,8 @@ def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
   build_generalist = None
   init_dir = params.task.specialists.init_checkpoint
   if init_dir:
+    # The teachers inherit the generalist's features of these classes.
+    check_model_dir_hierarchy(init_dir, session.hierarchy, write=False)
     generalist_params = load_params_of(init_dir)
 
     def build_generalist():
@@ -463,16 +512,14 @@ def load_params_of(run_dir: str) -> kc_config.ExperimentConfig:
   Raises:
     FileNotFoundError: when `run_dir` has no `params.yaml` (not a run directory).
   """
-  import yaml  # pylint: disable=g-import-not-at-top
-
-  path = os.path.join(run_dir, "params.yaml")
+  path = os.path.join(run_dir, PARAMS_FILE)
   if not os.path.exists(path):
     raise FileNotFoundError(
         f"{path} not found: {run_dir!r} is not the model_dir of a trained run "
         f"(e.g. task.specialists.init_checkpoint must name a trained generalist's).")
   other = kc_config.ExperimentConfig()
   with open(path) as f:
-    other.override(yaml.safe_load(f), is_strict=True)
+    other.override(checks.load_yaml(f, path), is_strict=True)
   return other
 
 

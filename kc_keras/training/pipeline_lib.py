@@ -1,7 +1,6 @@
 """Runs a whole Knowledge Concentration pipeline (generalist, specialists, targets, students) and reports it."""
 
 import dataclasses
-import json
 import os
 import time
 import types
@@ -12,6 +11,7 @@ from absl import logging
 from kc_keras.training import experiment_runner
 from kc_keras.training import modes
 from kc_keras.utils import files
+from kc_keras.utils import records
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -167,8 +167,7 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     logging.info("Stage %s took %.1f s", stage.name, elapsed)
     metrics_file = _metrics_file(stage)
     if stage.report and metrics_file:
-      with open(os.path.join(model_dir, metrics_file)) as f:
-        metrics = json.load(f)
+      metrics = records.read_json(os.path.join(model_dir, metrics_file))
       rows.append(dict(
           name=stage.name, experiment=stage.experiment,
           model_dir=model_dir, metrics=metrics,

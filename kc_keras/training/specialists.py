@@ -1,7 +1,7 @@
 """Specialist teachers: training one per vertical, saving them, and loading them as a bank."""
 
+import contextlib
 import glob
-import json
 import os
 from typing import Dict, Optional, Sequence
 
@@ -19,10 +19,15 @@ from kc_keras.training import frozen_features
 from kc_keras.training import model_builder
 from kc_keras.training import optimizers
 from kc_keras.utils import files
+from kc_keras.utils import records
+from kc_keras.utils import run_lock
 
 TEACHER_MODEL_FILE = "teacher.keras"
 TEACHER_INFO_FILE = "teacher.json"
 MANIFEST_FILE = "teachers_manifest.json"
+# teacher.json fields that bind a teacher to its vertical and hierarchy.
+_BOUND_FIELDS = ("vertical_id", "vertical_name", "class_ids", "class_names",
+                 "hierarchy_fingerprint")
 
 
 class TeacherError(ValueError):
@@ -169,24 +174,132 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     result = controller.train(verbose=verbose)
     logs, steps = result.logs, result.step
 
+  return save_teacher(
+      network, teachers_dir, vertical, hierarchy, train_steps=steps,
+      final_logs=logs,
+      trained_on="frozen_features" if features is not None else "images")
+
+
+def save_teacher(network: keras.Model, teachers_dir: str, vertical: int,
+                 hierarchy: hierarchy_lib.Hierarchy, train_steps: int,
+                 final_logs: Dict, trained_on: str) -> Dict:
+  """Writes `teacher.keras`, then the `teacher.json` that binds it.
+
+  The record names the vertical, its classes (ids and names) and the
+  hierarchy's fingerprint, the weights' fingerprint and the file's sha256,
+  and is sealed (`records.seal`), so that every later read can check the
+  teacher against the hierarchy it is used with and against the file.
+
+  Args:
+    network: the trained teacher network.
+    teachers_dir: root of all teachers.
+    vertical: its vertical id.
+    hierarchy: the full hierarchy it was trained under.
+    train_steps: steps trained.
+    final_logs: the last logged values.
+    trained_on: 'images' or 'frozen_features'.
+
+  Returns:
+    The info dict written to `teacher.json`.
+  """
+  out_dir = teacher_dir(teachers_dir, vertical)
   os.makedirs(out_dir, exist_ok=True)
   model_path = os.path.join(out_dir, TEACHER_MODEL_FILE)
   tmp_path = model_path + ".tmp.keras"
   network.save(tmp_path)
   os.replace(tmp_path, model_path)
-  info = {
+  class_ids = [int(c) for c in hierarchy.classes_of(vertical)]
+  info = records.seal({
       "vertical_id": int(vertical),
       "vertical_name": hierarchy.vertical_names[vertical],
-      "class_ids": [int(c) for c in hierarchy.classes_of(vertical)],
+      "class_ids": class_ids,
+      "class_names": [hierarchy.class_names[c] for c in class_ids],
       "hierarchy_fingerprint": hierarchy.fingerprint,
       "fingerprint": teacher_bank_lib.model_fingerprint(network),
-      "train_steps": steps,
-      "final_logs": logs,
-      "trained_on": "frozen_features" if features is not None else "images",
+      "model_sha256": records.file_sha256(model_path),
+      "train_steps": int(train_steps),
+      "final_logs": final_logs,
+      "trained_on": trained_on,
       "params": int(network.count_params()),
-  }
+  })
   files.atomic_write_json(os.path.join(out_dir, TEACHER_INFO_FILE), info)
   return info
+
+
+def read_teacher_info(teachers_dir: str, vertical: int,
+                      hierarchy: hierarchy_lib.Hierarchy) -> Dict:
+  """Reads `teacher.json` of `vertical` and checks it against the hierarchy.
+
+  A teacher's output columns mean the classes it was trained on, in order;
+  used under a hierarchy that names or orders them differently it would
+  score the wrong classes without any error.
+
+  Args:
+    teachers_dir: root of all teachers.
+    vertical: the vertical id it must be the teacher of.
+    hierarchy: the data's hierarchy.
+
+  Returns:
+    The info dict.
+
+  Raises:
+    TeacherError: an unreadable or edited file, or a teacher of another
+      vertical or hierarchy, listing every differing field.
+  """
+  path = os.path.join(teacher_dir(teachers_dir, vertical), TEACHER_INFO_FILE)
+  info = records.check_seal(records.read_json(path, TeacherError), path,
+                            TeacherError)
+  records.missing_keys(info, _BOUND_FIELDS + ("fingerprint", "model_sha256"),
+                       path, TeacherError)
+  class_ids = [int(c) for c in hierarchy.classes_of(vertical)]
+  expected = {
+      "vertical_id": vertical,
+      "vertical_name": hierarchy.vertical_names[vertical],
+      "class_ids": class_ids,
+      "class_names": [hierarchy.class_names[c] for c in class_ids],
+      "hierarchy_fingerprint": hierarchy.fingerprint,
+  }
+  diffs = [_describe_difference(field, info[field], expected[field])
+           for field in _BOUND_FIELDS if info[field] != expected[field]]
+  if diffs:
+    raise TeacherError(
+        f"{path} does not belong to vertical {vertical} "
+        f"({hierarchy.vertical_names[vertical]!r}) of this hierarchy: "
+        + "; ".join(diffs) + ". Retrain it (--mode=train_specialists) or "
+        "use the hierarchy it was trained with.")
+  return info
+
+
+def _describe_difference(field: str, recorded, expected) -> str:
+  """`field: teacher X, hierarchy Y`, naming only the differing entries of lists."""
+  if (isinstance(recorded, list) and isinstance(expected, list) and
+      len(recorded) == len(expected)):
+    at = [i for i, (a, b) in enumerate(zip(recorded, expected)) if a != b]
+    shown = ", ".join(f"[{i}] {recorded[i]!r} vs {expected[i]!r}"
+                      for i in at[:5])
+    more = f" (+{len(at) - 5} more)" if len(at) > 5 else ""
+    return f"{field} teacher vs hierarchy: {shown}{more}"
+  if isinstance(recorded, list) and isinstance(expected, list):
+    return (f"{field}: teacher has {len(recorded)} entries, hierarchy "
+            f"{len(expected)}")
+  if field == "hierarchy_fingerprint":
+    return (f"{field}: teacher {str(recorded)[:12]}, hierarchy "
+            f"{str(expected)[:12]}")
+  return f"{field}: teacher {recorded!r}, hierarchy {expected!r}"
+
+
+def check_teacher_file(info: Dict, model_path: str, info_path: str) -> None:
+  """Checks that `teacher.keras` is the file `teacher.json` was written with.
+
+  Raises:
+    TeacherError: the file's sha256 differs (replaced after training).
+  """
+  digest = records.file_sha256(model_path)
+  if digest != info["model_sha256"]:
+    raise TeacherError(
+        f"{model_path} does not match {info_path}: file sha256 "
+        f"{digest[:12]} vs recorded {info['model_sha256'][:12]} (the file "
+        f"was replaced after training); retrain this teacher.")
 
 
 def write_manifest(teachers_dir: str) -> Dict:
@@ -196,10 +309,11 @@ def write_manifest(teachers_dir: str) -> Dict:
   training disjoint vertical subsets in parallel never overwrite each other.
   """
   teachers = {}
+  hierarchies = set()
   for path in sorted(glob.glob(os.path.join(teachers_dir, "vertical_*",
                                             TEACHER_INFO_FILE))):
-    with open(path) as f:
-      info = json.load(f)
+    info = records.check_seal(records.read_json(path, TeacherError), path,
+                              TeacherError)
     teachers[str(info["vertical_id"])] = {
         "dir": os.path.basename(os.path.dirname(path)),
         "vertical_name": info["vertical_name"],
@@ -207,11 +321,7 @@ def write_manifest(teachers_dir: str) -> Dict:
         "num_classes": len(info["class_ids"]),
         "params": info["params"],
     }
-  hierarchies = set()
-  for path in glob.glob(os.path.join(teachers_dir, "vertical_*",
-                                     TEACHER_INFO_FILE)):
-    with open(path) as f:
-      hierarchies.add(json.load(f)["hierarchy_fingerprint"])
+    hierarchies.add(info["hierarchy_fingerprint"])
   manifest = {"teachers": teachers,
               "hierarchy_fingerprints": sorted(hierarchies)}
   files.atomic_write_json(os.path.join(teachers_dir, MANIFEST_FILE), manifest)
@@ -226,10 +336,16 @@ def train_specialists(session, model_dir: str,
   A vertical whose `teacher.json` exists for the same hierarchy is skipped, so
   a restarted job continues where it stopped. The generalist of
   `task.specialists.init_checkpoint` is built and restored once, by
-  `build_generalist` (`() -> KC model`; None trains from scratch).
+  `build_generalist` (`() -> KC model`; None trains from scratch). Each
+  teacher directory is locked while its vertical is checked and trained.
 
   Returns:
     The teachers manifest.
+
+  Raises:
+    TeacherError: bad vertical ids, or an existing teacher that does not
+      match the hierarchy or its file.
+    run_lock.LockedError: another live process trains one of these teachers.
   """
   params = session.params
   hierarchy = session.hierarchy
@@ -240,37 +356,60 @@ def train_specialists(session, model_dir: str,
   if bad:
     raise TeacherError(
         f"Vertical ids {bad} are outside 0..{hierarchy.num_verticals - 1}.")
-  generalist = features = None
+  generalist_state = {}
   for index, vertical in enumerate(wanted):
-    info_path = os.path.join(teacher_dir(teachers_dir, vertical),
-                             TEACHER_INFO_FILE)
-    if os.path.exists(info_path):
-      with open(info_path) as f:
-        info = json.load(f)
-      if info["hierarchy_fingerprint"] == hierarchy.fingerprint:
-        logging.info("Teacher of vertical %d exists; skipped.", vertical)
-        continue
-      raise TeacherError(
-          f"{info_path} was trained for another hierarchy; remove "
-          f"{teacher_dir(teachers_dir, vertical)} or use another teachers_dir.")
-    if verbose:
-      print(f"[{index + 1}/{len(wanted)}] specialist for vertical {vertical} "
-            f"({hierarchy.vertical_names[vertical]}, "
-            f"{hierarchy.vertical_sizes[vertical]} classes)")
-    if build_generalist is not None and generalist is None:
-      generalist = build_generalist()
-      controller_lib.restore_model_weights(
-          generalist, params.task.specialists.init_checkpoint)
-      if params.task.specialists.freeze == "backbone_and_hidden":
-        features = frozen_features.compute_features(
-            generalist.student, pipeline.build_dataset(
-                session.source, "train", params.task.data, training=False,
-                global_batch_size=params.task.eval_batch_size))
-    train_one_specialist(
-        session, vertical, teachers_dir,
-        generalist.student if generalist is not None else None,
-        features=features, verbose=verbose)
+    directory = teacher_dir(teachers_dir, vertical)
+    # One writer per teacher: workers may split the verticals between them,
+    # but two on one vertical would interleave its checkpoints.
+    lock = (run_lock.DirectoryLock(
+        directory, f"training the teacher of vertical {vertical}")
+            if session.is_chief else contextlib.nullcontext())
+    with lock:
+      _train_or_skip(session, vertical, teachers_dir, index, len(wanted),
+                     generalist_state, build_generalist, verbose)
   return write_manifest(teachers_dir)
+
+
+def _train_or_skip(session, vertical: int, teachers_dir: str, index: int,
+                   total: int, generalist_state: Dict, build_generalist,
+                   verbose: bool) -> None:
+  """Trains the teacher of `vertical` unless a checked one exists.
+
+  `generalist_state` caches the restored generalist (and its frozen
+  features) across calls, so it is built once, and only when needed.
+  """
+  params = session.params
+  hierarchy = session.hierarchy
+  directory = teacher_dir(teachers_dir, vertical)
+  info_path = os.path.join(directory, TEACHER_INFO_FILE)
+  if os.path.exists(info_path):
+    # Raises, naming what differs, for a teacher of another hierarchy.
+    info = read_teacher_info(teachers_dir, vertical, hierarchy)
+    try:
+      check_teacher_file(info, os.path.join(directory, TEACHER_MODEL_FILE),
+                         info_path)
+      logging.info("Teacher of vertical %d exists; skipped.", vertical)
+      return
+    except (TeacherError, OSError) as e:
+      # A kill between writing teacher.keras and its record: train again.
+      logging.warning("Retraining the teacher of vertical %d: %s", vertical, e)
+  if verbose:
+    print(f"[{index + 1}/{total}] specialist for vertical {vertical} "
+          f"({hierarchy.vertical_names[vertical]}, "
+          f"{hierarchy.vertical_sizes[vertical]} classes)")
+  if build_generalist is not None and "network" not in generalist_state:
+    generalist = build_generalist()
+    controller_lib.restore_model_weights(
+        generalist, params.task.specialists.init_checkpoint)
+    generalist_state["network"] = generalist.student
+    if params.task.specialists.freeze == "backbone_and_hidden":
+      generalist_state["features"] = frozen_features.compute_features(
+          generalist.student, pipeline.build_dataset(
+              session.source, "train", params.task.data, training=False,
+              global_batch_size=params.task.eval_batch_size))
+  train_one_specialist(
+      session, vertical, teachers_dir, generalist_state.get("network"),
+      features=generalist_state.get("features"), verbose=verbose)
 
 
 def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
@@ -286,40 +425,78 @@ def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
   wanted = list(range(hierarchy.num_verticals) if verticals is None
                 else verticals)
   teachers = {}
-  missing = []
-  for vertical in wanted:
-    directory = teacher_dir(teachers_dir, vertical)
-    info_path = os.path.join(directory, TEACHER_INFO_FILE)
-    model_path = os.path.join(directory, TEACHER_MODEL_FILE)
-    if not (os.path.exists(info_path) and os.path.exists(model_path)):
-      missing.append(vertical)
-      continue
-    with open(info_path) as f:
-      info = json.load(f)
-    expected_classes = [int(c) for c in hierarchy.classes_of(vertical)]
-    if (info["vertical_id"] != vertical or
-        info["class_ids"] != expected_classes):
-      raise TeacherError(
-          f"{info_path} is the teacher of vertical {info['vertical_id']} "
-          f"({info['vertical_name']!r}, {len(info['class_ids'])} classes), "
-          f"not of vertical {vertical} "
-          f"({hierarchy.vertical_names[vertical]!r}, "
-          f"{len(expected_classes)} classes).")
+  for vertical, info in checked_teacher_infos(teachers_dir, hierarchy,
+                                              wanted).items():
+    model_path = os.path.join(teacher_dir(teachers_dir, vertical),
+                              TEACHER_MODEL_FILE)
     model = keras.saving.load_model(model_path, compile=False)
     fingerprint = teacher_bank_lib.model_fingerprint(model)
     if fingerprint != info["fingerprint"]:
       raise TeacherError(
-          f"{model_path} does not match {info_path}: weights fingerprint "
-          f"{fingerprint[:12]} vs recorded {info['fingerprint'][:12]} (the "
-          f"file was replaced after training); retrain this teacher.")
+          f"{model_path} does not match its {TEACHER_INFO_FILE}: weights "
+          f"fingerprint {fingerprint[:12]} vs recorded "
+          f"{info['fingerprint'][:12]} (the file was replaced after "
+          f"training); retrain this teacher.")
     teachers[vertical] = model
+  return teachers
+
+
+def checked_teacher_infos(teachers_dir: str,
+                          hierarchy: hierarchy_lib.Hierarchy,
+                          verticals: Optional[Sequence[int]] = None
+                          ) -> Dict[int, Dict]:
+  """Every wanted teacher's checked `teacher.json`, without loading models.
+
+  Each record is checked against the hierarchy (`read_teacher_info`) and its
+  `teacher.keras` against the recorded file digest, so what is returned
+  describes the teachers on disk now.
+
+  Args:
+    teachers_dir: root of all teachers.
+    hierarchy: the data's hierarchy.
+    verticals: the teachers needed (default: every vertical).
+
+  Returns:
+    {vertical id: info dict}.
+
+  Raises:
+    TeacherError: missing teachers (all named), or the first bad one.
+  """
+  wanted = list(range(hierarchy.num_verticals) if verticals is None
+                else verticals)
+  missing = [v for v in wanted if not all(
+      os.path.exists(os.path.join(teacher_dir(teachers_dir, v), name))
+      for name in (TEACHER_INFO_FILE, TEACHER_MODEL_FILE))]
   if missing:
     raise TeacherError(
         f"No teacher for vertical(s) {missing} in {teachers_dir} "
         f"(task.distillation.teachers_dir; e.g. "
         f"{[hierarchy.vertical_names[v] for v in missing[:5]]}); run "
         f"--mode=train_specialists for them first.")
-  return teachers
+  infos = {}
+  for vertical in wanted:
+    directory = teacher_dir(teachers_dir, vertical)
+    info = read_teacher_info(teachers_dir, vertical, hierarchy)
+    check_teacher_file(info, os.path.join(directory, TEACHER_MODEL_FILE),
+                       os.path.join(directory, TEACHER_INFO_FILE))
+    infos[vertical] = info
+  return infos
+
+
+def teacher_fingerprints(teachers_dir: str,
+                         hierarchy: hierarchy_lib.Hierarchy) -> Dict[int, str]:
+  """{vertical id: weights fingerprint} of the teachers on disk, checked.
+
+  What a target cache is bound to: read from each checked `teacher.json`
+  (not from `teachers_manifest.json`, which a replaced teacher folder would
+  leave stale).
+
+  Raises:
+    TeacherError: see `checked_teacher_infos`.
+  """
+  return {v: info["fingerprint"]
+          for v, info in checked_teacher_infos(teachers_dir,
+                                               hierarchy).items()}
 
 
 def load_teacher_bank(params: kc_config.ExperimentConfig, model_dir: str,
@@ -335,19 +512,3 @@ def load_teacher_bank(params: kc_config.ExperimentConfig, model_dir: str,
       vertical_names=list(hierarchy.vertical_names),
       temperature=params.task.distillation.temperature,
   )
-
-
-def manifest_fingerprints(teachers_dir: str) -> Dict[int, str]:
-  """{vertical id: weights fingerprint} from `teachers_manifest.json`.
-
-  Raises:
-    TeacherError: when the manifest is missing.
-  """
-  path = os.path.join(teachers_dir, MANIFEST_FILE)
-  if not os.path.exists(path):
-    raise TeacherError(
-        f"No {MANIFEST_FILE} in {teachers_dir}: train the specialists first "
-        f"(--mode=train_specialists).")
-  with open(path) as f:
-    manifest = json.load(f)
-  return {int(v): t["fingerprint"] for v, t in manifest["teachers"].items()}

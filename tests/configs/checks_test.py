@@ -39,6 +39,26 @@ class UnknownKeyTest(parameterized.TestCase):
       _parse(config_file=[path])
 
 
+class DuplicateKeyTest(parameterized.TestCase):
+
+  def test_config_file_with_a_key_twice_is_refused_naming_it(self):
+    path = os.path.join(self.create_tempdir().full_path, "dup.yaml")
+    with open(path, "w") as f:
+      f.write("trainer:\n  train_steps: 5\ntask:\n  top_k: 3\n"
+              "trainer:\n  steps_per_loop: 1\n")
+    with self.assertRaisesRegex(
+        checks.ConfigError,
+        rf"^{path}: duplicate key\(s\) 'trainer' \(lines 1 and 5\); merge "
+        r"them into one\.$"):
+      _parse(config_file=[path])
+
+  def test_nested_and_override_string_duplicates(self):
+    with self.assertRaisesRegex(
+        checks.ConfigError,
+        r"the override string: duplicate key\(s\) 'train_steps'"):
+      _parse("{trainer: {train_steps: 1, train_steps: 2}}")
+
+
 class TypeTest(parameterized.TestCase):
 
   @parameterized.parameters(
@@ -53,6 +73,17 @@ class TypeTest(parameterized.TestCase):
   def test_wrong_type_names_path_and_expected_type(self, override, message):
     with self.assertRaisesRegex(checks.ConfigError, message):
       _parse(override)
+
+  @parameterized.parameters(".nan", ".NaN", ".inf", "-.inf", "1e999")
+  def test_non_finite_floats_are_refused(self, value):
+    with self.assertRaisesRegex(
+        checks.ConfigError,
+        r"^trainer.optimizer.learning_rate=-?(nan|inf) is not a finite "
+        r"number\.$"):
+      _parse(f"trainer.optimizer.learning_rate={value}")
+    # A bare `nan` is YAML text, refused by the type check.
+    with self.assertRaisesRegex(checks.ConfigError, r"'nan' has type str"):
+      _parse("trainer.optimizer.learning_rate=nan")
 
   def test_ints_are_valid_floats_and_every_experiment_type_checks(self):
     self.assertEqual(_parse("task.distillation.alpha=1").task.distillation.alpha,

@@ -63,20 +63,82 @@ class FolderSourceTest(tf.test.TestCase):
     os.makedirs(os.path.join(root, "eval", "birds", "owl"))
     with open(os.path.join(root, "eval", "birds", "owl", "a.png"), "wb") as f:
       f.write(_png(1))
-    src = folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
-                                           eval_dir=os.path.join(root, "eval")))
+    # Refused when the source is built, before any training.
     with self.assertRaisesRegex(HierarchyError, "class 'owl'.*not in the hierarchy"):
-      src.raw_dataset("eval")
+      folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
+                                       eval_dir=os.path.join(root, "eval")))
 
   def test_hierarchy_file_vertical_mismatch(self):
     root = self.get_temp_dir()
     _write_tree(os.path.join(root, "train"))
     hfile = os.path.join(root, "h.json")
     Hierarchy(("crow", "wren", "audi"), ("birds", "cars"), (0, 1, 1)).save(hfile)
-    src = folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
-                                           hierarchy_file=hfile))
     with self.assertRaisesRegex(HierarchyError, "class 'wren' is under vertical 'birds'"):
-      src.num_examples("train")
+      folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
+                                       hierarchy_file=hfile))
+
+  def test_hidden_folders_and_files_are_not_classes_or_images(self):
+    root = self.get_temp_dir()
+    train = os.path.join(root, "train")
+    _write_tree(train)
+    for junk in (os.path.join(train, "birds", ".ipynb_checkpoints"),
+                 os.path.join(train, ".git", "objects")):
+      os.makedirs(junk)
+      with open(os.path.join(junk, "x.png"), "wb") as f:
+        f.write(_png(1))
+    # A macOS resource fork: named like an image, not one.
+    with open(os.path.join(train, "birds", "crow", "._img0.png"), "wb") as f:
+      f.write(b"\0\5\26\7")
+    src = folder.FolderSource(FolderConfig(train_dir=train))
+    self.assertEqual(src.hierarchy.class_names, ("crow", "wren", "audi"))
+    self.assertEqual(src.hierarchy.vertical_names, ("birds", "cars"))
+    self.assertEqual([os.path.relpath(p, train) for p, _ in src.files("train")],
+                     ["birds/crow/img0.png", "birds/crow/img1.jpg",
+                      "birds/wren/img0.png", "birds/wren/img1.jpg",
+                      "cars/audi/img0.png", "cars/audi/img1.jpg"])
+
+  def test_class_folders_without_images_are_refused_naming_them(self):
+    root = self.get_temp_dir()
+    train = os.path.join(root, "train")
+    _write_tree(train)
+    os.makedirs(os.path.join(train, "cars", "bmw"))
+    os.makedirs(os.path.join(train, "cars", "fiat"))
+    for name in ("a.webp", "b.WEBP", "notes.txt"):
+      with open(os.path.join(train, "cars", "fiat", name), "wb") as f:
+        f.write(b"x")
+    with self.assertRaisesRegex(
+        HierarchyError,
+        r"^2 class folder\(s\) of .*train \(train\) hold no "
+        r"\.jpg/\.jpeg/\.png image: .*cars/bmw is empty; "
+        r".*cars/fiat holds only 3 \.txt/\.webp file\(s\)\. Add images"):
+      folder.FolderSource(FolderConfig(train_dir=train))
+
+  def test_hierarchy_class_without_train_images_is_refused(self):
+    root = self.get_temp_dir()
+    _write_tree(os.path.join(root, "train"))
+    hfile = os.path.join(root, "h4.json")
+    Hierarchy(("crow", "wren", "audi", "bmw"), ("birds", "cars"),
+              (0, 0, 1, 1)).save(hfile)
+    with self.assertRaisesRegex(
+        HierarchyError,
+        r"^1 class\(es\) of the hierarchy have no folder of images under "
+        r".*train: 'bmw'\."):
+      folder.FolderSource(FolderConfig(train_dir=os.path.join(root, "train"),
+                                       hierarchy_file=hfile))
+
+  def test_eval_only_class_is_refused_before_training(self):
+    root = self.get_temp_dir()
+    _write_tree(os.path.join(root, "train"))
+    _write_tree(os.path.join(root, "eval"), per_class=1)
+    os.makedirs(os.path.join(root, "eval", "cars", "bmw"))
+    with open(os.path.join(root, "eval", "cars", "bmw", "a.png"), "wb") as f:
+      f.write(_png(1))
+    with self.assertRaisesRegex(HierarchyError,
+                                r"class 'bmw' in .*eval/cars/bmw \(eval\) is "
+                                r"not in the hierarchy"):
+      factory.build_source(DataConfig(source="folder", folder=FolderConfig(
+          train_dir=os.path.join(root, "train"),
+          eval_dir=os.path.join(root, "eval"))))
 
 
 class TFRecordSourceTest(tf.test.TestCase):

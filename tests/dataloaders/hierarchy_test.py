@@ -96,6 +96,15 @@ class HierarchyTest(tf.test.TestCase):
       with self.assertRaisesRegex(HierarchyError, pattern):
         Hierarchy.load(path)
 
+  def test_non_utf8_file_is_named(self):
+    path = os.path.join(self.get_temp_dir(), "latin1.csv")
+    with open(path, "wb") as f:
+      f.write("class_id,class_name,vertical_id,vertical_name\n"
+              "0,caf\xe9,0,v\n".encode("latin-1"))
+    with self.assertRaisesRegex(HierarchyError,
+                                rf"^{path}: not UTF-8 text \(byte 51\)"):
+      Hierarchy.load(path)
+
   def test_bad_extension_and_missing(self):
     with self.assertRaisesRegex(HierarchyError, ".json or .csv"):
       _h().save(os.path.join(self.get_temp_dir(), "h.txt"))

@@ -10,6 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.distillation import target_cache as tc
+from kc_keras.utils import records
+from kc_keras.utils import run_lock
 
 FIELDS = {
     "dataset_fingerprint": "data-1",
@@ -66,8 +68,8 @@ class TargetCacheTest(tf.test.TestCase):
     self.assertIn("dataset_fingerprint: cached='data-1' expected='data-2'",
                   message)
     self.assertIn("top_k: cached=2 expected=3", message)
-    self.assertIn("teacher_fingerprints: cached={0: 't0', 1: 't1'} "
-                  "expected={0: 't0', 1: 'other'}", message)
+    self.assertIn("teacher_fingerprints: vertical 1 cached=t1 "
+                  "expected=other", message)
     self.assertNotIn("hierarchy_fingerprint", message)
     self.assertIsInstance(ctx.exception, ValueError)
 
@@ -82,6 +84,8 @@ class TargetCacheTest(tf.test.TestCase):
     with open(path) as f:
       manifest = json.load(f)
     manifest.pop("temperature")
+    manifest.pop(records.SEAL_KEY)
+    manifest["format_version"] = 1
     with open(path, "w") as f:
       json.dump(manifest, f)
     self.assertLen(_read(tc.load_target_cache(self.cache_dir, expected=FIELDS)),
@@ -90,6 +94,41 @@ class TargetCacheTest(tf.test.TestCase):
                                 "temperature: cached=1.0 expected=3.0"):
       tc.load_target_cache(self.cache_dir,
                            expected=dict(FIELDS, temperature=3.0))
+
+  def _edit_manifest(self, **fields):
+    path = os.path.join(self.cache_dir, tc.MANIFEST_NAME)
+    with open(path) as f:
+      manifest = json.load(f)
+    manifest.update(fields)
+    with open(path, "w") as f:
+      json.dump(manifest, f)
+
+  def test_edited_manifest_is_refused(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    # Edited to claim the teachers on disk now: the seal no longer matches.
+    self._edit_manifest(teacher_fingerprints={"0": "t0", "1": "new"})
+    with self.assertRaisesRegex(
+        tc.TargetCacheError,
+        r"manifest.json: its fields were changed after it was written"):
+      tc.load_target_cache(self.cache_dir,
+                           expected=dict(FIELDS,
+                                         teacher_fingerprints={0: "t0",
+                                                               1: "new"}))
+
+  def test_shard_table_must_add_up(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS,
+                          shard_size=4)
+    self._edit_manifest(format_version=1, num_examples=9,
+                        **{records.SEAL_KEY: None})
+    with self.assertRaisesRegex(
+        tc.TargetCacheError,
+        r"its shards hold 7 examples but it claims num_examples=9"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
+    self._edit_manifest(num_examples=7, shards=[{"file": "shard-00000"}])
+    with self.assertRaisesRegex(tc.TargetCacheError,
+                                r"'shards' must list file, num_examples and "
+                                r"sha256"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
 
   def test_incomplete_cache_is_refused(self):
     tf.io.gfile.makedirs(self.cache_dir)
@@ -145,6 +184,52 @@ class TargetCacheTest(tf.test.TestCase):
     self.assertLen(rows, 7)
     self.assertAllClose(rows[1]["target_probs"], [0.1, 0.0])
     self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+  def _killed_between_renames(self):
+    """The state a kill between the writer's two renames leaves behind."""
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    new = os.path.join(os.path.dirname(self.cache_dir), "new")
+    tc.write_target_cache(new, _batches(3, offset=0.5),
+                          manifest_fields=FIELDS)
+    os.rename(self.cache_dir, self.cache_dir + ".old-aaaa")
+    os.rename(new, self.cache_dir + ".tmp-bbbb")
+    # An earlier write killed before its manifest: incomplete staging.
+    os.makedirs(self.cache_dir + ".tmp-cccc")
+
+  def test_kill_between_renames_loses_nothing(self):
+    self._killed_between_renames()
+    rows = _read(tc.load_target_cache(self.cache_dir, expected=FIELDS))
+    # The new, complete cache is found and used; every leftover is removed.
+    self.assertLen(rows, 3)
+    self.assertAllClose(rows[1]["target_probs"], [0.6, 0.0])
+    self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+  def test_previous_copy_is_restored_when_no_new_one_is_complete(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    os.rename(self.cache_dir, self.cache_dir + ".old-aaaa")
+    os.makedirs(self.cache_dir + ".tmp-cccc")
+    rows = _read(tc.load_target_cache(self.cache_dir, expected=FIELDS))
+    self.assertLen(rows, 7)
+    self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+  def test_next_write_cleans_leftovers_of_killed_writes(self):
+    tc.write_target_cache(self.cache_dir, _batches(), manifest_fields=FIELDS)
+    os.makedirs(self.cache_dir + ".tmp-cccc")
+    tc.write_target_cache(self.cache_dir, _batches(3), manifest_fields=FIELDS)
+    self.assertEqual(os.listdir(os.path.dirname(self.cache_dir)), ["cache"])
+
+  def test_a_cache_being_written_is_not_touched(self):
+    self._killed_between_renames()
+    with run_lock.DirectoryLock(self.cache_dir, "writing the target cache",
+                                path=tc.lock_path(self.cache_dir)):
+      with self.assertRaisesRegex(run_lock.LockedError,
+                                  r"in use by pid \d+ .*writing the target "
+                                  r"cache"):
+        tc.load_target_cache(self.cache_dir, expected=FIELDS)
+      with self.assertRaises(run_lock.LockedError):
+        tc.write_target_cache(self.cache_dir, _batches(),
+                              manifest_fields=FIELDS)
+    self.assertLen(os.listdir(os.path.dirname(self.cache_dir)), 3)
 
   def test_fill_skipped_adds_empty_rows(self):
     batches = [(np.array([1, 2]), np.array([[5, 6], [7, 8]]),

@@ -86,20 +86,35 @@ def test_serve_image_fuzz(loaded, reference):
                     [1, 2 * shape[0], shape[1], 3]):
     with pytest.raises(tf.errors.InvalidArgumentError, match="expected shape"):
       serve(images=tf.zeros(bad_shape))
-  extreme = np.stack([np.full(shape, v, np.float32) for v in (-1e3, 0, 1e3)])
-  out = serve(images=tf.constant(extreme))["probs"].numpy()
-  assert out.shape == (3, reference.hierarchy.num_classes)
+  bounds = np.stack([np.full(shape, v, np.float32) for v in (0, 1)])
+  out = serve(images=tf.constant(bounds))["probs"].numpy()
+  assert out.shape == (2, reference.hierarchy.num_classes)
+  assert np.all(np.isfinite(out))
+  # Outside [0, 1] (overflow, NaN, a 0..255 scale): an error, never scores.
+  for value in (1e30, -1e3, np.nan, np.inf, 255.0):
+    images = np.stack([np.zeros(shape, np.float32),
+                       np.full(shape, value, np.float32)])
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Invalid images: values must be float32 in "
+                             r"\[0, 1\]; batch indices[^\n]*\[1\]"):
+      serve(images=tf.constant(images))
 
 
 def test_examples_fuzz(loaded):
   rng = np.random.RandomState(SEED)
   serve = loaded.signatures["serve_examples"]
-  for _ in range(4):
-    # ParseExample's INVALID_ARGUMENT message quotes the raw bytes; TF's
-    # Python layer then fails to decode it as UTF-8 (TF Serving, in C++,
-    # returns the INVALID_ARGUMENT status itself).
-    with pytest.raises((tf.errors.InvalidArgumentError, UnicodeDecodeError)):
-      serve(examples=tf.constant([rng.bytes(rng.randint(1, 64))]))
+  valid = tf.train.Example(features=tf.train.Features(feature={
+      "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(
+          value=[_jpeg(rng)]))})).SerializeToString()
+  for case in [b"\xff\xfe\x80\xc3", valid[:-1], valid + b"\x00"] + [
+      b"\xff" + rng.bytes(rng.randint(1, 64)) for _ in range(4)]:
+    # Refused before ParseExample, whose message would quote the raw,
+    # non-UTF-8 bytes (a UnicodeDecodeError in TF's Python layer).
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"Invalid examples: not serialized tf.Example "
+                             r"protos at batch indices[^\n]*\[1\]"):
+      serve(examples=tf.constant([valid, case]))
+  assert serve(examples=tf.constant([valid]))["top_k_classes"].shape == (1, 5)
   assert serve(examples=tf.constant([], tf.string))[
       "top_k_classes"].shape == (0, 5)
 

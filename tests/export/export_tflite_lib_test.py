@@ -1,6 +1,7 @@
 """Tests for export.export_tflite_lib: every quantization against the Keras network."""
 
 import os
+import shutil
 
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
@@ -11,6 +12,8 @@ from export import export_tflite_lib as lib
 from export import parity_lib
 from export import tflite_demo_lib
 from export_test_utils import INT8_CALIBRATION_EXAMPLES
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.utils import files
 
 # Each variant against the Keras network: the largest logit error over the
 # eval split. The bounds are at least 3x the error measured on the smoke model
@@ -88,6 +91,10 @@ def test_quantized_files_are_smaller_and_labels_ship(tflite_model, reference):
   assert tflite_demo_lib.read_lines(paths["labels"]) == list(h.class_names)
   assert tflite_demo_lib.read_lines(paths["verticals"]) == [
       h.vertical_names[v] for v in h.class_to_vertical]
+  # Written as one set: the manifest lists all three and matches them.
+  manifest = files.check_file_set(lib.manifest_path(tflite_model("int8")))
+  assert sorted(manifest["files"]) == sorted(
+      os.path.basename(p) for p in [tflite_model("int8"), *paths.values()])
 
 
 def test_bad_quantization_and_failed_write(exported, tmp_path):
@@ -430,3 +437,22 @@ def test_int8_self_paced_tail_keeps_its_precision(tmp_path):
   # One int8 step of the logits' range bounds the mean error of a good file.
   assert errors[True] < step, errors
   assert errors[False] > 3 * errors[True], errors
+
+
+def test_hierarchy_beside_the_saved_model_must_name_its_classes(exported,
+                                                                 tmp_path):
+  copy = str(tmp_path / "export")
+  shutil.copytree(exported.version_dir, copy)
+  path = os.path.join(copy, "assets.extra", "hierarchy.json")
+  recorded = hierarchy_lib.Hierarchy.load(path)
+  names = list(recorded.class_names)
+  names[0], names[1] = names[1], names[0]
+  hierarchy_lib.Hierarchy(names, recorded.vertical_names,
+                          recorded.class_to_vertical).save(path)
+  out = str(tmp_path / "m.tflite")
+  with pytest.raises(lib.TFLiteExportError,
+                     match=rf"hierarchy.json does not name the classes the "
+                           rf"SavedModel serves .*first difference at class 0: "
+                           rf"'{names[1]}' vs '{names[0]}'"):
+    lib.export_tflite(copy, out, "none")
+  assert not os.path.exists(out)

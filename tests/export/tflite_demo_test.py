@@ -12,6 +12,7 @@ import tensorflow as tf
 import export_test_utils as test_utils
 from export import tflite_demo_lib
 from kc_keras.dataloaders import image_decoding
+from kc_keras.utils import files
 
 # PIL's float bilinear vs TF's antialiased bilinear on PNGs (measured
 # <= 9e-7 on the cases below: float math on both sides).
@@ -191,3 +192,18 @@ def test_batch_logits_equal_per_image_logits(tflite_model, reference,
   np.testing.assert_allclose(batched, classifier.logits(images), atol=1e-5)
   with pytest.raises(tflite_demo_lib.DemoError, match=r"got \[5, 16, 16\]"):
     classifier.batch_logits(images[..., 0])
+
+
+def test_a_set_mixed_by_an_interrupted_export_is_refused(tmp_path):
+  model = str(tmp_path / "m.tflite")
+  labels = model + tflite_demo_lib.LABELS_SUFFIX
+  verticals = model + tflite_demo_lib.VERTICALS_SUFFIX
+  files.write_file_set({labels: b"a\n", verticals: b"v\n", model: b"old"},
+                       model + tflite_demo_lib.MANIFEST_SUFFIX)
+  # What an export killed after its labels and before its model leaves.
+  with open(labels, "wb") as f:
+    f.write(b"b\n")
+  with pytest.raises(tflite_demo_lib.DemoError,
+                     match=r"m.tflite.manifest.json: the files are not the "
+                           r"set it lists \(m.tflite.labels.txt differs\)"):
+    tflite_demo_lib.TFLiteClassifier(model)

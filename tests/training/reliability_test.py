@@ -1,11 +1,13 @@
 """Crashes, bad configs and bad data in training: stop clearly, lose nothing."""
 
+import errno
 import glob
 import json
 import os
 import types
 from unittest import mock
 
+from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -254,6 +256,33 @@ class RunDirGuardTest(tf.test.TestCase):
                                 r"40 classes.*44 classes"):
       modes.evaluate(_params("task.data.embedded.num_classes=44"), model_dir)
 
+  def test_checkpoint_of_a_run_of_another_hierarchy_is_refused(self):
+    model_dir = self.create_tempdir().full_path
+    other = self.create_tempdir().full_path
+    modes.Session(_params("task.data.embedded.num_classes=44"), other)
+    with mock.patch.object(controller_lib, "restore_model_weights") as restore:
+      with self.assertRaisesRegex(
+          hierarchy_lib.HierarchyError,
+          rf"^{other} was trained with another hierarchy \(44 classes"):
+        modes.evaluate(_params(), model_dir,
+                       checkpoint_path=os.path.join(other, "ckpt-5"))
+    restore.assert_not_called()
+
+  def test_eval_of_a_read_only_model_dir_says_so_before_any_work(self):
+    model_dir = self.create_tempdir().full_path
+    # Root ignores permission bits: the failing write is simulated.
+    with mock.patch.object(files, "_probe_write", side_effect=OSError(
+        errno.EROFS, "Read-only file system")):
+      with mock.patch.object(modes.Session, "build_model") as build:
+        with self.assertRaisesRegex(
+            files.StorageError,
+            rf"^{model_dir} is not writable \(read-only file system; .*\): "
+            r"every mode records params.yaml .*eval_metrics.json.*pass that "
+            r"as --model_dir\.$"):
+          modes.evaluate(_params(), model_dir)
+    build.assert_not_called()
+    self.assertEmpty(os.listdir(model_dir))
+
   def test_config_checks_that_need_the_hierarchy(self):
     cases = {
         "task.data.embedded.num_verticals=1,task.data.embedded.num_classes=5,"
@@ -269,6 +298,29 @@ class RunDirGuardTest(tf.test.TestCase):
     for override, message in cases.items():
       with self.assertRaisesRegex(ValueError, message):
         modes.Session(_params(override), self.create_tempdir().full_path)
+
+
+class StorageErrorTest(tf.test.TestCase):
+
+  def test_full_disk_ends_the_binary_with_one_line(self):
+    from kc_keras import train  # pylint: disable=g-import-not-at-top
+    model_dir = self.create_tempdir().full_path
+    path = os.path.join(model_dir, "ckpt-3.index")
+
+    def full_disk(*args, **kwargs):
+      del args, kwargs
+      raise OSError(errno.ENOSPC, "No space left on device", path)
+
+    with flagsaver.flagsaver(experiment="kc_generalist_demo", mode="train",
+                             model_dir=model_dir, config_file=[SMOKE]):
+      train.FLAGS.mark_as_parsed()
+      with mock.patch.object(experiment_runner, "run", full_disk):
+        with self.assertRaises(SystemExit) as raised:
+          train.main([])
+    message = str(raised.exception)
+    self.assertRegex(message, rf"^kc_keras.train: Cannot write {path}: no "
+                              r"space left on device \(.* free on .*\)\.$")
+    self.assertNotIn("\n", message)
 
 
 class MissingTeachersTest(tf.test.TestCase):

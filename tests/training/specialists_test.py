@@ -110,13 +110,14 @@ def test_stale_or_foreign_teacher_is_refused(trained, tmp_path):
   # A teacher file replaced after training: its fingerprint no longer matches.
   shutil.copy(os.path.join(teachers_dir, "vertical_00000", "teacher.keras"),
               os.path.join(teachers_dir, "vertical_00001", "teacher.keras"))
-  with pytest.raises(specialists.TeacherError, match="fingerprint"):
+  with pytest.raises(specialists.TeacherError, match="file sha256"):
     specialists.load_teachers(teachers_dir, hierarchy)
   # A teacher recorded for another vertical.
   shutil.rmtree(os.path.join(teachers_dir, "vertical_00001"))
   shutil.copytree(os.path.join(teachers_dir, "vertical_00000"),
                   os.path.join(teachers_dir, "vertical_00001"))
-  with pytest.raises(specialists.TeacherError, match="not of vertical 1"):
+  with pytest.raises(specialists.TeacherError,
+                     match="vertical_id: teacher 0, hierarchy 1"):
     specialists.load_teachers(teachers_dir, hierarchy)
   # A missing teacher names its vertical.
   shutil.rmtree(os.path.join(teachers_dir, "vertical_00003"))

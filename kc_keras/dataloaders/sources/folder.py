@@ -32,13 +32,24 @@ def _holdout_rank(class_name: str, file_name: str) -> str:
   return hashlib.sha256(f"{class_name}/{file_name}".encode()).hexdigest()
 
 
+def _describe_imageless(class_dir: str, names: list[str]) -> str:
+  """`<dir> is empty` or `<dir> holds only <n> .webp/... file(s)`."""
+  if not names:
+    return f"{class_dir} is empty"
+  kinds = sorted({os.path.splitext(n)[1].lower() or "no-extension"
+                  for n in names})
+  return f"{class_dir} holds only {len(names)} {'/'.join(kinds)} file(s)"
+
+
 class FolderSource(sources.DecodedImageSource):
   """Labelled images from folder trees.
 
   The hierarchy is `hierarchy_file` when set, else derived from `train_dir`
   (`Hierarchy.from_folder_tree`). Files are listed in sorted
   (vertical, class, file name) order; `example_id` is the position in that list.
-  Single-label: `label_ids = [class id, -1, ...]`.
+  Single-label: `label_ids = [class id, -1, ...]`. Hidden names (starting
+  with '.') are skipped at every level. Both splits' trees are listed and
+  checked when the source is built.
 
   With no `eval_dir` and `holdout_fraction` > 0, 'eval' is a hold-out of
   `train_dir`: per class, the `holdout_count` images of smallest
@@ -50,8 +61,10 @@ class FolderSource(sources.DecodedImageSource):
     alpha_background: `(r, g, b)` behind transparent pixels.
 
   Raises:
-    hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy, or
-      filed under another vertical than the hierarchy's (naming it).
+    hierarchy_lib.HierarchyError: a class folder unknown to the hierarchy,
+      filed under another vertical than the hierarchy's, or holding no
+      supported image (naming it), in either split's tree; a class of the
+      hierarchy without images in the train tree.
     ValueError: a split without a directory or without images.
   """
 
@@ -69,6 +82,17 @@ class FolderSource(sources.DecodedImageSource):
       self._hierarchy = hierarchy_lib.Hierarchy.from_folder_tree(config.train_dir)
     self._ids = {n: i for i, n in enumerate(self._hierarchy.class_names)}
     self._files = {}
+    # Both trees are listed and checked now, so that a stray or empty class
+    # folder stops the run before training, not at the evaluation after it.
+    for split in ("train", "eval"):
+      if self._split_dir(split):
+        self.files(split)
+
+  def _split_dir(self, split: str) -> str:
+    # A hold-out's eval images are listed from the training tree.
+    return (self._config.train_dir
+            if self.check_split(split) == "train" or self.holds_out
+            else self._config.eval_dir)
 
   @property
   def holds_out(self) -> bool:
@@ -76,9 +100,7 @@ class FolderSource(sources.DecodedImageSource):
     return not self._config.eval_dir and self._config.holdout_fraction > 0
 
   def _root(self, split: str) -> str:
-    root = (self._config.train_dir
-            if self.check_split(split) == "train" or self.holds_out
-            else self._config.eval_dir)
+    root = self._split_dir(split)
     if not root:
       raise ValueError(f"folder source has no directory for split {split!r}")
     if not os.path.isdir(root):
@@ -90,16 +112,12 @@ class FolderSource(sources.DecodedImageSource):
     if split in self._files:
       return self._files[split]
     root = self._root(split)
-    h, out = self._hierarchy, []
+    h, out, empty = self._hierarchy, [], []
     keep_held_out = split == "eval"
-    for vname in sorted(os.listdir(root)):
+    for vname in hierarchy_lib.visible_subdirectories(root):
       vdir = os.path.join(root, vname)
-      if not os.path.isdir(vdir):
-        continue
-      for cname in sorted(os.listdir(vdir)):
+      for cname in hierarchy_lib.visible_subdirectories(vdir):
         cdir = os.path.join(vdir, cname)
-        if not os.path.isdir(cdir):
-          continue
         if cname not in self._ids:
           raise hierarchy_lib.HierarchyError(
               f"class {cname!r} in {cdir} ({split}) is not in the hierarchy")
@@ -109,19 +127,38 @@ class FolderSource(sources.DecodedImageSource):
           raise hierarchy_lib.HierarchyError(
               f"class {cname!r} is under vertical {vname!r} in {root} but the "
               f"hierarchy puts it in {expected!r}")
-        names = [f for f in sorted(os.listdir(cdir))
-                 if f.lower().endswith(IMAGE_EXTENSIONS)]
+        names = [n for n in sorted(os.listdir(cdir)) if not
+                 hierarchy_lib.is_hidden(n)]
+        images = [n for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not images:
+          empty.append(_describe_imageless(cdir, names))
         if self.holds_out:
-          held = set(sorted(names, key=lambda f: _holdout_rank(cname, f))[
-              :holdout_count(len(names), self._config.holdout_fraction)])
-          names = [f for f in names if (f in held) == keep_held_out]
-        out.extend((os.path.join(cdir, f), cid) for f in names)
+          held = set(sorted(images, key=lambda f: _holdout_rank(cname, f))[
+              :holdout_count(len(images), self._config.holdout_fraction)])
+          images = [f for f in images if (f in held) == keep_held_out]
+        out.extend((os.path.join(cdir, n), cid) for n in images)
+    if empty:
+      raise hierarchy_lib.HierarchyError(
+          f"{len(empty)} class folder(s) of {root} ({split}) hold no "
+          f"{'/'.join(IMAGE_EXTENSIONS)} image: " + "; ".join(empty[:10]) +
+          (f"; ... ({len(empty) - 10} more)" if len(empty) > 10 else "") +
+          ". Add images or remove the folders.")
     if not out:
       if self.holds_out and split == "eval":
         raise ValueError(
             f"no class under {root} has two images, so nothing can be held "
             "out for evaluation: give an eval folder")
       raise ValueError(f"no {IMAGE_EXTENSIONS} images under {root}")
+    if split == "train":
+      # A class of the hierarchy file without a folder would train as a
+      # class that never has a positive; the eval tree may be a subset.
+      seen = {cid for _, cid in out}
+      absent = [n for c, n in enumerate(h.class_names) if c not in seen]
+      if absent:
+        raise hierarchy_lib.HierarchyError(
+            f"{len(absent)} class(es) of the hierarchy have no folder of "
+            f"images under {root}: {hierarchy_lib.named(absent)}. Add their "
+            "images or remove them from the hierarchy file.")
     self._files[split] = out
     return out
 
