@@ -100,8 +100,7 @@ def _metrics_file(stage: Stage) -> Optional[str]:
 def _load_json(path: str, default):
   if not os.path.exists(path):
     return default
-  with open(path) as f:
-    return json.load(f)
+  return records.read_json(path)
 
 
 def run_pipeline(stages: Sequence[Stage], workdir: str,
