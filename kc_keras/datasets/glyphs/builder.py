@@ -114,7 +114,7 @@ def build(size: sizes_lib.GlyphSize, output_dir: str, *,
   """Renders, filters, splits and writes one glyph dataset.
 
   Per codepoint, every face whose cmap maps it draws it (`render.GlyphRenderer`);
-  empty glyphs, .notdef look-alikes and copies of a design kept earlier are dropped
+  glyphs FreeType cannot draw and empty glyphs, .notdef look-alikes and copies of a design kept earlier are dropped
   (`dedup`, thresholds in its docstring). A class is kept when it has at least
   `size.min_designs` distinct designs, at least one from an eval family and at
   least one from a training family; the eval split holds the eval families'
@@ -151,15 +151,30 @@ def build(size: sizes_lib.GlyphSize, output_dir: str, *,
     radicals = verticals_lib.read_radicals()
   if script_of is None:
     script_of = verticals_lib.read_scripts()
-  faces, is_eval = order_faces(faces, size.eval_families)
-  faces = [faces_lib.with_codepoints(f) for f in faces]
+  ordered, ordered_eval = order_faces(faces, size.eval_families)
+  faces, is_eval, renderers, unusable = [], [], [], []
+  for face, held_out in zip(ordered, ordered_eval):
+    face = faces_lib.with_codepoints(face)
+    face = dataclasses.replace(face, codepoints=frozenset(
+        cp for cp in face.codepoints if size.wants(cp)))
+    if not face.codepoints:
+      continue
+    try:
+      renderer = render_lib.GlyphRenderer(face, image_size)
+    except OSError as e:  # e.g. a bitmap-only face without scalable outlines
+      unusable.append(f"{face.key} ({face.family}): {e}")
+      continue
+    faces.append(face)
+    is_eval.append(held_out)
+    renderers.append(renderer)
   timings["faces_s"] = time.perf_counter() - start
-  log(f"{size.name}: {len(faces)} faces ({sum(is_eval)} eval) after one face per "
-      f"family, {timings['faces_s']:.1f} s")
+  log(f"{size.name}: {len(faces)} faces ({sum(is_eval)} eval) with candidate "
+      f"characters after one face per family, {timings['faces_s']:.1f} s")
+  for line in unusable:
+    log(f"  face left out, FreeType cannot draw it: {line}")
 
-  candidates = sorted({cp for f in faces for cp in f.codepoints if size.wants(cp)})
+  candidates = sorted({cp for f in faces for cp in f.codepoints})
   candidates = candidates[::size.codepoint_stride]
-  renderers = [render_lib.GlyphRenderer(f, image_size) for f in faces]
   notdefs = np.stack([r.notdef for r in renderers]).reshape(len(faces), -1)
   notdefs = notdefs.astype(np.float32)
   notdefs /= np.maximum(np.linalg.norm(notdefs, axis=1, keepdims=True), 1e-12)
@@ -175,7 +190,12 @@ def build(size: sizes_lib.GlyphSize, output_dir: str, *,
   t0 = time.perf_counter()
   for n_done, cp in enumerate(candidates):
     idx = np.asarray(covering[cp], np.int64)
-    bitmaps = np.stack([renderers[i].render(cp) for i in idx])
+    bitmaps = np.zeros((len(idx), image_size, image_size), np.uint8)
+    for j, i in enumerate(idx):
+      try:
+        bitmaps[j] = renderers[i].render(cp)
+      except OSError:  # counted, then dropped as an empty glyph
+        counts["render_errors"] += 1
     counts["rendered"] += len(idx)
     per_design[idx, 0] += 1
     flat = bitmaps.reshape(len(idx), -1).astype(np.float32)
@@ -279,6 +299,7 @@ def build(size: sizes_lib.GlyphSize, output_dir: str, *,
       "eval_families": list(size.eval_families),
       "counts": dict(sorted(counts.items())) | {
           "faces": len(faces), "eval_faces": int(sum(is_eval)),
+          "faces_unusable": len(unusable),
           "placeholder_codepoints": int(sum(f.placeholders for f in faces)),
           "train_images": len(train), "eval_images": len(evals),
           "verticals": len(verts.names),

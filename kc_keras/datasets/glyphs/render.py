@@ -46,6 +46,10 @@ class GlyphRenderer:
 
     Args:
       codepoint: a Unicode scalar value.
+
+    Raises:
+      OSError: FreeType cannot draw the glyph (e.g. "invalid opcode" in its
+        hinting program).
     """
     size = self.image_size
     out = np.zeros((size, size), np.uint8)
@@ -55,6 +59,12 @@ class GlyphRenderer:
       return out
     # getmask2 returns Pillow's core image; `_new` wraps it without a copy.
     ink = np.asarray(Image.Image()._new(mask))  # pylint: disable=protected-access
+    # The mask spans the line box; keep the ink box only.
+    rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+    if rows.size == 0:
+      return out
+    ink = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    h, w = ink.shape
     # Crop about the centre where the glyph is larger than the square.
     top, left = max(0, (h - size) // 2), max(0, (w - size) // 2)
     ink = ink[top:top + size, left:left + size]
@@ -69,6 +79,10 @@ class GlyphRenderer:
     if self._notdef is None:
       probe = next((c for c in NOTDEF_PROBES if c not in self.face.codepoints),
                    None)
-      self._notdef = (np.zeros((self.image_size,) * 2, np.uint8) if probe is None
-                      else self.render(probe))
+      self._notdef = np.zeros((self.image_size,) * 2, np.uint8)
+      if probe is not None:
+        try:
+          self._notdef = self.render(probe)
+        except OSError:  # a broken .notdef program: nothing to compare with
+          pass
     return self._notdef
