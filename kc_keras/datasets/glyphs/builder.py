@@ -210,7 +210,8 @@ def build(size: sizes_lib.GlyphSize, output_dir: str, *,
     ok = ~empty & ~notdef
     idx, bitmaps = idx[ok], bitmaps[ok]
     kept = dedup.distinct(bitmaps)
-    dropped = np.setdiff1d(np.arange(len(idx)), kept)
+    kept_set = set(kept)
+    dropped = [j for j in range(len(idx)) if j not in kept_set]
     per_design[idx[dropped], 3] += 1
     counts["copied_design"] += len(dropped)
     idx, bitmaps = idx[kept], bitmaps[kept]
