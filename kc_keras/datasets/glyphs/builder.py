@@ -17,7 +17,6 @@ import logging
 import os
 import subprocess
 import time
-import unicodedata
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -324,7 +323,3 @@ def display_name(class_name_: str) -> str:
   """The character of a `U+XXXX` class name, e.g. `display_name("U+4E00") == "一"`."""
   return chr(int(class_name_[2:], 16))
 
-
-def describe_class(cp: int) -> str:
-  """`U+XXXX <char> <Unicode name>` for logs."""
-  return f"{class_name(cp)} {chr(cp)} {unicodedata.name(chr(cp), '')}".strip()

@@ -71,7 +71,6 @@ class GlyphSize:
     cjk_verticals: number of CJK radical-range verticals.
     min_script_classes: a script with fewer classes joins `script_other`.
     codepoint_stride: keep every k-th candidate codepoint (the small subset).
-    max_classes: keep at most this many classes (lowest codepoints; 0 = all).
   """
 
   name: str
@@ -82,7 +81,6 @@ class GlyphSize:
   cjk_verticals: int
   min_script_classes: int = 200
   codepoint_stride: int = 1
-  max_classes: int = 0
 
   @property
   def required_packages(self) -> tuple[str, ...]:

@@ -161,7 +161,7 @@ def assign(codepoints: Sequence[int], radicals: Mapping[int, int],
     `merge_consecutive` into `cjk_verticals` runs, named `cjk_radicals_AAA-BBB`.
   - Hangul syllables: by lead consonant (19 in order), cut into
     max(1, round(n_hangul / mean CJK vertical size)) runs, named
-    `hangul_<lead>-<lead>` (e.g. `hangul_kiyeok-nieun`).
+    `hangul_<lead>-<lead>` (e.g. `hangul_kiyeok-rieul`).
   - Any other codepoint: its script (Hiragana and Katakana together as `Kana`),
     named `script_<script>`; a script with fewer than `min_script_classes`
     classes joins `script_other`.
