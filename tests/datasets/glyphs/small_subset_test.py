@@ -1,6 +1,8 @@
 """`glyphs_small` from its three real font packages: exact counts and a stable fingerprint."""
 
 import os
+import pathlib
+import re
 
 from absl.testing import absltest
 import pytest
@@ -11,6 +13,7 @@ from kc_keras.datasets.glyphs import packages
 from kc_keras.datasets.glyphs import sizes
 
 SIZE = sizes.get_size("glyphs_small")
+CI_RUN = pathlib.Path(os.path.realpath(__file__)).parents[3] / ".ci" / "run"
 
 
 def _require_packages():
@@ -21,6 +24,13 @@ def _require_packages():
 
 
 class SmallSubsetTest(absltest.TestCase):
+
+  def test_ci_installs_exactly_the_required_packages(self):
+    if not CI_RUN.exists():
+      pytest.skip(f"{CI_RUN} is not in this checkout")
+    match = re.search(r"^GLYPH_PACKAGES=\(([^)]*)\)", CI_RUN.read_text(), re.M)
+    self.assertIsNotNone(match, "GLYPH_PACKAGES=(...) not found in .ci/run")
+    self.assertEqual(sorted(match.group(1).split()), sorted(SIZE.required_packages))
 
   def test_build_twice(self):
     _require_packages()
