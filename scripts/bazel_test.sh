@@ -31,6 +31,7 @@ SAMPLE=(
   //tests/common:startup_test
   //tests/configs:experiments_test
   //tests/dataloaders:pipeline_test
+  //tests/datasets/glyphs:filters_test
   //tests/distillation:target_cache_test
   //tests/losses:sigmoid_cross_entropy_test
   //tests/metrics:evaluation_test

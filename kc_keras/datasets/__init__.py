@@ -1,0 +1,1 @@
+"""datasets package: builders of datasets the data sources read."""

@@ -1,0 +1,1 @@
+"""glyphs package: the glyphs-of-real-fonts dataset (fonts, rendering, filters, verticals, writer)."""
