@@ -379,7 +379,13 @@ def summarize(rows: Sequence[Dict], generalist: str = GENERALIST,
     return text
   s = by_name[student]
   s_ap = s["metrics"]["mpvap"]
-  if clear:
+  if clear and s_ap < g_ap:
+    # A negative share of the gap reads as a measurement; say what it is.
+    text += (
+        f" The student ({student}) is {100 * (g_ap - s_ap):.1f} mpvap below "
+        f"the generalist ({100 * g_ap:.1f} -> {100 * s_ap:.1f}): distillation "
+        "did not transfer the specialists' lead here;")
+  elif clear:
     text += (
         f" The student ({student}) closes "
         f"{100 * gap_closed(g_ap, s_ap, t_ap):.0f}% of that gap "

@@ -64,6 +64,16 @@ def test_clear_gap_reports_the_fraction_closed():
       "all classes 45.0% vs the generalist's 40.0%.")
 
 
+def test_student_below_the_generalist_says_so_without_a_negative_share():
+  text = pipeline_lib.summarize(_rows(0.50, 0.70, 0.46))
+  assert text == (
+      "Premise: the specialists score 70.0 mpvap, the generalist 50.0 "
+      "(+20.0). The student (FC-SC + D + S (vertical)) is 4.0 mpvap below the "
+      "generalist (50.0 -> 46.0): distillation did not transfer the "
+      "specialists' lead here; top-1 over all classes 45.0% vs the "
+      "generalist's 40.0%.")
+
+
 def test_premise_alone_without_a_student_row():
   text = pipeline_lib.summarize(_rows(0.50, 0.70, 0.55)[:2])
   assert text == ("Premise: the specialists score 70.0 mpvap, the generalist "
