@@ -11,11 +11,11 @@ own cost shows; `--skip=input_scaling` is the folded export. Used in
 docs/BENCHMARKS.md ("The graph converted for int8").
 
   .venv/bin/python bench/int8_rounding_probe.py --experiment=kc_generalist_omniglot \
-    --config_file=/tmp/o9/gen_qat/params.yaml --checkpoint_path=/tmp/o9/gen_qat/ckpt-4760 \
+    --config_file=runs/omniglot/generalist_qat_int8/params.yaml --checkpoint_path=runs/omniglot/generalist_qat_int8/ckpt-4760 \
     --logit_floor=-16 --representative_examples=1623 --max_examples=8115 \
     --skip=input_scaling --per_channel=fc2
   # per-op errors of an export's int8 conversion (300 calibration images):
-  ... --saved_model_dir=/tmp/o9/stu_export/kc_student_omniglot/1
+  ... --saved_model_dir=runs/omniglot/student_fc_sc_d_s_vertical_qat_int8/export/kc_student_omniglot/1
 """
 
 import csv

@@ -10,7 +10,7 @@ with the reason the build gives.
   python bench/web_demo_bench.py --experiment=kc_student_demo \
     --checkpoint_path=runs/demo/student_fc_sc_d_s_vertical \
     --saved_model_dir=runs/demo/serving/kc_student_demo/1 \
-    --work_dir=/tmp/web_bench
+    --work_dir=runs/demo/web_bench
 """
 
 import os
