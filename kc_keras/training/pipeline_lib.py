@@ -385,6 +385,12 @@ def summarize(rows: Sequence[Dict], generalist: str = GENERALIST,
         f" The student ({student}) is {100 * (g_ap - s_ap):.1f} mpvap below "
         f"the generalist ({100 * g_ap:.1f} -> {100 * s_ap:.1f}): distillation "
         "did not transfer the specialists' lead here;")
+  elif clear and s_ap >= t_ap:
+    # A share above 100% of a small gap says little; the comparison does.
+    text += (
+        f" The student ({student}) scores {100 * s_ap:.1f} mpvap, above the "
+        f"specialists' {100 * t_ap:.1f} (the whole gap and more), with "
+        f"{100 * s['params'] / t['params']:.1f}% of their parameters;")
   elif clear:
     text += (
         f" The student ({student}) closes "

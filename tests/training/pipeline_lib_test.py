@@ -74,6 +74,16 @@ def test_student_below_the_generalist_says_so_without_a_negative_share():
       "generalist's 40.0%.")
 
 
+def test_student_above_the_specialists_says_so_without_a_share():
+  text = pipeline_lib.summarize(_rows(0.50, 0.70, 0.80))
+  assert text == (
+      "Premise: the specialists score 70.0 mpvap, the generalist 50.0 "
+      "(+20.0). The student (FC-SC + D + S (vertical)) scores 80.0 mpvap, "
+      "above the specialists' 70.0 (the whole gap and more), with 7.5% of "
+      "their parameters; top-1 over all classes 45.0% vs the generalist's "
+      "40.0%.")
+
+
 def test_premise_alone_without_a_student_row():
   text = pipeline_lib.summarize(_rows(0.50, 0.70, 0.55)[:2])
   assert text == ("Premise: the specialists score 70.0 mpvap, the generalist "
