@@ -428,6 +428,12 @@ def plot_per_vertical(rows: Sequence[Dict], names: Sequence[str],
   ax.set_ylabel("AP of the vertical (mpvap term)")
   ax.set_title("Per-vertical AP")
   ax.legend(loc="lower right", fontsize=8)
+  return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str) -> str:
+  """Writes `fig` to `path` as a PNG atomically (a temporary name, then a rename)."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   tmp = path + ".tmp.png"
   fig.savefig(tmp, dpi=120)
@@ -513,9 +519,4 @@ def plot_vertical_confusion(row: Dict, path: str) -> str:
   heat.set_xlabel("vertical of the predicted class")
   heat.set_title("errors into other verticals")
   fig.colorbar(image, ax=heat, fraction=0.046)
-  fig.tight_layout()
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  os.replace(tmp, path)
-  return path
+  return _save_figure(fig, path)
