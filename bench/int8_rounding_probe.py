@@ -32,6 +32,7 @@ from export import export_tflite_lib
 from export import parity_lib
 from export import quantization_aware_lib
 from kc_keras.training import experiment_runner
+from kc_keras.training import restore
 
 flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
 flags.DEFINE_multi_string("config_file", None, "The run's params.yaml.")
@@ -96,7 +97,7 @@ def print_op_errors(saved_model_dir, calibration):
 
 def main(_):
   params = experiment_runner.parse_configuration(FLAGS)
-  network = export_saved_model_lib.load_network(
+  network = restore.load_network(
       params, FLAGS.checkpoint_path)[0]
   images = parity_lib.eval_images(params, FLAGS.max_examples, _BATCH)
   calibration = np.concatenate(list(export_tflite_lib.training_images(

@@ -15,8 +15,8 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.metrics import vertical_logit_statistics as stats_lib
-from kc_keras.training import controller as controller_lib
 from kc_keras.training import modes
+from kc_keras.training import restore as restore_lib
 
 flags.DEFINE_string("model_dir", None, "A trained run (params.yaml + checkpoints).")
 flags.DEFINE_integer("batches", 10, "Eval batches to read (of the run's eval batch size).")
@@ -33,7 +33,7 @@ def main(argv):
   params = modes.load_params_of(FLAGS.model_dir)
   session = modes.Session(params, FLAGS.model_dir, allow_config_change=True)
   model = session.build_model()
-  restored = controller_lib.restore_model_weights(model, FLAGS.model_dir)
+  restored = restore_lib.restore_model_weights(model, FLAGS.model_dir)
   score = tf.function(lambda images: model(images, training=False))
   logits, labels = [], []
   for images, features in session.eval_dataset().take(FLAGS.batches):

@@ -22,12 +22,12 @@ from absl import flags  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from export import export_saved_model_lib  # noqa: E402
 from export import export_tflite_lib  # noqa: E402
 from export import parity_lib  # noqa: E402
 from export import tflite_demo_lib  # noqa: E402
 from export import web_demo_lib  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
+from kc_keras.training import restore  # noqa: E402
 
 flags.DEFINE_string("experiment", None, "Registered experiment name (kc_*).")
 flags.DEFINE_multi_string("config_file", None, "YAML overrides.")
@@ -103,7 +103,7 @@ def _page_rows(browser, url, model, query, samples, served, python_top1,
 def main(_):
   from playwright.sync_api import sync_playwright  # pylint: disable=g-import-not-at-top
   params = experiment_runner.parse_configuration(FLAGS)
-  network, _, _, _ = export_saved_model_lib.load_network(
+  network, _, _, _ = restore.load_network(
       params, FLAGS.checkpoint_path)
   os.makedirs(FLAGS.work_dir, exist_ok=True)
   models, not_converted = [], []

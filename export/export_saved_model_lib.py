@@ -16,14 +16,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 import yaml
 
 from kc_keras.configs import kc_config
-from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import image_decoding
-from kc_keras.training import controller as controller_lib
-from kc_keras.training import model_builder
+from kc_keras.training import restore as restore_lib
 from kc_keras.utils import files
 
-HIERARCHY_FILE = "hierarchy.json"
 PARAMS_FILE = "params.yaml"
 LABELS_ASSET = "labels.txt"
 VERTICALS_ASSET = "verticals.txt"
@@ -99,79 +96,6 @@ class ExportResult:
   version: int
   checkpoint: str
   models_config: str
-
-
-# ------------------------------------------------------------- the network
-def model_dir_of(checkpoint_path: str) -> str:
-  """The run directory of a checkpoint prefix (or the directory itself)."""
-  return controller_lib.run_dir_of(checkpoint_path)
-
-
-def check_recorded_hierarchy(model_dir: str,
-                             hierarchy: hierarchy_lib.Hierarchy
-                             ) -> hierarchy_lib.Hierarchy:
-  """Loads `model_dir/hierarchy.json` and checks it is the config's hierarchy.
-
-  The logits' columns mean the classes the checkpoint was trained with;
-  naming them after another hierarchy would mislabel every prediction.
-
-  Returns:
-    The recorded hierarchy.
-
-  Raises:
-    ExportError: no hierarchy file, or one of another size or fingerprint.
-  """
-  path = os.path.join(model_dir, HIERARCHY_FILE)
-  if not tf.io.gfile.exists(path):
-    raise ExportError(
-        f"{path} not found: the checkpoint must sit in the model_dir written "
-        "by training (which records the hierarchy it was trained with).")
-  recorded = hierarchy_lib.Hierarchy.load(path)
-  if (recorded.num_classes != hierarchy.num_classes
-      or recorded.num_verticals != hierarchy.num_verticals
-      or recorded.fingerprint != hierarchy.fingerprint):
-    raise ExportError(
-        f"{path} records {recorded.num_classes} classes / "
-        f"{recorded.num_verticals} verticals (fingerprint "
-        f"{recorded.fingerprint[:12]}) but the config's data has "
-        f"{hierarchy.num_classes} classes / {hierarchy.num_verticals} "
-        f"verticals (fingerprint {hierarchy.fingerprint[:12]}); pass the "
-        "experiment and config files the checkpoint was trained with.")
-  return recorded
-
-
-def load_network(params: kc_config.ExperimentConfig, checkpoint_path: str
-                 ) -> Tuple[keras.Model, hierarchy_lib.Hierarchy, str,
-                            Tuple[int, int, int]]:
-  """Builds the network of `params` and restores it from a training checkpoint.
-
-  Only the network is built: the training checkpoint's `model.student`
-  branch is read into it (teachers and optimizer slots are never loaded, so
-  they cannot leak into the export). Works for a generalist and a student.
-
-  Args:
-    params: the experiment config the checkpoint was trained with.
-    checkpoint_path: a `ckpt-N` prefix or a model_dir (its latest checkpoint).
-
-  Returns:
-    `(network, hierarchy, restored checkpoint prefix, image_shape)`.
-
-  Raises:
-    ExportError: hierarchy mismatch (see `check_recorded_hierarchy`).
-    FileNotFoundError: no checkpoint at `checkpoint_path`.
-  """
-  source = factory.build_source(params.task.data)
-  image_shape = tuple(int(d) for d in source.image_shape)
-  hierarchy = check_recorded_hierarchy(model_dir_of(checkpoint_path),
-                                       source.hierarchy)
-  network = model_builder.build_network(params.task.model, hierarchy,
-                                        image_shape)
-  network(np.zeros((1, *image_shape), np.float32), training=False)
-  # The trainer checkpoints `Checkpoint(model=KnowledgeConcentrationModel)`
-  # whose network is the attribute `student`: mirror just that path.
-  holder = tf.train.Checkpoint(student=network)
-  restored = controller_lib.restore_model_weights(holder, checkpoint_path)
-  return network, hierarchy, restored, image_shape
 
 
 # ------------------------------------------------------------ decoding
@@ -560,7 +484,7 @@ def _write_assets_extra(staging: str, model_name: str, image_shape,
                           image_shape, config.num_warmup_requests)
   with open(os.path.join(extra, PARAMS_FILE), "w", encoding="utf-8") as f:
     yaml.safe_dump(params.as_dict(), f, default_flow_style=False)
-  hierarchy.save(os.path.join(extra, HIERARCHY_FILE))
+  hierarchy.save(os.path.join(extra, restore_lib.HIERARCHY_FILE))
   info = dict(checkpoint=checkpoint, model_name=model_name,
               image_shape=list(image_shape), top_k=config.top_k,
               max_image_pixels=config.max_image_pixels,
@@ -616,8 +540,8 @@ def export_saved_model(params: kc_config.ExperimentConfig,
   if tf.io.gfile.exists(version_dir):
     raise ExportError(f"{version_dir} already exists; TF Serving versions "
                       "are immutable, pick another --version")
-  network, hierarchy, restored, image_shape = load_network(params,
-                                                           checkpoint_path)
+  network, hierarchy, restored, image_shape = restore_lib.load_network(
+      params, checkpoint_path)
   with files.staged_directory(version_dir) as staging:
     with tempfile.TemporaryDirectory() as assets_dir:
       module = ServingModule(network, hierarchy, image_shape, config,

@@ -9,12 +9,12 @@ startup.quiet_tensorflow()
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from export import export_saved_model_lib  # noqa: E402
 from export import export_tflite_lib  # noqa: E402
 from export import parity_lib  # noqa: E402
 from export import tflite_flags  # noqa: E402
 from kc_keras.common import flags as kc_flags  # noqa: E402
 from kc_keras.training import experiment_runner  # noqa: E402
+from kc_keras.training import restore  # noqa: E402
 
 kc_flags.define_experiment_flags()
 kc_flags.define_checkpoint_flag()
@@ -41,7 +41,7 @@ _EVAL_BATCH = 256
 
 def main(_):
   params = experiment_runner.parse_configuration(FLAGS)
-  network, _, _, _ = export_saved_model_lib.load_network(
+  network, _, _, _ = restore.load_network(
       params, FLAGS.checkpoint_path)
   paths = {}
   floors = {}

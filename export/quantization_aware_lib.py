@@ -8,7 +8,6 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from export import export_saved_model_lib as saved_model_lib
 from export import export_tflite_lib
 from kc_keras.configs import kc_config
 from kc_keras.configs import trainer as trainer_cfg
@@ -21,6 +20,7 @@ from kc_keras.modeling.layers import structurally_connected
 from kc_keras.training import evaluate as evaluate_lib
 from kc_keras.training import modes
 from kc_keras.training import optimizers
+from kc_keras.training import restore
 from kc_keras.utils import files
 
 # TFLite's int8 weights: symmetric, narrow range [-127, 127], one scale per
@@ -941,26 +941,6 @@ class QuantizationAwareTrainer:
 
 
 # ------------------------------------------------------------ the run
-def check_checkpoint(checkpoint_path: str) -> str:
-  """The checkpoint prefix `checkpoint_path` names (a prefix or a model_dir).
-
-  Raises:
-    QuantizationAwareError: no such checkpoint.
-  """
-  if tf.io.gfile.isdir(checkpoint_path):
-    latest = tf.train.latest_checkpoint(checkpoint_path)
-    if not latest:
-      raise QuantizationAwareError(
-          f"checkpoint_path={checkpoint_path!r} is a directory without a "
-          "checkpoint")
-    return latest
-  if not tf.io.gfile.exists(checkpoint_path + ".index"):
-    raise QuantizationAwareError(
-        f"checkpoint_path={checkpoint_path!r}: no checkpoint there "
-        f"({checkpoint_path}.index not found)")
-  return checkpoint_path
-
-
 def evaluate_network(network: keras.Model, params: kc_config.ExperimentConfig,
                      hierarchy) -> Dict:
   """Eval-split top-1 / top-5 / mpvap of `network` (as `kc_keras.train --mode=eval`)."""
@@ -1016,7 +996,7 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
   """Fine-tunes a trained network on its int8 weight grid and writes a run dir.
 
   Restores the network exactly as the exporters do
-  (`export_saved_model_lib.load_network`: only the checkpoint's
+  (`restore.load_network`: only the checkpoint's
   `model.student` branch), trains `steps` steps of
   `QuantizationAwareTrainer` on the TRAINING split (the run's
   augmentation, hard labels, the run's loss type and optimizer type at
@@ -1060,11 +1040,11 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
 
   Raises:
     QuantizationAwareError: `steps < 1`, `learning_rate <= 0`, a bad batch
-      size, an existing non-empty `output_dir`, a missing checkpoint, an
-      unknown `activations` mode or `weight_target`, or a backbone it
-      cannot simulate.
-    export_saved_model_lib.ExportError: the checkpoint's run records
-      another hierarchy than the config.
+      size, an existing non-empty `output_dir`, an unknown `activations`
+      mode or `weight_target`, or a backbone it cannot simulate.
+    restore.RestoreError: no checkpoint at `checkpoint_path`.
+    hierarchy_lib.HierarchyError: the checkpoint's run records another
+      hierarchy than the config.
   """
   _check_args(output_dir, steps, learning_rate, batch_size)
   if calibration_interval < 1 or representative_examples < 1:
@@ -1077,9 +1057,8 @@ def fine_tune(params: kc_config.ExperimentConfig, checkpoint_path: str,
   if not 0.0 <= equalize_strength <= 1.0:
     raise QuantizationAwareError(
         f"equalize_strength must be in [0, 1], got {equalize_strength!r}")
-  prefix = check_checkpoint(checkpoint_path)
-  network, hierarchy, restored, _ = saved_model_lib.load_network(params,
-                                                                 prefix)
+  prefix = restore.resolve_checkpoint(checkpoint_path)
+  network, hierarchy, restored, _ = restore.load_network(params, prefix)
   calibration = None
   if activations == "int8" or equalize_strength > 0:
     calibration = np.concatenate(list(export_tflite_lib.training_images(
@@ -1151,7 +1130,7 @@ def write_run_dir(network: keras.Model, params: kc_config.ExperimentConfig,
   """Writes the run directory atomically (a hidden sibling, then a rename).
 
   The checkpoint mirrors training's layout, `model/student/...`, so every
-  reader of training checkpoints (`controller.restore_model_weights`)
+  reader of training checkpoints (`restore.restore_model_weights`)
   restores the network from it.
 
   Returns:
@@ -1162,7 +1141,7 @@ def write_run_dir(network: keras.Model, params: kc_config.ExperimentConfig,
     manager = tf.train.CheckpointManager(holder, staging, max_to_keep=1,
                                          checkpoint_name=CHECKPOINT_NAME)
     manager.save(checkpoint_number=step)
-    hierarchy.save(os.path.join(staging, saved_model_lib.HIERARCHY_FILE))
+    hierarchy.save(os.path.join(staging, restore.HIERARCHY_FILE))
     modes.save_params(params, staging)
     files.atomic_write_json(os.path.join(staging, SUMMARY_FILE), summary)
   return os.path.join(output_dir, f"{CHECKPOINT_NAME}-{step}")

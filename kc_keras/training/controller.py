@@ -14,75 +14,12 @@ from kc_keras.configs import trainer as trainer_cfg
 from kc_keras.dataloaders import data_errors
 from kc_keras.training import batch_norm_recalibration
 from kc_keras.training import multi_worker
+from kc_keras.training import restore as restore_lib
 from kc_keras.training import strategy as strategy_lib
 
 
 class NonFiniteLossError(FloatingPointError):
   """Raised when a loss term is NaN or infinite; names the step and the term."""
-
-
-class CheckpointError(ValueError):
-  """No checkpoint of a directory that lists some can be restored."""
-
-
-def _listed_checkpoints(directory: str) -> List[str]:
-  """Prefixes in the `checkpoint` state file of `directory`, newest first."""
-  state = tf.train.get_checkpoint_state(directory)
-  if state is None:
-    return []
-  paths = list(state.all_model_checkpoint_paths) or [
-      state.model_checkpoint_path]
-  # get_checkpoint_state already prefixes relative entries with `directory`
-  # (itself relative when the model_dir is): joining again would double it.
-  return list(reversed([p for p in paths if p]))
-
-
-def restore_latest_usable(checkpoint: tf.train.Checkpoint, directory: str,
-                          expect_partial: bool = False) -> Optional[str]:
-  """Restores the newest checkpoint of `directory` that reads back whole.
-
-  A checkpoint whose save was cut short (a missing `.index`, a truncated or
-  missing data shard) raises while being read; it is skipped, with a warning
-  naming it and why, and the next older one is tried. Every variable is
-  assigned again by the checkpoint that finally succeeds, so a half-read
-  one leaves nothing behind.
-
-  Args:
-    checkpoint: what to restore into.
-    directory: a `CheckpointManager` directory.
-    expect_partial: restore only the objects of `checkpoint` (e.g. the model
-      alone from a training checkpoint).
-
-  Returns:
-    The restored prefix, or None when the directory lists no checkpoint.
-
-  Raises:
-    CheckpointError: every listed checkpoint failed (named, with reasons);
-      training from scratch instead would silently lose the run.
-  """
-  failures = []
-  for path in _listed_checkpoints(directory):
-    try:
-      status = checkpoint.restore(path)
-      if expect_partial:
-        status.expect_partial()
-      status.assert_existing_objects_matched()
-      if failures:
-        logging.warning("Restored %s after skipping unusable checkpoints: %s",
-                        path, "; ".join(failures))
-      return path
-    # Readers fail in many ways on a cut-short file (NotFoundError,
-    # DataLossError, IndexError from the reader, ...); all mean "unusable".
-    except Exception as e:  # pylint: disable=broad-except
-      reason = getattr(e, "message", None) or str(e)
-      failures.append(f"{path} ({type(e).__name__}: "
-                      f"{reason.splitlines()[0][:200]})")
-      logging.warning("Checkpoint %s is unusable: %s", path, failures[-1])
-  if failures:
-    raise CheckpointError(
-        f"No usable checkpoint in {directory}: " + "; ".join(failures) +
-        ". Remove them (or the directory) to start over.")
-  return None
 
 
 @dataclasses.dataclass
@@ -263,7 +200,7 @@ class TrainController:
     Raises:
       CheckpointError: `model_dir` lists checkpoints but none can be read.
     """
-    latest = restore_latest_usable(self.checkpoint, self.model_dir)
+    latest = restore_lib.restore_latest_usable(self.checkpoint, self.model_dir)
     if latest:
       logging.info("Restored %s at step %d.", latest,
                    int(self.global_step.numpy()))
@@ -350,45 +287,3 @@ class TrainController:
         steps_per_second=steps_done / elapsed,
         examples_per_second=steps_done * self.global_batch_size / elapsed,
     )
-
-
-def run_dir_of(checkpoint_path: str) -> str:
-  """The run directory of a checkpoint prefix (or the directory itself)."""
-  if tf.io.gfile.isdir(checkpoint_path):
-    return checkpoint_path
-  return os.path.dirname(checkpoint_path)
-
-
-def restore_model_weights(model: keras.Model, checkpoint_path: str) -> str:
-  """Restores only the model's variables from a training checkpoint.
-
-  Args:
-    model: a built model with the same structure as the checkpointed one.
-    checkpoint_path: a checkpoint prefix, or a directory (its newest usable
-      checkpoint, see `restore_latest_usable`).
-
-  Returns:
-    The checkpoint prefix that was restored.
-
-  Raises:
-    FileNotFoundError: when no checkpoint is found.
-    CheckpointError: the directory's checkpoints are all unusable.
-  """
-  checkpoint = tf.train.Checkpoint(model=model)
-  if tf.io.gfile.isdir(checkpoint_path):
-    path = restore_latest_usable(checkpoint, checkpoint_path,
-                                 expect_partial=True)
-    if not path:
-      raise FileNotFoundError(f"No checkpoint found at {checkpoint_path!r}.")
-    return path
-  checkpoint.restore(checkpoint_path).expect_partial(
-  ).assert_existing_objects_matched()
-  return checkpoint_path
-
-
-def checkpoint_step(checkpoint_prefix: str) -> int:
-  """The step number of a `CheckpointManager` prefix such as `.../ckpt-1200`."""
-  suffix = checkpoint_prefix.rsplit("-", 1)[-1]
-  if not suffix.isdigit():
-    raise ValueError(f"{checkpoint_prefix!r} does not end with -<step>.")
-  return int(suffix)

@@ -24,12 +24,12 @@ from kc_keras.training import evaluate as evaluate_lib
 from kc_keras.training import model_builder
 from kc_keras.training import multi_worker
 from kc_keras.training import optimizers
+from kc_keras.training import restore as restore_lib
 from kc_keras.training import specialists
 from kc_keras.training import strategy as strategy_lib
 from kc_keras.utils import files
 from kc_keras.utils import run_lock
 
-HIERARCHY_FILE = "hierarchy.json"
 EVAL_METRICS_FILE = "eval_metrics.json"
 # `--eval_data` metrics go to `eval_metrics_<name of the data folder>.json`.
 OTHER_EVAL_METRICS_PATTERN = "eval_metrics_{name}.json"
@@ -47,39 +47,6 @@ def save_params(params: kc_config.ExperimentConfig, model_dir: str) -> str:
   files.atomic_write_text(
       path, yaml.safe_dump(params.as_dict(), default_flow_style=False))
   return path
-
-
-def check_model_dir_hierarchy(
-    model_dir: str, hierarchy: hierarchy_lib.Hierarchy, write: bool = True
-) -> None:
-  """Records the hierarchy in `model_dir`, or checks it matches the recorded one.
-
-  A checkpoint's output columns mean the classes of the hierarchy it was
-  trained with; resuming or evaluating it against another would silently
-  mislabel every prediction.
-
-  Args:
-    model_dir: the run directory.
-    hierarchy: the data's hierarchy.
-    write: record it when `model_dir` has none (the chief).
-
-  Raises:
-    hierarchy_lib.HierarchyError: when `model_dir` holds another hierarchy.
-  """
-  path = os.path.join(model_dir, HIERARCHY_FILE)
-  if os.path.exists(path):
-    recorded = hierarchy_lib.Hierarchy.load(path)
-    if recorded.fingerprint != hierarchy.fingerprint:
-      raise hierarchy_lib.HierarchyError(
-          f"{model_dir} was trained with another hierarchy "
-          f"({recorded.num_classes} classes, {recorded.num_verticals} "
-          f"verticals, fingerprint {recorded.fingerprint[:12]}) than the "
-          f"data's ({hierarchy.num_classes} classes, "
-          f"{hierarchy.num_verticals} verticals, fingerprint "
-          f"{hierarchy.fingerprint[:12]}); use a new --model_dir."
-      )
-  elif write:
-    hierarchy.save(path)
 
 
 def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
@@ -165,8 +132,9 @@ class Session:
     if lock and self.is_chief:
       self._lock = run_lock.DirectoryLock(model_dir, lock).acquire()
     try:
-      check_model_dir_hierarchy(model_dir, self.hierarchy,
-                                write=self.is_chief)
+      # A fresh run records its hierarchy; a resumed one must match it.
+      restore_lib.check_recorded_hierarchy(
+          model_dir, self.hierarchy, record=self.is_chief, required=False)
       check_params_change(params, model_dir, allow_config_change)
       if self.is_chief:
         save_params(params, model_dir)
@@ -358,7 +326,7 @@ def eval_data_source(params: kc_config.ExperimentConfig, model_dir: str,
       another vertical (naming the class and both verticals).
   """
   path = parse_eval_data(eval_data)
-  hierarchy_file = os.path.join(model_dir, HIERARCHY_FILE)
+  hierarchy_file = os.path.join(model_dir, restore_lib.HIERARCHY_FILE)
   if not os.path.exists(hierarchy_file):
     raise FileNotFoundError(
         f"{hierarchy_file} not found: --eval_data needs the model_dir of a "
@@ -419,11 +387,11 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
             if eval_data is not None else None)
   session = Session(params, model_dir, allow_config_change, source=source)
   if checkpoint_path:
-    check_model_dir_hierarchy(controller_lib.run_dir_of(checkpoint_path),
-                              session.hierarchy, write=False)
+    restore_lib.check_recorded_hierarchy(
+        restore_lib.run_dir_of(checkpoint_path), session.hierarchy)
   counter = session.skip_counter()
   model = session.build_model()
-  restored = controller_lib.restore_model_weights(
+  restored = restore_lib.restore_model_weights(
       model, checkpoint_path or model_dir
   )
 
@@ -443,7 +411,7 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
   metrics["skipped_examples"] = _skipped(counter, "eval")
   _log_alpha_found(session)
   metrics["checkpoint"] = restored
-  metrics["step"] = controller_lib.checkpoint_step(restored)
+  metrics["step"] = restore_lib.checkpoint_step(restored)
   metrics["params"] = model_builder.parameter_report(model)
   if source is not None:
     metrics["eval_data"] = eval_data
@@ -493,7 +461,7 @@ def train_specialists(params: kc_config.ExperimentConfig, model_dir: str,
   init_dir = params.task.specialists.init_checkpoint
   if init_dir:
     # The teachers inherit the generalist's features of these classes.
-    check_model_dir_hierarchy(init_dir, session.hierarchy, write=False)
+    restore_lib.check_recorded_hierarchy(init_dir, session.hierarchy)
     generalist_params = load_params_of(init_dir)
 
     def build_generalist():

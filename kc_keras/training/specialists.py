@@ -18,6 +18,7 @@ from kc_keras.training import controller as controller_lib
 from kc_keras.training import frozen_features
 from kc_keras.training import model_builder
 from kc_keras.training import optimizers
+from kc_keras.training import restore as restore_lib
 from kc_keras.utils import files
 from kc_keras.utils import records
 from kc_keras.utils import run_lock
@@ -399,7 +400,7 @@ def _train_or_skip(session, vertical: int, teachers_dir: str, index: int,
           f"{hierarchy.vertical_sizes[vertical]} classes)")
   if build_generalist is not None and "network" not in generalist_state:
     generalist = build_generalist()
-    controller_lib.restore_model_weights(
+    restore_lib.restore_model_weights(
         generalist, params.task.specialists.init_checkpoint)
     generalist_state["network"] = generalist.student
     if params.task.specialists.freeze == "backbone_and_hidden":

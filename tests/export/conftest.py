@@ -36,9 +36,9 @@ def reference(trained_run):
   """The Keras network, the eval images float32 [E, H, W, C] and its logits."""
   from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
   from kc_keras.dataloaders import pipeline  # pylint: disable=g-import-not-at-top
-  from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import restore  # pylint: disable=g-import-not-at-top
   params, model_dir = trained_run
-  network, hierarchy, _, image_shape = export_saved_model_lib.load_network(
+  network, hierarchy, _, image_shape = restore.load_network(
       params, model_dir)
   source = factory.build_source(params.task.data)
   dataset = pipeline.build_dataset(source, "eval", params.task.data,
@@ -74,8 +74,9 @@ def snapped_run(trained_run, tmp_path_factory):
   """`(network, checkpoint, export)`: the smoke run with its kernels snapped to the int8 grid (no training), exported."""
   from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
   from export import quantization_aware_lib  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import restore  # pylint: disable=g-import-not-at-top
   params, model_dir = trained_run
-  network, hierarchy, _, _ = export_saved_model_lib.load_network(
+  network, hierarchy, _, _ = restore.load_network(
       params, model_dir)
   quantization_aware_lib.snap_to_int8_grid(network)
   out = str(tmp_path_factory.mktemp("qat") / "snapped")

@@ -9,6 +9,8 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 import export_test_utils as test_utils
 from export import export_saved_model_lib as lib
+from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.training import restore
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +196,12 @@ class TestExportRun:
                                                     tmp_path):
     params, model_dir = trained_run
     prefix = tf.train.latest_checkpoint(model_dir)
-    network, _, restored, _ = lib.load_network(params, prefix)
+    network, _, restored, _ = restore.load_network(params, prefix)
     assert restored == prefix
     other = test_utils.smoke_params(
         test_utils.TRAIN_STEPS_OVERRIDE + ",task.data.embedded.num_classes=36")
-    with pytest.raises(lib.ExportError, match="40 classes.*36 classes"):
+    with pytest.raises(hierarchy_lib.HierarchyError,
+                       match="40 classes.*36 classes"):
       lib.export_saved_model(other, model_dir, str(tmp_path))
     assert not os.path.exists(tmp_path / "kc")
 

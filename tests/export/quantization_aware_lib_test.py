@@ -13,6 +13,7 @@ from export import export_saved_model_lib
 from export import export_tflite_lib
 from export import quantization_aware_lib as lib
 from export import tflite_demo_lib
+from kc_keras.training import restore
 from export_test_utils import INT8_CALIBRATION_EXAMPLES
 from export_test_utils import MODEL_NAME
 from kc_keras.modeling import backbones
@@ -203,7 +204,7 @@ def test_fine_tune_writes_a_run_the_exporter_takes(trained_run, tmp_path,
   for name in ("checkpoint", "hierarchy.json", "params.yaml",
                lib.SUMMARY_FILE):
     assert os.path.exists(os.path.join(out, name)), name
-  network, _, restored, _ = export_saved_model_lib.load_network(params, out)
+  network, _, restored, _ = restore.load_network(params, out)
   assert restored == result.checkpoint
   for kernel in lib.quantized_kernels(network):
     value = kernel.variable.numpy()
@@ -253,7 +254,7 @@ def test_bad_input_is_named(trained_run, tmp_path):
   missing = os.path.join(model_dir, "ckpt-999999")
   with pytest.raises(lib.QuantizationAwareError, match="ckpt-999999"):
     lib.fine_tune(params, missing, out, steps=1)
-  with pytest.raises(lib.QuantizationAwareError, match="without a checkpoint"):
+  with pytest.raises(restore.RestoreError, match="without a checkpoint"):
     lib.fine_tune(params, str(tmp_path), out, steps=1)
   with pytest.raises(lib.QuantizationAwareError, match="activations='int4'"):
     lib.fine_tune(params, model_dir, out, steps=1, activations="int4")

@@ -7,6 +7,7 @@ import tensorflow as tf
 from kc_keras.configs import trainer as trainer_cfg
 from kc_keras.training import batch_norm_recalibration as recal
 from kc_keras.training import controller as controller_lib
+from kc_keras.training import restore as restore_lib
 
 FEATURES = 3
 
@@ -99,7 +100,7 @@ class ControllerRecalibrationTest(tf.test.TestCase):
     self.assertAllClose(bn.moving_mean, x.mean(0), rtol=1e-6)
     self.assertAllClose(bn.moving_variance, x.var(0), rtol=1e-5)
     restored = _model()
-    controller_lib.restore_model_weights(restored, model_dir)
+    restore_lib.restore_model_weights(restored, model_dir)
     self.assertAllClose(restored.get_layer("bn").moving_mean, x.mean(0),
                         rtol=1e-6)
 

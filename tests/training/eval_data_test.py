@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import image_decoding
-from kc_keras.training import controller as controller_lib
 from kc_keras.training import experiment_runner
 from kc_keras.training import modes
+from kc_keras.training import restore as restore_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMOKE = os.path.join(REPO, "official_configs", "generalist_demo_smoke.yaml")
@@ -76,7 +76,7 @@ class MatchingTest(tf.test.TestCase):
     train = os.path.join(self.create_tempdir().full_path, "train")
     _write_tree(train, {v: {c: 1 for c in cs} for v, cs in TREE.items()}, 0)
     hierarchy_lib.Hierarchy.from_folder_tree(train).save(
-        os.path.join(self.model_dir, modes.HIERARCHY_FILE))
+        os.path.join(self.model_dir, restore_lib.HIERARCHY_FILE))
     self.params = _params(train)
 
   def _eval_tree(self, counts):
@@ -159,7 +159,7 @@ class EvalDataTest(tf.test.TestCase):
     source = modes.eval_data_source(params, model_dir, data)
     session = modes.Session(params, model_dir, source=source)
     model = session.build_model()
-    controller_lib.restore_model_weights(model, model_dir)
+    restore_lib.restore_model_weights(model, model_dir)
     files = source.files("eval")
     images = tf.stack([
         image_decoding.decode_and_resize(tf.io.read_file(p), SIZE, 3)

@@ -19,6 +19,7 @@ from kc_keras.dataloaders import pipeline
 from kc_keras.training import controller as controller_lib
 from kc_keras.training import experiment_runner
 from kc_keras.training import modes
+from kc_keras.training import restore as restore_lib
 from kc_keras.training import specialists
 from kc_keras.utils import files
 
@@ -89,7 +90,7 @@ class NonFiniteLossTest(tf.test.TestCase):
     self.assertEmpty(glob.glob(os.path.join(model_dir, f"ckpt-{2 * LOOP}*")))
 
     fresh = modes.Session(_params(), model_dir).build_model()
-    controller_lib.restore_model_weights(fresh, model_dir)
+    restore_lib.restore_model_weights(fresh, model_dir)
     for restored, expected in zip(_weights(fresh), good):
       self.assertAllEqual(restored, expected)
 
@@ -126,7 +127,7 @@ class CheckpointFallbackTest(tf.test.TestCase):
   def _restore(self, model_dir):
     model = modes.Session(_params(), model_dir).build_model()
     checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    path = controller_lib.restore_latest_usable(checkpoint, model_dir)
+    path = restore_lib.restore_latest_usable(checkpoint, model_dir)
     return path, int(model.optimizer.iterations.numpy())
 
   @pytest.mark.slow
@@ -166,7 +167,7 @@ class CheckpointFallbackTest(tf.test.TestCase):
     self._train(model_dir, LOOP)
     for index in glob.glob(os.path.join(model_dir, "ckpt-*.index")):
       os.remove(index)
-    with self.assertRaisesRegex(controller_lib.CheckpointError,
+    with self.assertRaisesRegex(restore_lib.CheckpointError,
                                 rf"No usable checkpoint.*ckpt-{LOOP}"):
       self._restore(model_dir)
 
@@ -260,7 +261,7 @@ class RunDirGuardTest(tf.test.TestCase):
     model_dir = self.create_tempdir().full_path
     other = self.create_tempdir().full_path
     modes.Session(_params("task.data.embedded.num_classes=44"), other)
-    with mock.patch.object(controller_lib, "restore_model_weights") as restore:
+    with mock.patch.object(restore_lib, "restore_model_weights") as restore:
       with self.assertRaisesRegex(
           hierarchy_lib.HierarchyError,
           rf"^{other} was trained with another hierarchy \(44 classes"):

@@ -62,8 +62,8 @@ def test_teacher_starts_from_the_generalist_with_frozen_layers(trained):
   generalist_params = _params("kc_generalist_demo", trained.root)
   session = modes.Session(generalist_params, f"{trained.root}/generalist")
   generalist = session.build_model()
-  from kc_keras.training import controller  # pylint: disable=g-import-not-at-top
-  controller.restore_model_weights(generalist, f"{trained.root}/generalist")
+  from kc_keras.training import restore  # pylint: disable=g-import-not-at-top
+  restore.restore_model_weights(generalist, f"{trained.root}/generalist")
   teacher = keras.saving.load_model(os.path.join(
       trained.root, "teachers", "vertical_00001", "teacher.keras"))
   # freeze: backbone_and_hidden (the smoke default): identical to the trunk.
