@@ -19,7 +19,7 @@ flags.DEFINE_enum("pipeline", "demo", sorted(pipelines.PIPELINES),
 flags.DEFINE_string("workdir", None, "Root of every stage's model_dir.")
 flags.DEFINE_string(
     "data", None,
-    "Your data, for --pipeline=kc: folder:TRAIN_DIR[,EVAL_DIR], "
+    "Your data, for --pipeline=kc or kc_ablation: folder:TRAIN_DIR[,EVAL_DIR], "
     "tfrecord:TRAIN_GLOB,EVAL_GLOB (with --hierarchy_file) or tfds:NAME.")
 flags.DEFINE_string("hierarchy_file", "",
                     "Class -> vertical file (.json/.csv) for --data.")
@@ -44,8 +44,9 @@ def _data_override():
     raise ValueError(f"--pipeline={FLAGS.pipeline} needs --data (e.g. "
                      "--data=folder:TRAIN_DIR[,EVAL_DIR]).")
   if FLAGS.data and not own_data:
-    raise ValueError(f"--data is for --pipeline=kc; --pipeline="
-                     f"{FLAGS.pipeline} has its own data.")
+    raise ValueError(
+        f"--data is for --pipeline={' or '.join(pipelines.OWN_DATA_EXPORTS)}; "
+        f"--pipeline={FLAGS.pipeline} has its own data.")
   if not FLAGS.data:
     return None
   return data_cfg.data_spec_override(FLAGS.data, FLAGS.hierarchy_file)

@@ -76,6 +76,22 @@ def own_data() -> List[Stage]:
   return _generalist_teachers_student("kc_generalist", "kc_student")
 
 
+def own_data_ablation() -> List[Stage]:
+  """Your own data (`--data`), every row of the paper's table.
+
+  The `kc` pipeline's stages (same directories, so a finished `kc` run is
+  reused) plus the other four students of `STUDENT_ROWS`; the teachers
+  start from the generalist row, as in `kc`.
+  """
+  stages = [Stage(GENERALIST, "kc_generalist", "train_and_eval", "generalist",
+                  report=True)]
+  stages += _teacher_stages("kc_student", "generalist", "kc_generalist")
+  stages += [_student_stage(name, "kc_student", head, self_paced, "generalist",
+                            "kc_generalist")
+             for name, head, self_paced in STUDENT_ROWS]
+  return stages
+
+
 def ablation(generalist_experiment: str, trunk_experiment: str,
              student_experiment: str) -> List[Stage]:
   """The paper's rows: generalist, five students, specialists (upper bound).
@@ -98,6 +114,7 @@ def ablation(generalist_experiment: str, trunk_experiment: str,
 PIPELINES = {
     "demo": demo,
     "kc": own_data,
+    "kc_ablation": own_data_ablation,
     "ablation_omniglot": lambda: ablation(
         "kc_generalist_omniglot", "kc_trunk_omniglot", "kc_student_omniglot"),
     "ablation_embedded_rich": lambda: ablation(
@@ -107,7 +124,7 @@ PIPELINES = {
 
 
 # Pipelines that read `--data`, and the stage whose network they export.
-OWN_DATA_EXPORTS = {"kc": FULL_STUDENT}
+OWN_DATA_EXPORTS = {"kc": FULL_STUDENT, "kc_ablation": FULL_STUDENT}
 
 
 def get_pipeline(name: str) -> List[Stage]:

@@ -29,6 +29,25 @@ def test_student_rows_differ_only_in_head_and_self_paced_scaling():
                              ("fc_sc", "class")]
 
 
+def test_own_data_ablation_extends_kc_in_the_same_directories():
+  kc = pipelines.get_pipeline("kc")
+  ablation = pipelines.get_pipeline("kc_ablation")
+  by_name = {s.name: s for s in ablation}
+  # Every stage of `kc` is a stage of the ablation, in the same model_dir
+  # with the same overrides: a finished `kc` run is resumed, not redone.
+  for stage in kc:
+    assert by_name[stage.name] == stage
+  assert [s.name for s in ablation if s.report] == [
+      "generalist FC-FC", "specialists", "FC-FC + D", "SC-SC + D",
+      "FC-SC + D", "FC-SC + D + S (vertical)", "FC-SC + D + S (class)"]
+  # The teachers start from the generalist row, as in `kc`.
+  students = [s for s in ablation if s.name in dict(
+      (r[0], r) for r in pipelines.STUDENT_ROWS)]
+  assert {s.overrides["task"]["specialists"]["init_checkpoint"]
+          for s in students} == {"{workdir}/generalist"}
+  assert set(pipelines.OWN_DATA_EXPORTS) == {"kc", "kc_ablation"}
+
+
 def test_unknown_pipeline_lists_registered_ones():
   with pytest.raises(ValueError,
                      match="ablation_embedded_rich, ablation_omniglot, demo"):
