@@ -1,7 +1,7 @@
 """Probe: which int8 rounding of a full-integer file costs top-1 agreement.
 
 Simulates the `int8` TFLite file's activation roundings in Keras
-(`export.quantization_aware_lib.ActivationSimulator`, ranges calibrated on
+(`kc_keras.quantization.activation_simulator.ActivationSimulator`, ranges calibrated on
 training images like the converter) and rounds them one at a time, then all
 together, all but `--skip`, and all but `--skip` with the `--per_channel`
 points rounded over one range per channel (what equalizing their ranges
@@ -30,7 +30,8 @@ import tensorflow as tf
 from export import export_saved_model_lib
 from export import export_tflite_lib
 from export import parity_lib
-from export import quantization_aware_lib
+from kc_keras.quantization import activation_simulator
+from kc_keras.quantization import calibration as calibration_lib
 from kc_keras.training import experiment_runner
 from kc_keras.training import restore
 
@@ -100,9 +101,9 @@ def main(_):
   network = restore.load_network(
       params, FLAGS.checkpoint_path)[0]
   images = parity_lib.eval_images(params, FLAGS.max_examples, _BATCH)
-  calibration = np.concatenate(list(export_tflite_lib.training_images(
+  calibration = np.concatenate(list(calibration_lib.training_images(
       params.task.data, FLAGS.representative_examples)))
-  simulator = quantization_aware_lib.ActivationSimulator(
+  simulator = activation_simulator.ActivationSimulator(
       network, "int8", FLAGS.logit_floor, fold_input_scaling=False)
   simulator.calibrate(calibration, _BATCH)
   maxima = _channel_maxima(simulator, calibration)
@@ -120,7 +121,7 @@ def main(_):
         scale = float(high) / np.maximum(maxima[name], 1e-3 * float(high))
       return keras.quantizers.fake_quant_with_min_max_vars(
           x * scale, low, high,
-          num_bits=quantization_aware_lib.ACTIVATION_BITS) / scale
+          num_bits=activation_simulator.ACTIVATION_BITS) / scale
 
     top1 = np.concatenate([
         np.asarray(simulator._walk(tf.constant(images[i:i + _BATCH]),  # pylint: disable=protected-access

@@ -4,11 +4,12 @@ Converts the SC classifier alone (logit_c = h[v(c)] . W[c] + b[c], random
 weights, N classes in M uneven verticals) to full-integer TFLite files in
 two forms and times one batch-1 invoke of each (LiteRT, 1 thread, XNNPACK,
 median of `--repeats`), side by side in one process:
-  depthwise:    `StructurallyConnectedClassifier.quantizable_call` below the
-                limit: one DEPTHWISE_CONV_2D, a 1 x s2 filter per class;
+  depthwise:    the classifier's integer-friendly form below the limit
+                (`quantization.integer_forms`): one DEPTHWISE_CONV_2D, a
+                1 x s2 filter per class;
   batch_matmul: `call`'s chunked einsum: one BATCH_MATMUL and a bias ADD.
 The ratio depthwise / batch_matmul per s2 is what sets
-`structurally_connected.DEPTHWISE_MAX_UNITS` (docs/BENCHMARKS.md).
+`integer_forms.DEPTHWISE_MAX_UNITS` (docs/BENCHMARKS.md).
 
   .venv/bin/python bench/sc_classifier_form_bench.py --num_classes=1623 \
       --num_verticals=50 --units=16,24,25,26,32,64
@@ -24,6 +25,7 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.modeling.layers import structurally_connected
+from kc_keras.quantization import integer_forms
 
 flags.DEFINE_integer("num_classes", 1623, "N.")
 flags.DEFINE_integer("num_verticals", 50, "M.")
@@ -42,8 +44,8 @@ def _int8_file(layer, form, units, rng):
     # The depthwise graph whatever `DEPTHWISE_MAX_UNITS` says: the bench
     # measures both forms at every width.
     order = np.arange(layer.num_classes, dtype=np.int32)
-    forward = lambda h: layer._depthwise_logits(  # pylint: disable=protected-access  # noqa: E731
-        h, tf.transpose(layer.kernel), layer.bias, order)
+    forward = lambda h: integer_forms.depthwise_logits(  # noqa: E731
+        layer, h, tf.transpose(layer.kernel), layer.bias, order)
   else:
     forward = layer.call
   module = tf.Module()
@@ -99,7 +101,8 @@ def main(_):
     layer.build((None, FLAGS.num_verticals, units))
     times = {form: _latency_ms(_int8_file(layer, form, units, rng),
                                FLAGS.repeats) for form in _FORMS}
-    used = "depthwise" if layer.has_depthwise_form else "batch_matmul"
+    used = ("depthwise" if integer_forms.has_depthwise_form(layer)
+            else "batch_matmul")
     print(f"| {units} | {times['depthwise']:.3f} | {times['batch_matmul']:.3f}"
           f" | {times['depthwise'] / times['batch_matmul']:.2f}x | {used} |")
 

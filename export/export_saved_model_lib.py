@@ -5,7 +5,7 @@ import json
 import os
 import re
 import tempfile
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence
 
 import keras
 import numpy as np
@@ -18,6 +18,9 @@ import yaml
 from kc_keras.configs import kc_config
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import image_decoding
+from kc_keras.quantization import floor
+from kc_keras.quantization import integer_forms
+from kc_keras.quantization import recipe as recipe_lib
 from kc_keras.training import restore as restore_lib
 from kc_keras.utils import files
 
@@ -239,9 +242,10 @@ class ServingModule(tf.Module):
     serve_examples(examples: string [B] serialized tf.Example with
       'image/encoded') -> as serving_default.
   Plus the function attribute `tflite_serve_image` (serve_image for B >= 1,
-  no control flow, the network's `quantizable_logits` graph), which
+  no control flow, the network's integer-friendly form,
+  `integer_forms.integer_call`), which
   `export_tflite_lib` converts, and for a self-paced network
-  `tflite_floor_parts` (its `floor_parts`: the int8 files' floored logits).
+  `tflite_floor_parts` (`floor.floor_parts`: the int8 files' floored logits).
 
   Args:
     network: a `HierarchicalClassifier` (images -> logits `[B, N]`).
@@ -292,8 +296,9 @@ class ServingModule(tf.Module):
     if network.self_paced.mode != "none":
       # The pieces of the floored logits, which `export_tflite_lib` composes
       # for the int8 files with the floor chosen at conversion.
-      self.tflite_floor_parts = tf.function(network.floor_parts,
-                                            input_signature=[spec])
+      self.tflite_floor_parts = tf.function(
+          lambda images: floor.floor_parts(network, images),
+          input_signature=[spec])
     self.serve_image_uint8 = tf.function(self._serve_image_uint8,
                                          input_signature=[spec8])
     self.serve_bytes = tf.function(self._serve_bytes,
@@ -331,8 +336,9 @@ class ServingModule(tf.Module):
 
   def _network_outputs(self, images):
     # The integer-friendly graph of the same function (see
-    # HierarchicalClassifier.quantizable_logits): what int8 files are made of.
-    logits = tf.cast(self.network.quantizable_logits(images), tf.float32)
+    # quantization.integer_forms): what int8 files are made of.
+    logits = tf.cast(integer_forms.integer_call(self.network, images),
+                     tf.float32)
     return {"logits": logits, "probs": tf.sigmoid(logits)}
 
   def _check_image_shape(self, images):
@@ -469,13 +475,35 @@ def check_only_network_variables(saved_model_dir: str,
         f"{sorted(n for n, _ in saved)[:10]}")
 
 
+def run_recipe(checkpoint: str, hierarchy: hierarchy_lib.Hierarchy
+               ) -> Optional[recipe_lib.QuantizationRecipe]:
+  """The quantization recipe of the run `checkpoint` belongs to (None without one).
+
+  Quantization-aware fine-tuning writes one into its run directory
+  (`recipe.RECIPE_FILE`); the export carries it to `export_tflite`.
+
+  Raises:
+    recipe.RecipeError: a malformed recipe, or one written for another
+      checkpoint or hierarchy.
+  """
+  path = os.path.join(restore_lib.run_dir_of(checkpoint),
+                      recipe_lib.RECIPE_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  return recipe_lib.check_bound(recipe_lib.read(path), path, checkpoint,
+                                hierarchy.fingerprint)
+
+
 def _write_assets_extra(staging: str, model_name: str, image_shape,
                         config: ServingConfig, params, hierarchy,
-                        checkpoint: str) -> None:
-  """Writes `assets.extra/`: warmup requests, params.yaml, hierarchy, info.
+                        checkpoint: str,
+                        recipe: Optional[recipe_lib.QuantizationRecipe]
+                        ) -> None:
+  """Writes `assets.extra/`: warmup requests, params.yaml, hierarchy, info, recipe.
 
   TF Serving reads only the warmup file; the rest makes the export
-  self-describing (`export_tflite_lib` calibrates int8 from its params).
+  self-describing (`export_tflite_lib` calibrates int8 from its params and
+  follows the run's quantization recipe, when it has one).
   """
   extra = os.path.join(staging, ASSETS_EXTRA)
   os.makedirs(extra)
@@ -492,6 +520,8 @@ def _write_assets_extra(staging: str, model_name: str, image_shape,
                           SERVE_EXAMPLES])
   with open(os.path.join(extra, EXPORT_INFO_FILE), "w", encoding="utf-8") as f:
     json.dump(info, f, indent=2, sort_keys=True)
+  if recipe is not None:
+    recipe_lib.write(recipe, extra)
 
 
 def export_saved_model(params: kc_config.ExperimentConfig,
@@ -507,7 +537,8 @@ def export_saved_model(params: kc_config.ExperimentConfig,
   (`.tmp-<version>-*`, a name TF Serving never loads) and renamed to the
   version directory only when complete and checked, so a failed export
   leaves no version directory. `export_dir/models.config` is (re)written
-  for this model.
+  for this model. A run written by quantization-aware fine-tuning carries
+  its quantization recipe into `assets.extra/` (`run_recipe`).
 
   Args:
     params: the experiment config the checkpoint was trained with.
@@ -524,6 +555,8 @@ def export_saved_model(params: kc_config.ExperimentConfig,
   Raises:
     ExportError: bad model name, existing version, hierarchy mismatch, or a
       SavedModel holding more than the network.
+    recipe.RecipeError: the run's quantization recipe is malformed or
+      describes another checkpoint (`run_recipe`).
   """
   config = config or ServingConfig()
   config.validate()
@@ -542,6 +575,7 @@ def export_saved_model(params: kc_config.ExperimentConfig,
                       "are immutable, pick another --version")
   network, hierarchy, restored, image_shape = restore_lib.load_network(
       params, checkpoint_path)
+  recipe = run_recipe(restored, hierarchy)
   with files.staged_directory(version_dir) as staging:
     with tempfile.TemporaryDirectory() as assets_dir:
       module = ServingModule(network, hierarchy, image_shape, config,
@@ -551,7 +585,7 @@ def export_saved_model(params: kc_config.ExperimentConfig,
       tf.saved_model.save(module, staging, signatures=signatures)
     check_only_network_variables(staging, network)
     _write_assets_extra(staging, model_name, image_shape, config, params,
-                        hierarchy, restored)
+                        hierarchy, restored, recipe)
   models_config = os.path.join(export_dir, MODELS_CONFIG_FILE)
   files.atomic_write_text(models_config, models_config_text(
       model_name, f"{config.serving_base_path.rstrip('/')}/{model_name}"))

@@ -1,10 +1,9 @@
 """Converts an exported SavedModel's `serve_image` signature to TFLite (float, fp16, dynamic, integer)."""
 
-import math
 import os
 import re
-from typing import (Callable, Iterable, Iterator, List, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Callable, Dict, Iterable, List, Mapping, Optional,
+                    Sequence, Tuple, Union)
 
 from ai_edge_litert.interpreter import Interpreter
 import numpy as np
@@ -12,8 +11,14 @@ import tensorflow as tf
 
 from export import export_saved_model_lib as saved_model_lib
 from export import tflite_float_kernels
-from kc_keras.modeling.models import classifier as classifier_lib
+from kc_keras.quantization import calibration
+from kc_keras.quantization import errors
+from kc_keras.quantization import floor
+from kc_keras.quantization import integer_forms
+from kc_keras.quantization import recipe as recipe_lib
+from kc_keras.training import restore
 from kc_keras.utils import files
+from kc_keras.utils import records
 
 QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int8_float_head",
                  "int16x8")
@@ -21,33 +26,18 @@ QUANTIZATIONS = ("none", "fp16", "dynamic", "int8", "int8_float_head",
 CALIBRATED = ("int8", "int8_float_head", "int16x8")
 # Variants that take `float_layers`.
 FLOAT_LAYER_VARIANTS = ("dynamic", "int8_float_head")
-# Layers `int8_float_head` keeps in float (matched as a path segment of the
-# TFLite op output names, Keras call suffixes `_1` allowed): the logits
-# producer. A trained model's logits span a wide range (demo: -59 to +3.3)
-# so one int8 step (0.24) exceeds many top-2 margins; see docs/BENCHMARKS.md,
-# "Variants".
-FLOAT_HEAD_LAYERS = ("classifier", "self_paced_scale")
-# Logit floor applied when the caller asks for the default: full int8
-# rounds its logits output over [floor, max] instead of [min, max] (demo:
-# one step 0.23 -> 0.07; see docs/BENCHMARKS.md, "Variants"). sigmoid(-16)
-# ~ 1.1e-7: clipping lower logits changes no score a caller can tell apart
-# from 0. Float-output variants do not round their logits to int8 and get
-# no floor.
-SUGGESTED_LOGIT_FLOOR = -16.0
-DEFAULT_LOGIT_FLOORS = {"int8": SUGGESTED_LOGIT_FLOOR}
-# Stem layers of the `small_cnn` backbone, for `float_layers`: the first
-# conv's few weights per channel (3x3x1 on Omniglot) are the int8 kernels
-# that cost most agreement (docs/history/BENCHMARKS_LOG.md, "Why int8 and
-# dynamic miss their goals").
-SMALL_CNN_STEM = ("input_scaling", "block0_conv0", "block0_bn0",
-                  "block0_relu0")
-DEFAULT = "default"
+# Layers `int8_float_head` keeps in float: the logits producers
+# (`integer_forms` names the ops of the exported graph after them).
+FLOAT_HEAD_LAYERS = integer_forms.LOGITS_LAYERS
+# Stem layers of the `small_cnn` backbone, for `float_layers`.
+SMALL_CNN_STEM = integer_forms.SMALL_CNN_STEM
+DEFAULT = floor.DEFAULT
 LABELS_SUFFIX = ".labels.txt"
 VERTICALS_SUFFIX = ".verticals.txt"
 MANIFEST_SUFFIX = ".manifest.json"
 # `serve_image` minus its empty-batch guard (see ServingModule).
 TFLITE_FUNCTION = "tflite_serve_image"
-# A self-paced network's `HierarchicalClassifier.floor_parts`, in the export.
+# A self-paced network's `floor.floor_parts`, in the export.
 FLOOR_PARTS_FUNCTION = "tflite_floor_parts"
 
 
@@ -99,25 +89,58 @@ def load_export_data_config(saved_model_dir: str):
   return data_config
 
 
-def training_images(data_config, num_examples: int) -> Iterator[np.ndarray]:
-  """`num_examples` un-augmented TRAINING images, float32 `[1, H, W, C]` each.
+def export_recipe(saved_model_dir: str
+                  ) -> Optional[Tuple[recipe_lib.QuantizationRecipe, str]]:
+  """The quantization recipe an export carries, and its path (None without one).
 
-  The representative dataset of int8 calibration: activation ranges must be
-  those of the data the model was trained on. Sources list examples in a
-  fixed (often class-major) order, so the images are taken evenly spaced
-  over the whole split (every `total // num_examples`-th), not the first
-  few classes.
+  Checked against the export itself: its checkpoint (`export_info.json`)
+  and its hierarchy (`hierarchy.json`).
+
+  Raises:
+    recipe.RecipeError: a malformed recipe, an unknown version, or one
+      bound to another checkpoint or hierarchy.
   """
-  from kc_keras.dataloaders import factory  # pylint: disable=g-import-not-at-top
+  from kc_keras.dataloaders import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
 
-  source = factory.build_source(data_config)
-  raw = source.raw_dataset("train")
-  total = source.num_examples("train")
-  if total and total > num_examples:
-    raw = raw.shard(num_shards=total // num_examples, index=0)
-  dataset = raw.take(num_examples).map(source.decode).batch(1)
-  for element in dataset:
-    yield element["image"].numpy().astype(np.float32)
+  extra = os.path.join(saved_model_dir, saved_model_lib.ASSETS_EXTRA)
+  path = os.path.join(extra, recipe_lib.RECIPE_FILE)
+  if not tf.io.gfile.exists(path):
+    return None
+  recipe = recipe_lib.read(path)
+  info = records.read_json(os.path.join(extra, saved_model_lib.EXPORT_INFO_FILE),
+                           recipe_lib.RecipeError)
+  hierarchy = hierarchy_lib.Hierarchy.load(
+      os.path.join(extra, restore.HIERARCHY_FILE))
+  recipe_lib.check_bound(recipe, path, str(info.get("checkpoint", "")),
+                         hierarchy.fingerprint)
+  return recipe, path
+
+
+def resolve_settings(saved_model_dir: str, defaults: Mapping[str, object],
+                     given: Mapping[str, object], override: bool = False,
+                     log: Callable[[str], None] = print) -> Dict[str, object]:
+  """The conversion settings of an export: given ones, else its recipe's, else defaults.
+
+  Args:
+    saved_model_dir: a version directory written by `export_saved_model`.
+    defaults: every `recipe.EXPORT_SETTINGS` name -> its value without a
+      recipe (the flags' defaults).
+    given: the settings the user set explicitly.
+    override: given settings win over a recipe they contradict.
+    log: receives one line naming the settings taken from the recipe.
+
+  Returns:
+    Every `recipe.EXPORT_SETTINGS` name -> its value.
+
+  Raises:
+    recipe.RecipeError: see `export_recipe`; a given setting that
+      contradicts the recipe without `override`.
+  """
+  found = export_recipe(saved_model_dir)
+  if found is None:
+    return {**dict(defaults), **dict(given)}
+  recipe, path = found
+  return recipe_lib.resolve_export_settings(recipe, path, given, override, log)
 
 
 def float_node_names(tensor_names: Sequence[str], output_names: Sequence[str],
@@ -144,61 +167,14 @@ def float_node_names(tensor_names: Sequence[str], output_names: Sequence[str],
                                     for p in patterns)]
 
 
-def check_logit_floor(logit_floor: Optional[float]) -> Optional[float]:
-  """Validates a `--logit_floor` value.
-
-  Args:
-    logit_floor: None (no floor) or the lowest logit the model outputs.
-
-  Returns:
-    `logit_floor` as a float, or None.
-
-  Raises:
-    TFLiteExportError: a floor that is not a finite negative number (a floor
-      >= 0 would clip logits of classes the model scores >= 0.5).
-  """
-  if logit_floor is None:
-    return None
-  try:
-    value = float(logit_floor)
-  except (TypeError, ValueError):
-    raise TFLiteExportError(
-        f"logit_floor={logit_floor!r} is not a number") from None
-  if not math.isfinite(value) or value >= 0:
-    raise TFLiteExportError(
-        f"logit_floor={logit_floor!r} must be a finite negative number "
-        f"(e.g. {SUGGESTED_LOGIT_FLOOR}: sigmoid(-16) ~ 1e-7)")
-  return value
-
-
 def resolve_logit_floor(logit_floor: Union[float, str, None],
                         quantization: str,
                         float_head: bool = True) -> Optional[float]:
-  """The floor a conversion applies.
-
-  Args:
-    logit_floor: "default" (the floor of the variants whose logits layer
-      outputs int8: `int8`, and `int8_float_head` with `float_head=False`;
-      None for the others), None or "none" (no floor), or a negative number
-      (or its string, as a flag passes it).
-    quantization: one of `QUANTIZATIONS`.
-    float_head: see `convert`.
-
-  Returns:
-    The floor, or None.
-
-  Raises:
-    TFLiteExportError: see `check_logit_floor`.
-  """
-  if isinstance(logit_floor, str):
-    lowered = logit_floor.strip().lower()
-    if lowered == DEFAULT:
-      if quantization == "int8_float_head" and not float_head:
-        return SUGGESTED_LOGIT_FLOOR
-      return DEFAULT_LOGIT_FLOORS.get(quantization)
-    if lowered == "none":
-      return None
-  return check_logit_floor(logit_floor)
+  """`floor.resolve_logit_floor`, its errors as `TFLiteExportError`s."""
+  try:
+    return floor.resolve_logit_floor(logit_floor, quantization, float_head)
+  except errors.QuantizationError as e:
+    raise TFLiteExportError(str(e)) from None
 
 
 def _outputs_function(function, logits_of):
@@ -233,7 +209,7 @@ def _floored_function(function, logit_floor: float):
 
 
 def _floored_parts_function(parts_function, logit_floor: float):
-  """The floored logits of a self-paced network (`classifier.floored_logits`).
+  """The floored logits of a self-paced network (`floor.floored_logits`).
 
   logits = max(shifted, floor * norm) * scale = max(y, max(floor, -c r_v))
   from the export's `tflite_floor_parts`: the shifted logits are rounded
@@ -243,7 +219,7 @@ def _floored_parts_function(parts_function, logit_floor: float):
   """
   return _outputs_function(
       parts_function,
-      lambda parts: classifier_lib.floored_logits(parts, logit_floor))
+      lambda parts: floor.floored_logits(parts, logit_floor))
 
 
 def _float_op_count(concrete, loaded) -> int:
@@ -511,7 +487,7 @@ def _label_lines(saved_model_dir: str) -> List[str]:
   from kc_keras.dataloaders import hierarchy as hierarchy_lib  # pylint: disable=g-import-not-at-top
 
   hierarchy_path = os.path.join(saved_model_dir, saved_model_lib.ASSETS_EXTRA,
-                                saved_model_lib.HIERARCHY_FILE)
+                                restore.HIERARCHY_FILE)
   hierarchy = hierarchy_lib.Hierarchy.load(hierarchy_path)
   # The names the SavedModel itself serves: the hierarchy file beside it must
   # be the one it was exported with, or the TFLite labels would be wrong.
@@ -557,7 +533,8 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
 
   Returns:
     `{"model": output, "labels": ..., "verticals": ..., "manifest": ...,
-    "bytes": size, "logit_floor": the floor applied or None}`.
+    "bytes": size, "quantization": quantization, "logit_floor": the floor
+    applied or None}`.
 
   Raises:
     TFLiteExportError: see `convert`; `representative_examples < 1` for int8.
@@ -570,7 +547,8 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
           f"{representative_examples}")
     data_config = (params.task.data if params is not None
                    else load_export_data_config(saved_model_dir))
-    images = lambda: training_images(data_config, representative_examples)  # noqa: E731
+    images = lambda: calibration.training_images(  # noqa: E731
+        data_config, representative_examples)  # noqa: E731
   model, applied_floor = convert_with_floor(
       saved_model_dir, quantization, images, float_layers, logit_floor,
       float_head)
@@ -581,5 +559,6 @@ def export_tflite(saved_model_dir: str, output: str, quantization: str,
   files.write_file_set({paths["labels"]: labels.encode("utf-8"),
                         paths["verticals"]: verticals.encode("utf-8"),
                         output: model}, manifest_path(output))
-  return dict(model=output, bytes=len(model), logit_floor=applied_floor,
-              manifest=manifest_path(output), **paths)
+  return dict(model=output, bytes=len(model), quantization=quantization,
+              logit_floor=applied_floor, manifest=manifest_path(output),
+              **paths)

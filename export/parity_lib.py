@@ -12,7 +12,7 @@ from export import export_saved_model_lib
 from export import tflite_demo_lib
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import pipeline
-from kc_keras.modeling.models import classifier as classifier_lib
+from kc_keras.quantization import floor
 
 
 # Batch size of the throughput column.
@@ -141,14 +141,14 @@ def floored_reference(network, images: np.ndarray, reference: np.ndarray,
   """The logits a file converted with `logit_floor` is meant to output.
 
   max(reference, floor) for a network without self-paced scaling; for a
-  self-paced one `classifier.floored_logits` of its `floor_parts` in float,
+  self-paced one `floor.floored_logits` of its `floor.floor_parts` in float,
   max(y, max(floor, -c r_v)) (`export_tflite_lib` converts that).
   """
   if network.self_paced.mode == "none":
     return np.maximum(reference, logit_floor)
   return np.concatenate([
-      np.asarray(classifier_lib.floored_logits(
-          network.floor_parts(images[start:start + batch_size]),
+      np.asarray(floor.floored_logits(
+          floor.floor_parts(network, images[start:start + batch_size]),
           logit_floor))
       for start in range(0, len(images), batch_size)])
 

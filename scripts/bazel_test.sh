@@ -36,6 +36,7 @@ SAMPLE=(
   //tests/losses:sigmoid_cross_entropy_test
   //tests/metrics:evaluation_test
   //tests/modeling:classifier_test
+  //tests/quantization:grids_test
   //tests/training:train_test
   //tests/export:export_saved_model_lib_test
 )

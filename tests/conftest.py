@@ -1,4 +1,4 @@
-"""Shared pytest fixtures: quiet TensorFlow, the Omniglot path, tmp model dirs."""
+"""Shared pytest fixtures: quiet TensorFlow, the Omniglot path, the tiny trained run the export and quantization tests share."""
 
 import os
 import pathlib
@@ -11,6 +11,14 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from absl import flags  # noqa: E402
 import pytest  # noqa: E402
+
+# Session fixtures, defined once here so that every test directory shares
+# one trained run (a definition per directory would train it again).
+from export_fixtures import exported  # noqa: E402,F401  pylint: disable=unused-import
+from export_fixtures import reference  # noqa: E402,F401  pylint: disable=unused-import
+from export_fixtures import snapped_run  # noqa: E402,F401  pylint: disable=unused-import
+from export_fixtures import tflite_model  # noqa: E402,F401  pylint: disable=unused-import
+from export_fixtures import trained_run  # noqa: E402,F401  pylint: disable=unused-import
 
 # absltest-style helpers (create_tempdir, get_temp_dir) read absl flags, which
 # pytest never parses.

@@ -8,8 +8,9 @@ so a new layer gets the same checks for free:
     through `keras.saving.serialize_keras_object` (the registered name);
   - gradients: every trainable weight and the input receive a non-zero
     gradient of the weight's (input's) shape;
-  - the exported form: where the layer has an integer-friendly form for
-    TFLite (`quantizable_call`), it computes the same function as `call`.
+  - the exported form: where `kc_keras.quantization.integer_forms` has an
+    integer-friendly form for the layer's type, it computes the same
+    function as `call` (`run_quantization_test`).
 """
 
 import os
@@ -19,6 +20,8 @@ from absl.testing import parameterized
 import keras
 import numpy as np
 import tensorflow as tf
+
+from kc_keras.quantization import integer_forms
 
 # The exported (integer-friendly) forms reorder float sums (one matmul
 # instead of a gather and a batched matmul): a few float32 ulps of the
@@ -64,11 +67,28 @@ class TestCase(tf.test.TestCase, parameterized.TestCase):
 
     self._check_gradients(layer, input_data, call_kwargs,
                           expect_trainable_weights)
-    if hasattr(layer, "quantizable_call"):
-      self.assertAllClose(layer.quantizable_call(input_data),
-                          np.asarray(layer(input_data, training=False)),
-                          atol=EXPORTED_FORM_ATOL)
+    if integer_forms.has_form(layer):
+      self.run_quantization_test(layer, input_data)
     return layer, output
+
+  def run_quantization_test(self, layer, input_data,
+                            atol=EXPORTED_FORM_ATOL, rtol=0.0):
+    """The layer's integer-friendly form equals its inference call within a bound.
+
+    Args:
+      layer: a built layer whose type has a registered form.
+      input_data: what both are computed on.
+      atol: absolute bound (float reordering of the same sums).
+      rtol: relative bound.
+
+    Returns:
+      The form's output (numpy).
+    """
+    exported = np.asarray(integer_forms.integer_call(layer, input_data))
+    self.assertAllClose(exported, np.asarray(layer(input_data,
+                                                   training=False)),
+                        atol=atol, rtol=rtol)
+    return exported
 
   def _check_gradients(self, layer, input_data, call_kwargs,
                        expect_trainable_weights):

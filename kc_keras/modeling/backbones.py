@@ -3,9 +3,6 @@
 from typing import List, Mapping, Sequence, Union
 
 import keras
-from keras import ops
-import numpy as np
-import tensorflow as tf
 
 from kc_keras.configs import model as model_config
 
@@ -18,15 +15,8 @@ PIXEL_MAX = 255.0
 RESNET_MEAN_RGB = (123.68, 116.779, 103.939)
 # small_cnn halves the resolution between blocks.
 POOL_SIZE = 2
-# small_cnn's first layer, which `quantizable_features` folds into the conv
-# after it.
+# small_cnn's first layer: y = 2x - 1, from [0, 1] to [-1, 1].
 INPUT_SCALING = "input_scaling"
-# TFLite's int8 kernels: symmetric, per output channel, levels [-127, 127]
-# (measured on the converter's output in
-# tests/export/quantization_aware_lib_test.py; export's QAT snaps to it).
-INT8_KERNEL_LEVELS = 127
-# Relative tolerance of "the kernel lies on its int8 grid".
-GRID_TOLERANCE = 1e-5
 
 
 def _as_config(config) -> model_config.BackboneConfig:
@@ -158,6 +148,12 @@ def chain_layers(backbone: keras.Model) -> List[keras.layers.Layer]:
 
   Calling them one after the other is `backbone(x)` (small_cnn).
 
+  Args:
+    backbone: a `build_backbone` model.
+
+  Returns:
+    The layers, the input layer left out.
+
   Raises:
     ValueError: a layer that does not take the previous layer's output
       (keras.applications backbones), named.
@@ -172,119 +168,3 @@ def chain_layers(backbone: keras.Model) -> List[keras.layers.Layer]:
           "previous layer's output")
     previous = layer.output
   return layers
-
-
-def kernel_on_int8_grid(kernel) -> bool:
-  """Whether every output channel c of `kernel` is a multiple of s_c = max|w_c| / 127.
-
-  True after `export.quantization_aware_finetune`, which snaps kernels to
-  the grid the TFLite converter rounds them to.
-  """
-  # Eager even while a tf.function traces the caller: the decision depends
-  # on the weights' values, fixed at export.
-  with tf.init_scope():
-    kernel = np.asarray(ops.convert_to_numpy(kernel), np.float64)
-  flat = kernel.reshape(-1, kernel.shape[-1])
-  scales = np.abs(flat).max(axis=0) / INT8_KERNEL_LEVELS
-  scales[scales == 0] = 1.0
-  levels = flat / scales
-  return bool(np.all(np.abs(levels - np.round(levels))
-                     <= GRID_TOLERANCE * INT8_KERNEL_LEVELS))
-
-
-def has_input_scaling_conv(backbone: keras.Model) -> bool:
-  """Whether the backbone starts with an input scaling `quantizable_features` can fold.
-
-  True for a chain that starts with the `INPUT_SCALING` Rescaling (a scalar
-  scale and offset) followed by a stride-1, undilated Conv2D with 'same'
-  padding: small_cnn.
-  """
-  try:
-    chain = chain_layers(backbone)
-  except ValueError:
-    return False
-  if len(chain) < 2 or chain[0].name != INPUT_SCALING:
-    return False
-  scaling, conv = chain[0], chain[1]
-  return (isinstance(scaling, keras.layers.Rescaling)
-          and all(np.size(v) == 1 for v in (scaling.scale, scaling.offset))
-          and isinstance(conv, keras.layers.Conv2D)
-          and conv.padding == "same"
-          and tuple(conv.strides) == (1, 1)
-          and tuple(conv.dilation_rate) == (1, 1)
-          and conv.data_format == "channels_last"
-          and conv.groups == 1)
-
-
-def foldable_input_scaling(backbone: keras.Model) -> bool:
-  """Whether `quantizable_features` folds the backbone's input scaling.
-
-  `has_input_scaling_conv`, and the conv's kernel lies on its int8 grid
-  (`kernel_on_int8_grid`, as after `export.quantization_aware_finetune`).
-  Off the grid the fold's constant b sum(W) is computed from the float
-  kernel while an int8 file convolves with the rounded one: a per-channel
-  offset on every pixel (on the demo generalist before fine-tuning it
-  lowered int8 agreement; docs/BENCHMARKS.md, "The graph converted for
-  int8"); on the grid the two sums are equal.
-  """
-  return (has_input_scaling_conv(backbone)
-          and kernel_on_int8_grid(chain_layers(backbone)[1].kernel))
-
-
-def quantizable_features(backbone: keras.Model, images):
-  """`backbone(images, training=False)` as a graph integer arithmetic can hold.
-
-  small_cnn starts with y = a x + b (a = 2, b = -1: [0, 1] -> [-1, 1]) and
-  a 'same' convolution of y. In int8 y cannot be held exactly: its 256
-  values (2k - 255) / 255 fall half-way between the points of any int8
-  grid over [-1, 1] (step 2 / 255), so every pixel moves by 1 / 255 before
-  the first convolution; on the Omniglot generalist that rounding was the
-  largest single loss of top-1 agreement (docs/BENCHMARKS.md, "The graph
-  converted for int8"). Folded:
-    conv_same(a x + b; W) = conv_valid(pad(x, -b / a); a W) + b sum(W),
-  exact in float (the zero padding of y is x = -b / a = 0.5: padded with
-  zeros, then a constant border of 0.5 added), so the images enter the
-  first convolution on their own grid (k / 255); only the border value
-  0.5 is rounded, to 128 / 255. The sum runs
-  over the kernel's height, width and input channels; a conv bias adds as
-  usual. Other backbones (keras.applications) run unchanged.
-
-  Args:
-    backbone: a `build_backbone` model.
-    images: float32 [B, H, W, C] in [0, 1].
-
-  Returns:
-    The features [B, s_b], equal to `backbone(images, training=False)` up
-    to float rounding.
-  """
-  if not foldable_input_scaling(backbone):
-    return backbone(images, training=False)
-  chain = chain_layers(backbone)
-  scaling, conv = chain[0], chain[1]
-  scale = float(np.reshape(scaling.scale, ()))
-  offset = float(np.reshape(scaling.offset, ()))
-  kernel = ops.convert_to_tensor(conv.kernel)
-  padding = [[0, 0]]
-  for size in conv.kernel_size:
-    padding.append([(size - 1) // 2, size - 1 - (size - 1) // 2])
-  padding.append([0, 0])
-  # Zero padding plus a constant border, not a pad with value 0.5: TFLite's
-  # int16x8 converter leaves a PADV2 pad value float32 and the file then
-  # fails to load; PAD and ADD convert in every mode.
-  _, height, width, channels = backbone.inputs[0].shape
-  border = np.full((1, height + sum(padding[1]), width + sum(padding[2]),
-                    channels), -offset / scale, np.float32)
-  border[:, padding[1][0]:padding[1][0] + height,
-         padding[2][0]:padding[2][0] + width, :] = 0.0
-  # Name scopes keep the layers' names on the ops (TFLite `float_layers`).
-  with keras.name_scope(scaling.name):
-    x = ops.pad(ops.cast(images, "float32"), padding) + border
-  with keras.name_scope(conv.name):
-    x = ops.conv(x, kernel * scale, strides=1, padding="valid")
-    bias = offset * ops.sum(kernel, axis=(0, 1, 2))
-    if conv.use_bias:
-      bias = bias + conv.bias
-    x = x + bias
-  for layer in chain[2:]:
-    x = layer(x, training=False)
-  return x

@@ -4,7 +4,6 @@ import math
 from typing import Optional, Sequence
 
 import keras
-from keras import ops
 import numpy as np
 
 from kc_keras.configs import model as model_config
@@ -199,77 +198,6 @@ class ClassificationHead(keras.layers.Layer):
     if self.dropout2 is not None:
       x = self.dropout2(x, training=training)
     return self.classifier(x)
-
-  def quantizable_hidden(self, inputs):
-    """The classifier's input, as `quantizable_call` computes it.
-
-    A block layer that reads the features directly (FC-SC's sc2, SC-SC's
-    sc1) runs its dense form (`VerticalBlockDense.quantizable_call`); the
-    others run as in `call` (dropout is the identity at inference).
-    """
-    x = inputs
-    for layer in (self.hidden1, self.hidden2):
-      if isinstance(layer, structurally_connected.VerticalBlockDense):
-        # The layer's name scope, as its __call__ would give: float_layers
-        # and the quantization debugger match ops by these names.
-        with keras.name_scope(layer.name):
-          x = layer.quantizable_call(x)
-      else:
-        x = layer(x)
-    return x
-
-  def quantizable_call(self, inputs):
-    """`call(inputs, training=False)` as the graph TFLite converts.
-
-    `quantizable_hidden`, then the SC classifier in its depthwise form
-    (`StructurallyConnectedClassifier.quantizable_call`) or the Dense one.
-
-    Args:
-      inputs: features [B, s_b].
-
-    Returns:
-      Logits [B, N], the same function as `call` up to float rounding.
-    """
-    return self.quantizable_logits_of(self.quantizable_hidden(inputs))
-
-  def quantizable_logits_of(self, hidden):
-    """The classifier on `quantizable_hidden`'s output, in its quantizable form."""
-    if isinstance(self.classifier,
-                  structurally_connected.StructurallyConnectedClassifier):
-      with keras.name_scope(self.classifier.name):
-        return self.classifier.quantizable_call(hidden)
-    return self.classifier(hidden)
-
-  def shifted_logits(self, hidden, shift: float, factors=None):
-    """max(k_c x_c, -shift) from the classifier's input, as a graph of its own.
-
-    The SC classifier's `shifted_quantizable_call`; a Dense classifier
-    likewise: relu(h (W k) + k b + shift) - shift with its columns in
-    reverse order (so the converter does not merge it with the classifier).
-
-    Args:
-      hidden: the classifier's input (`quantizable_hidden`).
-      shift: c > 0.
-      factors: optional k [N] (1 when None).
-
-    Returns:
-      [B, N], float32.
-    """
-    classifier = self.classifier
-    if isinstance(classifier,
-                  structurally_connected.StructurallyConnectedClassifier):
-      return classifier.shifted_quantizable_call(hidden, shift, factors)
-    reverse = np.arange(self.num_classes - 1, -1, -1, dtype=np.int32)
-    kernel = ops.cast(classifier.kernel, "float32")
-    bias = ops.cast(classifier.bias, "float32")
-    if factors is not None:
-      kernel = kernel * factors[None, :]
-      bias = bias * factors
-    shifted = ops.relu(
-        ops.matmul(ops.cast(hidden, "float32"),
-                   ops.take(kernel, reverse, axis=1))
-        + ops.take(bias + shift, reverse))
-    return ops.take(shifted, reverse, axis=1) - shift
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.num_classes)

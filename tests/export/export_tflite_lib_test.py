@@ -13,6 +13,8 @@ from export import parity_lib
 from export import tflite_demo_lib
 from export_test_utils import INT8_CALIBRATION_EXAMPLES
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
+from kc_keras.quantization import floor as floor_lib
+from kc_keras.quantization import integer_forms
 from kc_keras.utils import files
 
 # Each variant against the Keras network: the largest logit error over the
@@ -62,7 +64,7 @@ def test_int8_is_full_integer(tflite_model):
 def test_int8_images_reach_the_first_conv_unrounded(snapped_run, tflite_model,
                                                    tmp_path):
   """small_cnn's input scaling is folded when the first conv's kernel is on
-  its int8 grid (backbones.quantizable_features): the int8 images (k / 255)
+  its int8 grid (input_folding.folded_features): the int8 images (k / 255)
   are padded and convolved; no int8 tensor holds 2x - 1, whose values fall
   between the points of any int8 grid. Off the grid (the plain smoke run)
   the scaling stays an op of its own."""
@@ -244,19 +246,13 @@ def test_bad_logit_floor(exported, tmp_path, floor):
   assert not os.listdir(tmp_path)
 
 
-def test_check_and_resolve_logit_floor():
-  assert lib.check_logit_floor(None) is None
-  assert lib.check_logit_floor(-16) == -16.0
+def test_resolve_logit_floor_names_a_bad_floor():
+  # The floor's rules are quantization's (tests/quantization/floor_test.py);
+  # the export reports them as its own error.
+  assert lib.resolve_logit_floor("default", "int8") == (
+      floor_lib.SUGGESTED_LOGIT_FLOOR)
   with pytest.raises(lib.TFLiteExportError, match="finite negative"):
-    lib.check_logit_floor(1e-9)
-  # Only full int8 rounds its logits output to int8: it alone is floored
-  # by default.
-  assert lib.resolve_logit_floor("default", "int8") == -16.0
-  for quantization in set(lib.QUANTIZATIONS) - {"int8"}:
-    assert lib.resolve_logit_floor("default", quantization) is None
-  assert lib.resolve_logit_floor("none", "int8") is None
-  assert lib.resolve_logit_floor(None, "int8") is None
-  assert lib.resolve_logit_floor("-4.5", "fp16") == -4.5
+    lib.resolve_logit_floor(1e-9, "int8")
   with pytest.raises(lib.TFLiteExportError, match="not a number"):
     lib.resolve_logit_floor("lowest", "int8")
 
@@ -332,8 +328,9 @@ class _SelfPacedServing(tf.Module):
 
   Head logits near -20 (squared norms per vertical ~1e3-1e4) and gammas of
   50-120, as on the Omniglot student; `quantizable` picks the graph that
-  `tflite_serve_image` holds: the network's `quantizable_logits` (what the
-  exporter writes) or its plain `call`.
+  `tflite_serve_image` holds: the network's integer-friendly form
+  (`integer_forms.integer_call`, what the exporter writes) or its plain
+  `call`.
   """
 
   def __init__(self, quantizable, floor_parts=False):
@@ -353,8 +350,10 @@ class _SelfPacedServing(tf.Module):
         4.0 * np.asarray(classifier_layer.kernel))
     self.network.self_paced.gamma.assign(np.linspace(50.0, 120.0, 6))
     spec = tf.TensorSpec([None, 8, 8, 1], tf.float32, name="images")
-    forward = (self.network.quantizable_logits if quantizable
-               else lambda images: self.network(images, training=False))
+    network = self.network
+    forward = ((lambda images: integer_forms.integer_call(network, images))
+               if quantizable
+               else lambda images: network(images, training=False))
 
     def outputs(images):
       logits = forward(images)
@@ -362,8 +361,9 @@ class _SelfPacedServing(tf.Module):
 
     self.tflite_serve_image = tf.function(outputs, input_signature=[spec])
     if floor_parts:  # As `export_saved_model_lib.ServingModule` adds it.
-      self.tflite_floor_parts = tf.function(self.network.floor_parts,
-                                            input_signature=[spec])
+      self.tflite_floor_parts = tf.function(
+          lambda images: floor_lib.floor_parts(network, images),
+          input_signature=[spec])
 
 
 def test_int8_self_paced_floor_keeps_the_top_logits(tmp_path):
@@ -383,9 +383,9 @@ def test_int8_self_paced_floor_keeps_the_top_logits(tmp_path):
   reference = np.asarray(module.network(images, training=False))
   saved = str(tmp_path / "sm")
   tf.saved_model.save(module, saved)
-  assert reference.min() < lib.SUGGESTED_LOGIT_FLOOR
+  assert reference.min() < floor_lib.SUGGESTED_LOGIT_FLOOR
   assert lib.convert_with_floor(saved, "int8", calibration)[1] == (
-      lib.SUGGESTED_LOGIT_FLOOR)
+      floor_lib.SUGGESTED_LOGIT_FLOOR)
   floor = float(np.percentile(reference, 50))
   errors, convs = {}, {}
   for asked in (floor, None):

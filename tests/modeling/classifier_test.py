@@ -8,7 +8,6 @@ import pytest
 import tensorflow as tf
 
 from kc_keras.configs import model as model_config
-from kc_keras.modeling import backbones
 import kc_test_case
 from kc_keras.modeling.models import classifier
 
@@ -76,65 +75,6 @@ class HierarchicalClassifierTest(kc_test_case.TestCase):
       idx = np.flatnonzero(np.asarray(C2V) == v)
       self.assertAllClose(np.linalg.norm(out[:, idx], axis=1), [gamma[v]] * 2,
                           rtol=1e-4)
-
-  @parameterized.parameters(("fc_sc", "vertical", True),
-                            ("fc_fc", "none", True),
-                            ("sc_sc", "class", False))
-  def test_quantizable_logits_are_the_same_function(self, head_type, mode,
-                                                     on_grid):
-    """The graph TFLite converts: the self-paced tail relative to gamma and,
-    when the stem kernel is on its int8 grid, the input scaling folded."""
-    model = classifier.build_classifier(tiny_config(head_type, mode=mode),
-                                        C2V, SHAPE)
-    model(images(1))
-    conv = model.backbone.get_layer("block0_conv0")
-    if on_grid:
-      kernel = conv.kernel.numpy()
-      step = np.abs(kernel).max(axis=(0, 1, 2)) / 127
-      conv.kernel.assign(np.round(kernel / step) * step)
-    self.assertEqual(backbones.foldable_input_scaling(model.backbone),
-                     on_grid)
-    x = images(3, seed=5)
-    self.assertAllClose(model.quantizable_logits(x), model(x, training=False),
-                        rtol=1e-5, atol=1e-5)
-
-  @parameterized.parameters(("fc_sc", "vertical"), ("fc_fc", "fixed"),
-                            ("sc_sc", "class"))
-  def test_floored_logits_of_the_floor_parts(self, head_type, mode):
-    """floored_logits(floor_parts) = max(y, max(F, -c r_v)): y above the floor."""
-    model = classifier.build_classifier(tiny_config(head_type, mode=mode),
-                                        C2V, SHAPE)
-    model(images(1))
-    if model.self_paced.gamma is not None:
-      model.self_paced.gamma.assign(
-          np.linspace(0.5, 3.0, model.self_paced.gamma.shape[0]))
-    classifier_layer = model.head.classifier
-    classifier_layer.bias.assign(np.random.default_rng(8).normal(
-        scale=3.0, size=classifier_layer.bias.shape))
-    x = images(4, seed=7)
-    logits = np.asarray(model(x, training=False))
-    # A shift (in k x units, y / r) and a floor inside the logits' range,
-    # so both bite.
-    unscaled = logits / np.asarray(model.floor_parts(x)["scale"])
-    shift = float(-np.percentile(unscaled, 30))
-    floor = float(np.percentile(logits, 20))
-    parts = model.floor_parts(x, shift)
-    scale = np.asarray(parts["scale"])
-    self.assertAllClose(np.asarray(parts["norm"]) * scale,
-                        np.ones_like(scale), rtol=1e-5)
-    floored = np.asarray(classifier.floored_logits(parts, floor))
-    expected = np.maximum(logits, np.maximum(floor, -shift * scale))
-    self.assertAllClose(floored, expected, rtol=1e-5, atol=1e-5)
-    above = logits > np.maximum(floor, -shift * scale)
-    self.assertTrue(above.any() and not above.all())
-    self.assertAllClose(floored[above], logits[above], rtol=1e-5, atol=1e-5)
-
-  def test_floor_parts_need_self_paced_scaling(self):
-    model = classifier.build_classifier(tiny_config("fc_fc", mode="none"),
-                                        C2V, SHAPE)
-    model(images(1))
-    with self.assertRaisesRegex(ValueError, "needs self-paced scaling"):
-      model.floor_parts(images(1))
 
   @parameterized.parameters(("fc_fc", 0), ("fc_sc", 0), ("fc_sc", 3),
                             ("sc_sc", 0))

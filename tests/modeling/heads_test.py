@@ -129,20 +129,6 @@ class ClassificationHeadTest(kc_test_case.TestCase):
     self.assertIn("kc_head/sc2/shared_kernel", paths)
     self.assertIn("kc_head/classifier/kernel", paths)
 
-  @parameterized.parameters("fc_fc", "fc_sc", "sc_sc")
-  def test_quantizable_call_and_shifted_logits(self, head_type):
-    c2v = [0, 1, 1, 2, 2, 2]
-    head = heads.ClassificationHead(c2v, head_type=head_type, s1=6, s2=4,
-                                    dropout=0.3)
-    x = np.random.default_rng(4).normal(size=(5, 7)).astype(np.float32)
-    logits = np.asarray(head(x, training=False))
-    self.assertAllClose(head.quantizable_call(x), logits, atol=1e-5)
-    hidden = head.quantizable_hidden(x)
-    factors = np.linspace(0.5, 2.0, 6).astype(np.float32)
-    shift = float(np.median(np.abs(logits)))
-    self.assertAllClose(head.shifted_logits(hidden, shift, factors),
-                        np.maximum(logits * factors, -shift), atol=1e-5)
-
   def test_bad_dropout(self):
     with self.assertRaisesRegex(ValueError, "dropout must be in"):
       heads.ClassificationHead(EVEN, dropout=1.0)

@@ -148,45 +148,6 @@ class SelfPacedScaleTest(kc_test_case.TestCase):
     self.assertNotAllClose(plain.gamma.numpy(), np.sqrt([3.0, 1.0, 4.0]),
                            atol=1e-2)
 
-  @parameterized.parameters("none", "fixed", "vertical", "class")
-  def test_quantizable_call_is_the_same_function(self, mode):
-    # Trained-like values: logits around -20 (norms ~1e2 per vertical),
-    # gammas far from their init and a learning-rate multiplier.
-    layer = self_paced.SelfPacedScale(C2V, mode=mode, init_stddev=0.0,
-                                      learning_rate_multiplier=30.0)
-    layer.build((None, 8))
-    if layer.gamma is not None:
-      layer.gamma.assign(np.linspace(1.0, 4.0, layer.gamma.shape[0]))
-    x = self.x * 5.0 - 20.0
-    x[0, [0, 3, 6]] = 0.0  # a zero vertical stays zero and finite.
-    quantizable = np.asarray(layer.quantizable_call(x))
-    self.assertEqual(quantizable.dtype, np.float32)
-    self.assertAllClose(quantizable, np.asarray(layer(x)), rtol=1e-5, atol=1e-5)
-    if mode != "none":
-      gamma = (np.sqrt([3.0, 1.0, 4.0])[C2V] if mode == "fixed"
-               else np.asarray(layer.scale_values()))
-      gamma = gamma[C2V] if mode == "vertical" else gamma
-      self.assertAllClose(quantizable, reference(x, gamma, C2V), rtol=1e-5,
-                          atol=1e-5)
-      self.assertAllEqual(quantizable[0, [0, 3, 6]], np.zeros(3))
-
-  @parameterized.parameters("fixed", "vertical", "class")
-  def test_quantizable_scales(self, mode):
-    layer = self_paced.SelfPacedScale(C2V, mode=mode, init_stddev=0.5,
-                                      seed=1)
-    layer.build((None, 8))
-    x = self.x * 5.0 - 20.0
-    scale, norm = (np.asarray(t) for t in layer.quantizable_scales(x))
-    factors = layer.class_factors()
-    self.assertEqual(factors is None, mode != "class")
-    factors = 1.0 if factors is None else np.asarray(factors)
-    # y = k x r, and s = 1 / r.
-    self.assertAllClose(x * factors * scale, np.asarray(layer(x)), rtol=1e-5,
-                        atol=1e-5)
-    self.assertAllClose(norm * scale, np.ones_like(scale), rtol=1e-5)
-    with self.assertRaisesRegex(ValueError, "no scale"):
-      self_paced.SelfPacedScale(C2V, mode="none").quantizable_scales(x)
-
   def test_config_round_trip(self):
     layer = self_paced.SelfPacedScale(
         C2V, mode="class", init="constant", init_value=3.0, init_stddev=0.5,

@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import kc_test_case
 from kc_keras.modeling.layers import structurally_connected as sc
+from kc_keras.quantization import integer_forms
 
 # Uneven verticals, classes interleaved across verticals: sizes 4, 1, 6.
 UNEVEN = [2, 0, 2, 1, 0, 2, 2, 0, 2, 0, 2]
@@ -55,9 +56,11 @@ class ChunkLayoutTest(tf.test.TestCase, parameterized.TestCase):
 
 class StructurallyConnectedClassifierTest(kc_test_case.TestCase):
 
+  # The harness checks the integer-friendly form too: the depthwise one up
+  # to its width limit, `call` beyond it.
   @parameterized.named_parameters(
       ("batch_matmul", 5, True), ("depthwise_no_bias", 3, False),
-      ("wide", sc.DEPTHWISE_MAX_UNITS + 1, True))
+      ("wide", integer_forms.DEPTHWISE_MAX_UNITS + 1, True))
   def test_layer_harness(self, units, use_bias):
     h = np.random.default_rng(5).normal(size=(2, 3, units)).astype(np.float32)
     layer, _ = self.run_layer_test(
@@ -90,29 +93,6 @@ class StructurallyConnectedClassifierTest(kc_test_case.TestCase):
     self.assertEqual(kernel.shape, (len(c2v), units))
     expected = loop_reference(h, kernel, bias, c2v)
     self.assertAllClose(out, expected, atol=1e-5)
-
-  @parameterized.parameters((UNEVEN, True, 5), ([0, 1, 1, 2, 2, 2], False, 5),
-                            (UNEVEN, True, sc.DEPTHWISE_MAX_UNITS + 1))
-  def test_quantizable_forms(self, c2v, use_bias, units):
-    layer = sc.StructurallyConnectedClassifier(
-        c2v, chunk_size=2, use_bias=use_bias,
-        bias_initializer="random_normal")
-    h = np.random.default_rng(3).normal(
-        size=(4, max(c2v) + 1, units)).astype(np.float32)
-    logits = np.asarray(layer(h))
-    self.assertEqual(layer.has_depthwise_form,
-                     units <= sc.DEPTHWISE_MAX_UNITS)
-    self.assertAllClose(layer.quantizable_call(h), logits, atol=1e-5)
-    # Depthwise filter [1, s2, N, 1] = W^T.
-    self.assertAllEqual(np.asarray(layer.depthwise_kernel())[0, :, :, 0],
-                        layer.kernel.numpy().T)
-    factors = np.linspace(0.5, 2.0, len(c2v)).astype(np.float32)
-    shift = float(np.median(np.abs(logits)))
-    shifted = layer.shifted_quantizable_call(h, shift, factors)
-    self.assertAllClose(shifted, np.maximum(logits * factors, -shift),
-                        atol=1e-5)
-    self.assertAllClose(layer.shifted_quantizable_call(h, shift),
-                        np.maximum(logits, -shift), atol=1e-5)
 
   def test_gradient_matches_dense(self):
     # d sum(logits * r) / dW[c] = sum_b r[b, c] h[b, v(c)]; padding adds none.
@@ -245,42 +225,6 @@ class VerticalBlockDenseTest(kc_test_case.TestCase):
     kernels = sum(int(np.prod(w.shape)) for w in layer.weights
                   if "kernel" in w.name)
     self.assertEqual(kernels, 6 * shared_units + 3 * 6 * (5 - shared_units))
-
-  @parameterized.named_parameters(
-      ("2d_no_shared", 2, 0, True), ("2d_shared", 2, 2, True),
-      ("2d_all_shared", 2, 5, True), ("2d_no_bias", 2, 2, False),
-      ("3d_shared", 3, 3, True),
-  )
-  def test_quantizable_call_is_call(self, rank, shared_units, use_bias):
-    rng = np.random.default_rng(1)
-    shape = (4, 6) if rank == 2 else (4, 3, 6)
-    x = rng.normal(size=shape).astype(np.float32)
-    layer = sc.VerticalBlockDense(
-        3, 5, shared_units=shared_units, activation="relu",
-        use_bias=use_bias, bias_initializer="random_normal",
-    )
-    called = layer(x)
-    expected = self._reference(x, layer) if use_bias else called
-    self.assertAllClose(layer.quantizable_call(x), expected, atol=1e-5)
-    self.assertEqual(layer.has_dense_form, rank == 2)
-
-  def test_dense_form_layout(self):
-    # Column m * U + u of the dense kernel is block m's unit u.
-    layer = sc.VerticalBlockDense(3, 4, shared_units=1,
-                                  bias_initializer="random_normal")
-    layer(tf.zeros((1, 5)))
-    kernel = np.asarray(layer.dense_kernel())
-    bias = np.asarray(layer.dense_bias())
-    self.assertEqual(kernel.shape, (5, 12))
-    for m in range(3):
-      self.assertAllEqual(kernel[:, 4 * m], layer.shared_kernel.numpy()[:, 0])
-      self.assertAllEqual(kernel[:, 4 * m + 1:4 * m + 4],
-                          layer.kernel.numpy()[m])
-      self.assertAllEqual(bias[4 * m + 1:4 * m + 4], layer.bias.numpy()[m])
-    block_input = sc.VerticalBlockDense(3, 4)
-    block_input(tf.zeros((1, 3, 5)))
-    with self.assertRaisesRegex(ValueError, r"only a layer built on a \[B, D\]"):
-      block_input.dense_kernel()
 
   @parameterized.parameters(
       (dict(num_verticals=0, units=4), "num_verticals"),

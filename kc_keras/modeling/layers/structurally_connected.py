@@ -13,11 +13,6 @@ from kc_keras.utils import class_maps
 # Auto chunk size targets about this many chunks per average vertical, so
 # padding stays small while each chunk is a reasonably large matmul.
 DEFAULT_CHUNKS_PER_VERTICAL = 8
-# The widest block (s2) the SC classifier's quantizable form takes as a
-# depthwise filter: XNNPACK's int8 depthwise kernels do up to 25 taps in one
-# pass; from 26 on the depthwise form measured 27-43x slower than the
-# BATCH_MATMUL, up to 25 faster (`bench/sc_classifier_form_bench.py`).
-DEPTHWISE_MAX_UNITS = 25
 
 
 def auto_chunk_size(
@@ -204,8 +199,8 @@ class VerticalBlockDense(keras.layers.Layer):
       raise ValueError(
           f"{self.name}: input must be [B, D] or [B, M, D], got {input_shape}."
       )
-    # A [B, D] input (every block reads the same features) has a dense form,
-    # `quantizable_call`; a [B, M, D] input does not.
+    # 2: every block reads the same [B, D] features; 3: block m reads
+    # x[:, m].
     self.input_rank = len(input_shape)
     in_dim = input_shape[-1]
     own_units = self.units - self.shared_units
@@ -274,76 +269,6 @@ class VerticalBlockDense(keras.layers.Layer):
       parts.append(own)
     outputs = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
     return self.activation(outputs)
-
-  @property
-  def has_dense_form(self) -> bool:
-    """Whether the layer reads a [B, D] input (built), so `dense_kernel` exists."""
-    return getattr(self, "input_rank", None) == 2
-
-  def dense_kernel(self):
-    """The [D, M * U] kernel of the dense form; column m * U + u is block m's unit u.
-
-    K_dense[:, m * U + u] = K_s[:, u] for u < x (the shared kernel, repeated
-    in every block) and K[m, :, u - x] otherwise.
-
-    Raises:
-      ValueError: the layer reads a [B, M, D] input (no dense form).
-    """
-    if not self.has_dense_form:
-      raise ValueError(
-          f"{self.name}: only a layer built on a [B, D] input has a dense "
-          "form")
-    parts = []
-    if self.shared_units:
-      parts.append(ops.repeat(ops.expand_dims(self.shared_kernel, 1),
-                              self.num_verticals, axis=1))
-    if self.kernel is not None:
-      parts.append(ops.transpose(self.kernel, (1, 0, 2)))
-    blocks = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
-    return ops.reshape(blocks, (-1, self.num_verticals * self.units))
-
-  def dense_bias(self):
-    """The [M * U] bias of the dense form (None without biases)."""
-    if not self.use_bias:
-      return None
-    parts = []
-    if self.shared_units:
-      parts.append(ops.repeat(ops.expand_dims(self.shared_bias, 0),
-                              self.num_verticals, axis=0))
-    if self.bias is not None:
-      parts.append(self.bias)
-    blocks = parts[0] if len(parts) == 1 else ops.concatenate(parts, axis=-1)
-    return ops.reshape(blocks, (self.num_verticals * self.units,))
-
-  def quantizable_call(self, inputs):
-    """`call(inputs)` as a graph whose tensors integer arithmetic can hold.
-
-    For a [B, D] input the blocks are one dense layer,
-      out = reshape(act(x @ K_dense + b_dense), [B, M, U])
-    (`dense_kernel`, `dense_bias`), which TFLite converts to a single
-    FULLY_CONNECTED with its bias and ReLU fused and one int8 scale per
-    output unit. `call`'s batched matmul converts to a BATCH_MATMUL (one
-    scale for the whole kernel) whose output is rounded to int8 before the
-    bias and the ReLU, over the pre-activation range: on the Omniglot
-    student a step of 1.23 where the fused form rounds once over [0, max]
-    (docs/BENCHMARKS.md, "The graph converted for int8"). A [B, M, D] input
-    has no such form (a dense kernel would be M times larger); it runs
-    `call`. Same function up to float rounding
-    (tests/modeling/structurally_connected_test.py).
-
-    Args:
-      inputs: [B, D] or [B, M, D].
-
-    Returns:
-      [B, M, U], as `call`.
-    """
-    if len(inputs.shape) != 2:
-      return self.call(inputs)
-    outputs = ops.matmul(inputs, self.dense_kernel())
-    if self.use_bias:
-      outputs = outputs + self.dense_bias()
-    return ops.reshape(self.activation(outputs),
-                       (-1, self.num_verticals, self.units))
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.num_verticals, self.units)
@@ -464,109 +389,6 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
     if self.use_bias:
       logits = logits + self.bias
     return logits
-
-  @property
-  def has_depthwise_form(self) -> bool:
-    """Whether `quantizable_call` converts to one depthwise convolution (s2 <= 25)."""
-    return int(self.kernel.shape[-1]) <= DEPTHWISE_MAX_UNITS
-
-  def depthwise_kernel(self):
-    """The classifier's kernel as a depthwise filter [1, s2, N, 1]: W^T."""
-    return ops.expand_dims(ops.expand_dims(ops.transpose(self.kernel), 0), -1)
-
-  def _depthwise_logits(self, inputs, kernel, bias, order, relu=False):
-    """[relu](kernel[:, c] . h[v(c)] + bias[c]) for the classes c in `order`.
-
-    One VALID 1 x s2 depthwise convolution: image[b, 0, s, i] =
-    h[b, v(order[i]), s], filter [1, s2, N, 1] = kernel[:, order]; the bias
-    and the ReLU apply to the convolution's own output, so the converter
-    fuses them. Returns [B, N] in `order`.
-    """
-    units = inputs.shape[-1]
-    image = ops.transpose(
-        ops.take(inputs, np.asarray(self.class_to_vertical, np.int32)[order],
-                 axis=1), (0, 2, 1))
-    image = ops.reshape(image, (-1, 1, units, self.num_classes))
-    filters = ops.expand_dims(
-        ops.expand_dims(ops.take(kernel, order, axis=1), 0), -1)
-    logits = ops.depthwise_conv(image, filters, strides=1, padding="valid")
-    if bias is not None:
-      logits = logits + ops.take(bias, order)
-    if relu:
-      logits = ops.relu(logits)
-    return ops.reshape(logits, (-1, self.num_classes))
-
-  def quantizable_call(self, inputs):
-    """`call(inputs)` as a graph whose tensors integer arithmetic can hold.
-
-    For s2 <= `DEPTHWISE_MAX_UNITS` (`has_depthwise_form`), one depthwise
-    convolution over the classes: each class's block activations as one
-    channel of a 1 x s2 image,
-      image[b, 0, s, c] = h[b, v(c), s],
-      logit[b, c] = sum_s image[b, 0, s, c] W[c, s] + bias[c]
-    (a VALID 1 x s2 depthwise filter W^T, `depthwise_kernel`). TFLite
-    converts it to one DEPTHWISE_CONV_2D with the bias fused and one int8
-    scale per class; `call`'s einsum converts to a BATCH_MATMUL with one
-    scale for the whole kernel whose output is rounded to int8 before a
-    separate bias ADD is rounded again (docs/BENCHMARKS.md, "The graph
-    converted for int8"). Wider blocks run `call`: XNNPACK runs depthwise
-    filters of more than 25 taps 27-43x slower than the BATCH_MATMUL
-    (`bench/sc_classifier_form_bench.py`). The image holds N x s2 values per
-    example, as many as the kernel has weights. Same function up to float
-    rounding
-    (tests/modeling/structurally_connected_test.py).
-
-    Args:
-      inputs: [B, M, s2].
-
-    Returns:
-      Logits [B, N], as `call`.
-    """
-    if not self.has_depthwise_form:
-      return self.call(inputs)
-    return self._depthwise_logits(
-        inputs, ops.transpose(self.kernel),
-        self.bias if self.use_bias else None,
-        np.arange(self.num_classes, dtype=np.int32))
-
-  def shifted_quantizable_call(self, inputs, shift: float, factors=None):
-    """max(k_c * call(inputs)_c, -shift), as a graph of its own.
-
-    Computed as relu(k x + shift) - shift. In the depthwise form k x + shift
-    is one depthwise convolution (kernel rows times k_c, biases k_c b_c +
-    shift) whose ReLU TFLite fuses: in int8 its output is rounded over
-    [0, max + shift] instead of the logits' full range, whose negative end
-    (~-150 on the Omniglot student) sets a step of ~0.6 (docs/BENCHMARKS.md,
-    "The graph converted for int8"). Its classes run in reverse order
-    (filter and output gathers reversed): the same filter as
-    `quantizable_call` would let the converter merge the two convolutions and
-    round their shared product over the full range. Without the depthwise
-    form it is computed from `call`'s logits (same function, no precision
-    gained).
-
-    Args:
-      inputs: [B, M, s2].
-      shift: c > 0.
-      factors: optional k [N] (1 when None).
-
-    Returns:
-      [B, N], float32.
-    """
-    if not self.has_depthwise_form:
-      logits = ops.cast(self.call(inputs), "float32")
-      if factors is not None:
-        logits = logits * factors
-      return ops.relu(logits + shift) - shift
-    reverse = np.arange(self.num_classes - 1, -1, -1, dtype=np.int32)
-    kernel = ops.transpose(self.kernel)
-    bias = (self.bias if self.use_bias
-            else ops.zeros((self.num_classes,), "float32"))
-    if factors is not None:
-      kernel = kernel * factors[None, :]
-      bias = bias * factors
-    shifted = self._depthwise_logits(inputs, kernel, bias + shift, reverse,
-                                     relu=True)
-    return ops.take(shifted, reverse, axis=1) - shift
 
   def compute_output_shape(self, input_shape):
     return (input_shape[0], self.num_classes)

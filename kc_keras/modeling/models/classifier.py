@@ -1,42 +1,14 @@
 """HierarchicalClassifier: backbone + head + self-paced scaling -> logits."""
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import keras
-from keras import ops
 
 from kc_keras.configs import model as model_config
 from kc_keras.modeling import backbones
 from kc_keras.modeling import heads
 from kc_keras.modeling.layers import self_paced as self_paced_lib
 from kc_keras.utils import class_maps
-
-# c of `floor_parts`: the shifted logits keep int8 precision over [-c, max]
-# (a smaller c, a finer step). The per-vertical floor max(F, -c r_v) it
-# implies equals the asked floor F wherever r_v >= |F| / c; a smaller c
-# raises the floor of low-scale verticals towards their top logits. On the
-# Omniglot student (r_v in [0.13, 2.1]) c = 32 gives a step of 0.19 where
-# the logits' own was 0.64 (docs/BENCHMARKS.md, "The graph converted for int8").
-FLOOR_SHIFT = 32.0
-
-
-def floored_logits(parts: Mapping[str, object], floor: float):
-  """max(shifted, floor * norm) * scale: the floored logits of `floor_parts`.
-
-  With shifted = max(k x, -c), scale = r and norm = 1 / r this is
-    max(y, max(floor, -c r_v)),   y = k x r the self-paced logits,
-  so every logit above the floor is y itself.
-
-  Args:
-    parts: `HierarchicalClassifier.floor_parts` outputs.
-    floor: F < 0.
-
-  Returns:
-    [B, N] float32.
-  """
-  return (ops.maximum(parts["shifted"], floor * parts["norm"])
-          * parts["scale"])
-
 
 @keras.saving.register_keras_serializable(package="kc_keras")
 class HierarchicalClassifier(keras.Model):
@@ -122,72 +94,6 @@ class HierarchicalClassifier(keras.Model):
   @property
   def feature_dim(self) -> int:
     return int(self.backbone.output.shape[-1])
-
-  def quantizable_logits(self, images):
-    """`self(images, training=False)` as the graph TFLite converts.
-
-    The same function up to float rounding, written so int8 tensors can hold
-    it: the backbone with its input scaling folded into the first
-    convolution (`backbones.quantizable_features`), the head with its
-    first block layer in dense form (`ClassificationHead.quantizable_call`),
-    and the self-paced scale with its norm relative to gamma
-    (`SelfPacedScale.quantizable_call`), each under its layer's own name
-    scope so its ops keep the names (`sc2`, `self_paced_scale`) that
-    `float_layers` and `int8_float_head` match.
-
-    Args:
-      images: [B, H, W, C] float images in [0, 1].
-
-    Returns:
-      Logits [B, N], float32.
-    """
-    features = backbones.quantizable_features(self.backbone, images)
-    with keras.name_scope(self.head.name):
-      logits = self.head.quantizable_call(features)
-    with keras.name_scope(self.self_paced.name):
-      return self.self_paced.quantizable_call(logits)
-
-  def floor_parts(self, images, shift: float = FLOOR_SHIFT
-                  ) -> Dict[str, object]:
-    """The pieces of the floored self-paced logits, as int8 can hold them.
-
-    Logits y = k x r (x the classifier's output, r the self-paced scale,
-    k the 'class' mode's factors) have a negative end (~-150 before the
-    scale on the Omniglot student) that sets the int8 step of x and of y.
-    A floor F on y keeps the top: y' = r max(k x, F / r). Here k x comes
-    from its own copy of the classifier, shifted by c (`FLOOR_SHIFT`) and
-    rectified (`ClassificationHead.shifted_logits`), so its int8 range is
-    [-c, max]; x itself only feeds the norm. `floored_logits` composes
-      y' = max(shifted, F norm) scale = max(y, max(F, -c r_v)).
-    `export_tflite_lib` converts that composition for the int8 files of
-    self-paced networks (the floor is chosen at conversion).
-
-    Args:
-      images: [B, H, W, C] float images in [0, 1].
-      shift: c > 0.
-
-    Returns:
-      dict of [B, N] float32: shifted = max(k x, -c), scale = r,
-      norm = 1 / r.
-
-    Raises:
-      ValueError: a network without self-paced scaling (mode 'none').
-    """
-    if self.self_paced.mode == "none":
-      raise ValueError(
-          f"{self.name}: floor_parts needs self-paced scaling; without it "
-          "the logits op takes the floor itself")
-    features = backbones.quantizable_features(self.backbone, images)
-    with keras.name_scope(self.head.name):
-      hidden = self.head.quantizable_hidden(features)
-      logits = self.head.quantizable_logits_of(hidden)
-      with keras.name_scope(self.head.classifier.name):
-        shifted = self.head.shifted_logits(
-            hidden, shift, self.self_paced.class_factors())
-    with keras.name_scope(self.self_paced.name):
-      scale, norm = self.self_paced.quantizable_scales(logits)
-    return {"shifted": ops.cast(shifted, "float32"), "scale": scale,
-            "norm": norm}
 
   def classifier_inputs(self, images, training=False):
     """phi(x): the head's last hidden activations, the classifier's input.

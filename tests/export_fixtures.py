@@ -1,4 +1,4 @@
-"""Fixtures shared by the export tests: one tiny trained run, its export, TFLite files."""
+"""Fixtures shared by the export and quantization tests: one tiny trained run, its export, TFLite files."""
 
 import os
 import types
@@ -69,19 +69,37 @@ def tflite_model(exported, tmp_path_factory):
   return get
 
 
+def write_run_dir(network, params, hierarchy, output_dir: str, step: int
+                  ) -> str:
+  """Writes `network` as a training run directory; returns its checkpoint prefix.
+
+  The checkpoint has training's layout, `model/student/...`, beside the
+  run's hierarchy.json and params.yaml: what `restore.load_network` and
+  `export_saved_model` read.
+  """
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import modes  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import restore  # pylint: disable=g-import-not-at-top
+  os.makedirs(output_dir)
+  holder = tf.train.Checkpoint(model=tf.train.Checkpoint(student=network))
+  manager = tf.train.CheckpointManager(holder, output_dir, max_to_keep=1)
+  prefix = manager.save(checkpoint_number=step)
+  hierarchy.save(os.path.join(output_dir, restore.HIERARCHY_FILE))
+  modes.save_params(params, output_dir)
+  return prefix
+
+
 @pytest.fixture(scope="session")
 def snapped_run(trained_run, tmp_path_factory):
   """`(network, checkpoint, export)`: the smoke run with its kernels snapped to the int8 grid (no training), exported."""
   from export import export_saved_model_lib  # pylint: disable=g-import-not-at-top
-  from export import quantization_aware_lib  # pylint: disable=g-import-not-at-top
+  from kc_keras.quantization import kernels  # pylint: disable=g-import-not-at-top
   from kc_keras.training import restore  # pylint: disable=g-import-not-at-top
   params, model_dir = trained_run
-  network, hierarchy, _, _ = restore.load_network(
-      params, model_dir)
-  quantization_aware_lib.snap_to_int8_grid(network)
+  network, hierarchy, _, _ = restore.load_network(params, model_dir)
+  kernels.snap_to_int8_grid(network)
   out = str(tmp_path_factory.mktemp("qat") / "snapped")
-  checkpoint = quantization_aware_lib.write_run_dir(
-      network, params, hierarchy, out, 1, {})
+  checkpoint = write_run_dir(network, params, hierarchy, out, 1)
   export = export_saved_model_lib.export_saved_model(
       params, out, str(tmp_path_factory.mktemp("qat_export")),
       model_name=MODEL_NAME)
