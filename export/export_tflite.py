@@ -6,6 +6,8 @@ recipe: the conversion flags left unset (--quantization, --logit_floor,
 contradicts it is refused unless --override_recipe is passed.
 """
 
+import sys
+
 from kc_keras.common import startup
 
 startup.quiet_tensorflow()
@@ -46,13 +48,18 @@ def main(_):
   if FLAGS.experiment:
     from kc_keras.training import experiment_runner  # pylint: disable=g-import-not-at-top
     params = experiment_runner.parse_configuration(FLAGS)
-  settings = export_tflite_lib.resolve_settings(
-      FLAGS.saved_model_dir,
-      defaults={name: FLAGS[name].value
-                for name in recipe_lib.EXPORT_SETTINGS},
-      given={name: FLAGS[name].value for name in recipe_lib.EXPORT_SETTINGS
-             if FLAGS[name].present},
-      override=FLAGS[recipe_lib.OVERRIDE_FLAG].value, log=logging.info)
+  try:
+    settings = export_tflite_lib.resolve_settings(
+        FLAGS.saved_model_dir,
+        defaults={name: FLAGS[name].value
+                  for name in recipe_lib.EXPORT_SETTINGS},
+        given={name: FLAGS[name].value for name in recipe_lib.EXPORT_SETTINGS
+               if FLAGS[name].present},
+        override=FLAGS[recipe_lib.OVERRIDE_FLAG].value, log=logging.info)
+  except recipe_lib.RecipeError as e:
+    # A flag against the recipe, or a recipe that is not this export's: the
+    # user's input, so one line, not a traceback.
+    sys.exit(f"export_tflite: error: {e}")
   result = export_tflite_lib.export_tflite(
       FLAGS.saved_model_dir, FLAGS.output, settings["quantization"],
       params=params, representative_examples=FLAGS.representative_examples,

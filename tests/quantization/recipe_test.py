@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -147,6 +149,20 @@ def test_export_carries_the_recipe_and_export_tflite_reads_it(
   with pytest.raises(recipe_lib.RecipeError, match="'dynamic' contradicts"):
     export_tflite_lib.resolve_settings(export.version_dir, defaults,
                                        {"quantization": "dynamic"})
+  # The binary says it in one line, before converting anything.
+  output = str(tmp_path / "refused.tflite")
+  root = os.path.dirname(os.path.dirname(export_tflite_lib.__file__))
+  refused = subprocess.run(
+      [sys.executable, "-m", "export.export_tflite",
+       f"--saved_model_dir={export.version_dir}", f"--output={output}",
+       "--quantization=dynamic"], capture_output=True, text=True,
+      check=False, cwd=root,
+      env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+          [root, os.environ.get("PYTHONPATH", "")])))
+  assert refused.returncode == 1
+  assert refused.stderr.strip().splitlines()[-1].startswith(
+      "export_tflite: error: --quantization='dynamic' contradicts ")
+  assert not os.path.exists(output)
   # An export without a recipe: the given flags over the defaults.
   plain = export_saved_model_lib.export_saved_model(
       params, trained_run[1], str(tmp_path / "plain"), model_name=MODEL_NAME)
