@@ -213,6 +213,9 @@ def stacked_layer_call(layer, x, weights):
   if not weights:
     y = layer(tf.reshape(x, tf.concat([[p * r], shape[2:]], 0)),
               training=False)
+    # Under a mixed-precision policy the layer computes in float16; the
+    # stacked weights are float32.
+    y = tf.cast(y, tf.float32)
     y_shape = tf.shape(y)
     return tf.reshape(y, tf.concat([[p, r], y_shape[1:]], 0))
   if isinstance(layer, keras.layers.Conv2D):
