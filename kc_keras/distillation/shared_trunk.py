@@ -1,4 +1,4 @@
-"""Frozen-trunk teachers as one trunk and one [d, N] classifier, checked by fingerprint."""
+"""Frozen-trunk teachers: one trunk pass and one [d, N] classifier, by fingerprint."""
 
 import hashlib
 
@@ -23,7 +23,7 @@ def trunk_weights(teacher):
 
 
 def trunk_fingerprint(teacher):
-  """A sha256 hex digest of the trunk's weights (shapes, dtypes, values, in order).
+  """A sha256 hex digest of the trunk's weights (shapes, dtypes, values).
 
   Weight paths are left out on purpose: two teachers hold the same trunk
   when their values agree, whatever their layers are named.
@@ -51,7 +51,7 @@ def trunk_fingerprint(teacher):
 
 
 def check_shared_trunk_teacher(teacher, num_vertical_classes, describe):
-  """Raises unless `teacher` is an FC-FC classifier the shared-trunk path can run.
+  """Raises unless the shared-trunk path can run `teacher` (FC-FC, no scaling).
 
   Args:
     teacher: the teacher model.
@@ -71,11 +71,13 @@ def check_shared_trunk_teacher(teacher, num_vertical_classes, describe):
   if getattr(head, "head_type", None) != "fc_fc":
     raise ValueError(
         f"layout='{LAYOUT}': the teacher of vertical {describe} has head_type "
-        f"{getattr(head, 'head_type', None)!r}; the shared trunk needs 'fc_fc'.")
+        f"{getattr(head, 'head_type', None)!r}; the shared trunk needs "
+        "'fc_fc'.")
   if getattr(scale, "mode", None) != "none":
     raise ValueError(
         f"layout='{LAYOUT}': the teacher of vertical {describe} has self-paced "
-        f"mode {getattr(scale, 'mode', None)!r}; the shared trunk needs 'none'.")
+        f"mode {getattr(scale, 'mode', None)!r}; the shared trunk needs "
+        "'none'.")
   if int(head.classifier.units) != num_vertical_classes:
     raise ValueError(
         f"layout='{LAYOUT}': the teacher of vertical {describe} has "
@@ -85,7 +87,7 @@ def check_shared_trunk_teacher(teacher, num_vertical_classes, describe):
 
 def shared_trunk_classifier(teachers, class_ids_of, num_classes, describe,
                             expected_fingerprint=None):
-  """One trunk and one [d, N] classifier for teachers said to share a frozen trunk.
+  """One trunk and one [d, N] classifier for teachers said to share a trunk.
 
   Teachers made the frozen-trunk way (`freeze: backbone_and_hidden`) share
   their backbone and hidden layers and differ only in their dense

@@ -196,6 +196,11 @@ class TeacherBank:
     return tuple(group.verticals for group in self._groups)
 
   @property
+  def stacked_variables(self):
+    """Every stacked group's variables (`StackedGroup.variables`)."""
+    return [w for group in self._groups for w in group.variables]
+
+  @property
   def routed_verticals(self):
     """The verticals whose teacher runs on its own rows, one by one."""
     return self._routed_verticals

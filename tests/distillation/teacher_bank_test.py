@@ -317,7 +317,10 @@ def _randomize(model, rng):
 
 
 def _independent_teachers(sizes, filters, seed, **head):
-  """Teacher v: a small_cnn FC-FC classifier of sizes[v] classes, own weights."""
+  """Teacher v: small_cnn FC-FC over sizes[v] classes, its own random weights.
+
+  The teachers of one call share an architecture, not their weights.
+  """
   rng = np.random.default_rng(seed)
   head = dict({"head_type": "fc_fc", "s1": 8, "s2": 6}, **head)
   return {v: _randomize(classifier.HierarchicalClassifier(
@@ -361,6 +364,14 @@ class StackedTest(tf.test.TestCase):
     self.assertEqual(stacked.layout, "stacked")
     self.assertEqual(stacked.stacked_groups, ((0, 1, 2, 3, 4),))
     self.assertEqual(stacked.routed_verticals, ())
+    # Stacked once, as non-trainable variables: G = 5 copies of each trunk
+    # weight, then the [d, N] classifier of all teachers.
+    trunk = stacked_teachers.split_teacher(teachers[0]).trunk
+    expected = [(5,) + tuple(w.shape) for layer in trunk
+                for w in layer.weights] + [(6, 17), (17,)]
+    self.assertEqual([tuple(w.shape) for w in stacked.stacked_variables],
+                     expected)
+    self.assertFalse(any(w.trainable for w in stacked.stacked_variables))
     # Row 0: vertical 0 (classes 0, 3, 6, 12: K = 3 kept), vertical 3
     # (classes 4, 10: two kept, one pad).
     self.assertTrue(set(ids.numpy()[0, :3]) <= {0, 3, 6, 12})

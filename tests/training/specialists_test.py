@@ -84,7 +84,8 @@ def test_shipped_recipe_runs_the_teachers_as_one_shared_trunk(trained):
   # trunk, and the demo's teachers (the fixture's) are made with it.
   derived = _params("kc_student", trained.root)
   assert derived.task.specialists.freeze == derived_defaults.FROZEN_TRUNK
-  assert trained.params.task.specialists.freeze == derived.task.specialists.freeze
+  assert (trained.params.task.specialists.freeze ==
+          derived.task.specialists.freeze)
   session = modes.Session(trained.params, f"{trained.root}/specialists")
   generalist_session = modes.Session(
       _params("kc_generalist_demo", trained.root), f"{trained.root}/generalist")
