@@ -117,11 +117,12 @@ def machine_line():
           f"Keras {keras.__version__}")
 
 
-def interleaved_median_seconds(fns, repeats, warmup=1):
-  """Median wall time of each `fns[name]()`, the calls interleaved.
+def interleaved_seconds(fns, repeats, warmup=1):
+  """Wall time of every call of each `fns[name]()`, the calls interleaved.
 
   Round r calls every function once, in order, so a change of machine load
-  during the measurement reaches every function alike (the CPU is shared).
+  during the measurement reaches every function alike (the CPU is shared);
+  the r-th times of two functions come from the same round.
 
   Args:
     fns: dict name -> zero-argument callable.
@@ -129,7 +130,7 @@ def interleaved_median_seconds(fns, repeats, warmup=1):
     warmup: untimed rounds first (tracing).
 
   Returns:
-    dict name -> median seconds.
+    dict name -> list of `repeats` seconds, in round order.
   """
   for _ in range(warmup):
     for fn in fns.values():
@@ -140,7 +141,40 @@ def interleaved_median_seconds(fns, repeats, warmup=1):
       start = time.perf_counter()
       _block(fn())
       times[name].append(time.perf_counter() - start)
+  return times
+
+
+def interleaved_median_seconds(fns, repeats, warmup=1):
+  """Median wall time of each `fns[name]()`, the calls interleaved.
+
+  Args:
+    fns: dict name -> zero-argument callable.
+    repeats: timed rounds (`interleaved_seconds`).
+    warmup: untimed rounds first (tracing).
+
+  Returns:
+    dict name -> median seconds.
+  """
+  times = interleaved_seconds(fns, repeats, warmup)
   return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def round_ratio_spread(numerator, denominator):
+  """Median and quartiles of the per-round ratio of two interleaved timings.
+
+  ratio_r = numerator[r] / denominator[r]: both times of a round met the
+  same machine load, so the spread of ratio_r is the measurement's own.
+
+  Args:
+    numerator: seconds per round (`interleaved_seconds`).
+    denominator: seconds per round, same rounds.
+
+  Returns:
+    (median, 25th percentile, 75th percentile) of ratio_r.
+  """
+  ratios = np.asarray(numerator) / np.asarray(denominator)
+  return (float(np.median(ratios)), float(np.percentile(ratios, 25)),
+          float(np.percentile(ratios, 75)))
 
 
 class StepTimes(keras.callbacks.Callback):

@@ -5,13 +5,17 @@
 #     Goal: step(student, cache) / step(generalist) <= 1.10.
 # (b) Online teachers (`TeacherBank`): step(M=50) / step(M=5) at the same
 #     batch and N (each sample meets only its own teacher; goal <= 1.2), for
-#     independent teachers (routed per teacher) and frozen-trunk teachers (one
-#     trunk pass + one [d, N] matmul), and the naive step that runs every
-#     teacher on every sample.
+#     independent teachers (the shipped FC-FC network, each with its own
+#     weights) run per teacher ('routed') and stacked by architecture
+#     ('stacked'), frozen-trunk teachers ('shared_trunk': one trunk pass + one
+#     [d, N] matmul), and the naive step that runs every teacher on every
+#     sample.
 # Each step is the model's own `train_step` in one tf.function on a fixed
 # batch; medians after a warm-up, the steps of (a) and of (b) timed in
 # interleaved rounds (the CPU is shared); all rows measured in one process.
-# In (b) "/ generalist" is against the generalist timed in (b)'s rounds.
+# In (b) "/ generalist" is against the generalist timed in (b)'s rounds; each
+# M=50 / M=5 ratio is also given per round (both steps of a round met the
+# same load) as median [25th-75th percentile].
 #
 #   .venv/bin/python bench/distillation_overhead_bench.py
 
@@ -39,6 +43,9 @@ flags.DEFINE_list("teacher_filters", ["8", "16"], "small_cnn filters (teachers).
 flags.DEFINE_integer("s1", 256, "Head s1.")
 flags.DEFINE_integer("s2", 32, "Head s2.")
 flags.DEFINE_integer("repeats", 20, "Timed steps (median reported).")
+flags.DEFINE_list("banks", ["routed", "stacked", "shared_trunk",
+                            "all_teachers"],
+                  "Online teacher rows of part (b), names of BANKS.")
 flags.DEFINE_float("learning_rate", 0.01, "SGD learning rate.")
 FLAGS = flags.FLAGS
 
@@ -118,19 +125,34 @@ class AllTeachersBank(teacher_bank_lib.TeacherBank):
     return tf.stop_gradient(ids), tf.stop_gradient(probs)
 
 
-def make_bank(hierarchy, bank_cls, shared_trunk=False):
+# Row name -> (bank class, layout, teachers share one frozen trunk).
+BANKS = {
+    "routed": (teacher_bank_lib.TeacherBank, "routed", False),
+    "stacked": (teacher_bank_lib.TeacherBank, "stacked", False),
+    "shared_trunk": (teacher_bank_lib.TeacherBank, "shared_trunk", True),
+    "all_teachers": (AllTeachersBank, "routed", False),
+}
+
+
+flags.register_validator(
+    "banks", lambda names: set(names) <= set(BANKS),
+    message=f"--banks takes names of {sorted(BANKS)}.")
+
+
+def make_bank(hierarchy, bank_cls, layout, shared_trunk=False):
   """One teacher per vertical, independent or one frozen trunk + classifiers.
 
-  `shared_trunk` builds the shipped recipe (`freeze: backbone_and_hidden`):
-  FC-FC teachers whose backbone and hidden layers hold one trunk's weights,
-  which `TeacherBank` runs as one trunk pass and one [d, N] matmul.
+  Teachers are the shipped network (small CNN, FC-FC head, no self-paced
+  scaling). `shared_trunk` builds the shipped recipe (`freeze:
+  backbone_and_hidden`): their backbone and hidden layers hold one trunk's
+  weights, which the 'shared_trunk' layout runs as one trunk pass and one
+  [d, N] matmul (after checking every teacher's trunk fingerprint).
+  Otherwise each teacher keeps its own random weights.
   """
   image_shape = (FLAGS.image_size, FLAGS.image_size, CHANNELS)
   teachers = {}
-  task = make_task("labels", 0.0, FLAGS.teacher_filters)
-  if shared_trunk:
-    task.model.head.head_type = "fc_fc"
-    task.model.self_paced.mode = "none"
+  task = make_task("labels", 0.0, FLAGS.teacher_filters, "fc_fc")
+  task.model.self_paced.mode = "none"
   trunk = None
   for v in range(hierarchy.num_verticals):
     sub = hierarchy.subset(v)
@@ -142,9 +164,11 @@ def make_bank(hierarchy, bank_cls, shared_trunk=False):
                             (teacher.head.hidden2, trunk.head.hidden2)):
         layer.set_weights(source.get_weights())
     teachers[v] = teacher
-  bank = bank_cls(teachers, list(hierarchy.class_to_vertical), FLAGS.top_k)
-  if shared_trunk and not bank.shares_trunk:
-    raise RuntimeError("The shared-trunk teachers were not recognised.")
+  bank = bank_cls(teachers, list(hierarchy.class_to_vertical), FLAGS.top_k,
+                  layout=layout)
+  if layout == "stacked" and bank.routed_verticals:
+    raise RuntimeError(
+        f"Teachers of verticals {bank.routed_verticals} were not stacked.")
   return bank
 
 
@@ -169,7 +193,7 @@ def main(argv):
   rows.append(("student, cached targets", verticals[0], t_cache,
                t_cache / t_gen))
 
-  # (b) online teachers at each M, routed and naive.
+  # (b) online teachers at each M, in every layout and naive.
   steps = {}
   for m in verticals:
     hierarchy = make_hierarchy(n, m)
@@ -180,17 +204,15 @@ def main(argv):
     cached = step_fn(build(make_task("cache", 1.0, FLAGS.filters, "fc_fc"),
                            hierarchy))
     steps[("cached", m)] = (lambda s=cached, d=batch_m: s(d))
-    for name, bank_cls, shared in (
-        ("routed", teacher_bank_lib.TeacherBank, False),
-        ("shared trunk", teacher_bank_lib.TeacherBank, True),
-        ("all teachers", AllTeachersBank, False)):
-      bank = make_bank(hierarchy, bank_cls, shared)
+    for name in FLAGS.banks:
+      bank = make_bank(hierarchy, *BANKS[name])
       step = step_fn(build(make_task("online", 1.0, FLAGS.filters, "fc_fc"),
                            hierarchy, bank))
       steps[(name, m)] = (lambda s=step, d=batch_m: s(d))
   # The generalist again in the same interleaved rounds, as the reference.
   steps[("generalist", 0)] = lambda: generalist(batch)
-  online = bench_utils.interleaved_median_seconds(steps, repeats)
+  rounds = bench_utils.interleaved_seconds(steps, repeats)
+  online = {key: float(np.median(t)) for key, t in rounds.items()}
   t_ref = online.pop(("generalist", 0))
   for (name, m), seconds in online.items():
     label = ("(b) FC-FC student, cached targets" if name == "cached" else
@@ -201,27 +223,33 @@ def main(argv):
         f"K={FLAGS.top_k} student filters={FLAGS.filters} head fc_sc in (a), "
         f"fc_fc in (b) "
         f"s1={FLAGS.s1} s2={FLAGS.s2}; teachers filters="
-        f"{FLAGS.teacher_filters}; {bench_utils.load_line()}")
+        f"{FLAGS.teacher_filters}, FC-FC; {repeats} rounds; "
+        f"{bench_utils.load_line()}")
   print("| step | M | median ms | / generalist |")
   print("|---|---|---|---|")
   for name, m, seconds, ratio in rows:
     print(f"| {name} | {m} | {1000 * seconds:.1f} | {ratio:.2f} |")
   lo, hi = verticals[0], verticals[-1]
   print()
-  print("| ratio | value | goal |")
-  print("|---|---|---|")
-  print(f"| student cached / generalist | {t_cache / t_gen:.2f} | <= 1.10 |")
-  print(f"| student cached (FC-FC): step(M={hi}) / step(M={lo}) | "
-        f"{online[('cached', hi)] / online[('cached', lo)]:.2f} | |")
-  for name in ("routed", "shared trunk", "all teachers"):
+  print("| ratio | median of medians | per round: median [25th-75th] | goal |")
+  print("|---|---|---|---|")
+  print(f"| student cached / generalist | {t_cache / t_gen:.2f} | | "
+        "<= 1.10 |")
+  for name in ["cached"] + list(FLAGS.banks):
     ratio = online[(name, hi)] / online[(name, lo)]
-    goal = ("(naive, for comparison)" if name == "all teachers" else
-            "<= 1.2")
-    print(f"| online {name}: step(M={hi}) / step(M={lo}) | {ratio:.2f} | "
-          f"{goal} |")
+    mid, low, high = bench_utils.round_ratio_spread(rounds[(name, hi)],
+                                                    rounds[(name, lo)])
+    goal = {"all_teachers": "(naive, for comparison)", "routed": "",
+            "cached": ""}.get(name, "<= 1.2")
+    label = ("student cached (FC-FC)" if name == "cached" else
+             f"online {name}")
+    print(f"| {label}: step(M={hi}) / step(M={lo}) | {ratio:.2f} | "
+          f"{mid:.2f} [{low:.2f}-{high:.2f}] | {goal} |")
+    if name == "cached":
+      continue
     teacher_cost = [online[(name, m)] - online[("cached", m)] for m in (lo, hi)]
     print(f"| online {name}: teachers' share (online - cached) M={hi} / "
-          f"M={lo} | {teacher_cost[1] / teacher_cost[0]:.2f} | |")
+          f"M={lo} | {teacher_cost[1] / teacher_cost[0]:.2f} | | |")
 
 
 if __name__ == "__main__":

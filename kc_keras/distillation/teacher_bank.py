@@ -1,12 +1,19 @@
-"""Frozen per-vertical teachers: routed soft targets and specialist scores."""
+"""Frozen per-vertical teachers: soft targets and specialist scores, in a chosen layout."""
 
 import hashlib
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.distillation import shared_trunk
 from kc_keras.distillation import soft_targets as soft_targets_lib
+from kc_keras.distillation import stacked_teachers
 from kc_keras.utils import class_maps
+
+# Every sample's slots split by vertical, each teacher run on its own rows.
+ROUTED = "routed"
+LAYOUTS = (stacked_teachers.LAYOUT, shared_trunk.LAYOUT, ROUTED)
 
 
 def model_fingerprint(model):
@@ -36,60 +43,6 @@ def model_fingerprint(model):
   return digest.hexdigest()
 
 
-def shared_trunk_classifier(teachers, class_ids_of, num_classes):
-  """One trunk and one [d, N] classifier, when every teacher is the same trunk.
-
-  Teachers made the frozen-trunk way (`freeze: backbone_and_hidden`) share
-  their backbone and hidden layers with identical weights and differ only in
-  their dense classifier. Then T_v(x) = phi(x) W_v + b_v with one phi for all
-  teachers, and the classifiers concatenate into W [d, N] (column c = class c,
-  from its vertical's teacher): every teacher's logits for a batch cost one
-  trunk pass and one matmul, whatever the number of verticals.
-
-  Args:
-    teachers: dict vertical id -> teacher model.
-    class_ids_of: dict vertical id -> int array of its global class ids.
-    num_classes: N.
-
-  Returns:
-    (trunk model, kernel float32 [d, N], bias float32 [N]), or None when the
-    teachers do not cover every vertical, are not FC-FC `HierarchicalClassifier`s
-    without self-paced scaling, or their trunks' weights differ.
-  """
-  if set(teachers) != set(class_ids_of):
-    return None
-  for v, teacher in teachers.items():
-    head = getattr(teacher, "head", None)
-    scale = getattr(teacher, "self_paced", None)
-    if (getattr(teacher, "backbone", None) is None or head is None or
-        getattr(head, "head_type", None) != "fc_fc" or
-        getattr(scale, "mode", None) != "none" or
-        int(head.classifier.units) != class_ids_of[v].size):
-      return None
-
-  def trunk_weights(teacher):
-    return (teacher.backbone.weights + teacher.head.hidden1.weights +
-            teacher.head.hidden2.weights)
-
-  first = teachers[min(teachers)]
-  reference = [np.asarray(w) for w in trunk_weights(first)]
-  for teacher in teachers.values():
-    weights = trunk_weights(teacher)
-    if len(weights) != len(reference) or any(
-        tuple(w.shape) != r.shape or not np.array_equal(np.asarray(w), r)
-        for w, r in zip(weights, reference)):
-      return None
-  width = int(first.head.classifier.kernel.shape[0])
-  kernel = np.zeros((width, num_classes), np.float32)
-  bias = np.zeros((num_classes,), np.float32)
-  for v, teacher in teachers.items():
-    classifier = teacher.head.classifier
-    kernel[:, class_ids_of[v]] = np.asarray(classifier.kernel)
-    if classifier.use_bias:
-      bias[class_ids_of[v]] = np.asarray(classifier.bias)
-  return first, kernel, bias
-
-
 class TeacherBank:
   """Frozen specialist teachers, one per vertical, routed by label vertical.
 
@@ -100,13 +53,24 @@ class TeacherBank:
   Teacher v maps images to logits over its own N_v classes, column j being
   global class `classes_of(v)[j]` (ascending global ids); a teacher emitting all
   N logits is also accepted (its vertical's columns are taken). Every sample
-  goes only through the teacher(s) of the vertical(s) of its labels: the slots
-  (sample, vertical) are split with `tf.dynamic_partition`, each teacher sees
-  only its rows, and the results are put back with `tf.dynamic_stitch`.
-  When all teachers are one frozen trunk with their own classifiers
-  (`shared_trunk_classifier`), the batch instead goes once through the trunk
-  and one [d, N] matmul, and each sample keeps its own vertical's columns: the
-  same targets, at a cost that does not grow with the number of verticals.
+  gets targets only from the teacher(s) of the vertical(s) of its labels
+  (its slots). How the teachers run is the `layout`, chosen by the caller
+  (`specialists.load_teacher_bank` takes it from the teachers' records), never
+  guessed from the weights:
+  - 'shared_trunk': the teachers are one frozen trunk plus their own
+    classifiers (`freeze: backbone_and_hidden`). The batch goes once through
+    the trunk and one [d, N] matmul (`shared_trunk.shared_trunk_classifier`,
+    which checks every teacher's trunk fingerprint against the recorded one).
+  - 'stacked': independent teachers. Teachers of one architecture are stacked
+    (`stacked_teachers.StackedGroup`) and every slot runs through its own
+    teacher's weights in one batched pass per architecture. Teachers that do
+    not split into stackable trunk layers and a linear classifier (an SC head,
+    self-paced scaling, a keras.applications backbone, a subclassed model)
+    are routed one by one, as in 'routed'.
+  - 'routed': the slots are split with `tf.dynamic_partition`, each teacher
+    sees only its rows (skipped when absent), results are put back with
+    `tf.dynamic_stitch`; a cost that grows with the number of teachers.
+  All three give the same targets (up to float rounding).
 
   Args:
     teachers: dict vertical id -> keras.Model (images -> logits). Frozen here
@@ -120,13 +84,16 @@ class TeacherBank:
       this set may lack a teacher; a batch that needs one fails in-graph with
       an error naming it.
     vertical_names: optional names, used in error messages.
-    share_trunk: use the shared-trunk path when the teachers allow it (False
-      forces per-teacher routing, e.g. to compare the two).
+    layout: 'stacked', 'shared_trunk' or 'routed' (see above).
+    trunk_fingerprint: with 'shared_trunk', the recorded fingerprint every
+      teacher's trunk must have (`shared_trunk.trunk_fingerprint`); None
+      checks that all teachers' trunks equal the lowest vertical's.
     temperature: tau > 0 of the soft targets, sigmoid(logits / tau); 1 is
       the paper. `specialist_scores` (evaluation) always uses tau = 1.
 
   Raises:
-    ValueError: on bad arguments or a missing teacher (names the vertical).
+    ValueError: on bad arguments, a missing teacher, or teachers that do not
+      fit 'shared_trunk' (each names the vertical).
 
   Example:
     >>> bank = TeacherBank({0: t0, 1: t1}, class_to_vertical, top_k=100)
@@ -140,7 +107,8 @@ class TeacherBank:
                max_teachers_per_example=1,
                expected_verticals=None,
                vertical_names=None,
-               share_trunk=True,
+               layout=stacked_teachers.LAYOUT,
+               trunk_fingerprint=None,
                temperature=1.0):
     class_to_vertical = class_maps.validate_class_to_vertical(
         class_to_vertical)
@@ -150,6 +118,12 @@ class TeacherBank:
         max_teachers_per_example < 1):
       raise ValueError("max_teachers_per_example must be an int >= 1, got "
                        f"{max_teachers_per_example!r}.")
+    if layout not in LAYOUTS:
+      raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}.")
+    if trunk_fingerprint is not None and layout != shared_trunk.LAYOUT:
+      raise ValueError(
+          f"trunk_fingerprint is for layout='{shared_trunk.LAYOUT}', got "
+          f"layout={layout!r}.")
     self.class_to_vertical = class_to_vertical.astype(np.int32)
     self.num_classes = int(class_to_vertical.size)
     self.num_verticals = int(class_to_vertical.max()) + 1
@@ -179,6 +153,8 @@ class TeacherBank:
       raise ValueError(
           "No teacher for vertical(s) "
           + ", ".join(self._describe(v) for v in missing) + ".")
+    if not teachers:
+      raise ValueError("TeacherBank needs at least one teacher.")
     for teacher in teachers.values():
       teacher.trainable = False
     self._teachers = {int(v): teachers[v] for v in sorted(teachers)}
@@ -186,23 +162,48 @@ class TeacherBank:
         v: np.flatnonzero(self.class_to_vertical == v).astype(np.int32)
         for v in range(self.num_verticals)
     }
+    self._layout = layout
     self._shared = None
-    shared = (shared_trunk_classifier(self._teachers, self._class_ids,
-                                      self.num_classes)
-              if share_trunk else None)
-    if shared is not None:
-      trunk, kernel, bias = shared
+    self._groups = []
+    self._routed_verticals = (tuple(self._teachers)
+                              if layout == ROUTED else ())
+    if layout == shared_trunk.LAYOUT:
+      trunk, kernel, bias = shared_trunk.shared_trunk_classifier(
+          self._teachers, self._class_ids, self.num_classes, self._describe,
+          expected_fingerprint=trunk_fingerprint)
       # Variables, not graph constants: at N = 100K the kernel is 200 MB.
       self._shared = (trunk,
                       tf.Variable(kernel, trainable=False,
                                   name="shared_trunk_kernel"),
                       tf.Variable(bias, trainable=False,
                                   name="shared_trunk_bias"))
+    elif layout == stacked_teachers.LAYOUT:
+      self._groups, unstackable = stacked_teachers.group_teachers(
+          self._teachers, self._class_ids, self.num_classes, self._describe)
+      self._routed_verticals = tuple(sorted(unstackable))
+      for v, reason in sorted(unstackable.items()):
+        logging.info("Teacher of vertical %s is routed, not stacked: %s.",
+                     self._describe(v), reason)
 
   @property
-  def shares_trunk(self):
-    """True when targets come from one trunk pass plus one [d, N] matmul."""
-    return self._shared is not None
+  def layout(self):
+    """'stacked', 'shared_trunk' or 'routed': how the teachers run."""
+    return self._layout
+
+  @property
+  def stacked_groups(self):
+    """The verticals of each stacked group (one per architecture), sorted."""
+    return tuple(group.verticals for group in self._groups)
+
+  @property
+  def stacked_variables(self):
+    """Every stacked group's variables (`StackedGroup.variables`)."""
+    return [w for group in self._groups for w in group.variables]
+
+  @property
+  def routed_verticals(self):
+    """The verticals whose teacher runs on its own rows, one by one."""
+    return self._routed_verticals
 
   @property
   def teachers(self):
@@ -249,33 +250,36 @@ class TeacherBank:
       values, verts = tf.math.top_k(score, k=t, sorted=True)
     return tf.where(values > 0, verts, -1)
 
-  def _routed(self, images, label_ids, per_teacher, empty):
+  def _teacher_checks(self, slot_verticals):
+    """In-graph asserts that no slot needs a vertical without a teacher."""
+    checks = []
+    for v in range(self.num_verticals):
+      if v not in self._teachers:
+        checks.append(tf.debugging.assert_equal(
+            tf.reduce_sum(tf.cast(tf.equal(slot_verticals, v), tf.int32)), 0,
+            message=f"No teacher for vertical {self._describe(v)}, which "
+                    "this batch's labels need."))
+    return checks
+
+  def _routed(self, images, slots, per_teacher, empty):
     """Runs each teacher on its own rows only and stitches results by slot.
 
     Args:
       images: [B, ...].
-      label_ids: int [B, L].
+      slots: int32 [B, T] slot verticals (`_slots`).
       per_teacher: fn(v, rows int32 [r], logits [r, N_v]) -> list of tensors
         with leading dim r.
       empty: fn(r) -> list of tensors for r padding slots.
 
     Returns:
-      (slot verticals [B, T], list of stitched tensors with leading dim B*T).
+      list of stitched tensors with leading dim B*T.
     """
-    slots = self._slots(label_ids)
     t = self.max_teachers_per_example
     flat = tf.reshape(slots, [-1])
     positions = tf.range(tf.size(flat))
     parts = tf.dynamic_partition(positions, flat + 1, self.num_verticals + 1)
-    checks = []
-    for v in range(self.num_verticals):
-      if v not in self._teachers:
-        checks.append(tf.debugging.assert_equal(
-            tf.size(parts[v + 1]), 0,
-            message=f"No teacher for vertical {self._describe(v)}, which "
-                    "this batch's labels need."))
     indices, values = [parts[0]], [empty(tf.size(parts[0]))]
-    with tf.control_dependencies(checks):
+    with tf.control_dependencies(self._teacher_checks(flat)):
       for v in range(self.num_verticals):
         slot_positions = parts[v + 1]
         indices.append(slot_positions)
@@ -284,11 +288,10 @@ class TeacherBank:
           continue
         rows = slot_positions // t
         values.append(per_teacher(v, rows, self._run_teacher(v, images, rows)))
-    stitched = [
+    return [
         tf.dynamic_stitch(indices, [vals[i] for vals in values])
         for i in range(len(values[0]))
     ]
-    return slots, stitched
 
   def _run_teacher(self, v, images, rows):
     """Teacher v's logits over its classes for `images[rows]`, float32 [r, N_v].
@@ -319,6 +322,42 @@ class TeacherBank:
         f"Teacher of vertical {self._describe(v)} emits {width} logits; "
         f"expected {n_v} (its classes) or {self.num_classes} (all classes).")
 
+  def _slot_logits(self, images, slots):
+    """Each slot's teacher logits over all N classes, float32 [B, T', N].
+
+    Exact on the columns of the slot's own vertical; other columns are
+    arbitrary (masked by the callers). T' = 1 on the shared trunk (one pass
+    per sample serves all its slots), T otherwise.
+    """
+    if self._shared is not None:
+      trunk, kernel, bias = self._shared
+      with tf.control_dependencies(self._teacher_checks(slots)):
+        features = tf.cast(trunk.classifier_inputs(images, training=False),
+                           tf.float32)
+      return (tf.matmul(features, kernel) + bias)[:, None, :]
+    t = self.max_teachers_per_example
+    flat = tf.reshape(slots, [-1])
+    num_slots = tf.size(flat)
+    with tf.control_dependencies(self._teacher_checks(flat)):
+      logits = tf.zeros(tf.stack([num_slots, self.num_classes]), tf.float32)
+    for group in self._groups:
+      logits += group.slot_logits(images, slots)
+    for v in self._routed_verticals:
+      positions = tf.cast(tf.where(tf.equal(flat, v))[:, 0], tf.int32)
+      teacher_logits = self._run_teacher(v, images, positions // t)
+      columns = tf.constant(self._class_ids[v])
+      width = columns.shape[0]
+      where = tf.stack([tf.repeat(positions, width),
+                        tf.tile(columns, [tf.size(positions)])], axis=1)
+      logits += tf.scatter_nd(where, tf.reshape(teacher_logits, [-1]),
+                              tf.shape(logits))
+    return tf.reshape(logits, [-1, t, self.num_classes])
+
+  def _slot_class_mask(self, slots):
+    """[B, T, N] bool: class c belongs to the vertical of slot (i, s)."""
+    c2v = tf.constant(self.class_to_vertical)
+    return tf.equal(c2v[None, None, :], slots[:, :, None])
+
   def soft_targets(self, images, label_ids):
     """Online top-K soft targets from the teacher(s) of each sample's labels.
 
@@ -334,10 +373,22 @@ class TeacherBank:
     Returns:
       (target_ids int32 [B, T*K], target_probs float32 [B, T*K]).
     """
+    slots = self._slots(label_ids)
+    if self._layout == ROUTED:
+      ids, probs = self._routed_soft_targets(images, slots)
+    else:
+      ids, probs = self._masked_soft_targets(
+          tf.sigmoid(self._slot_logits(images, slots) / self.temperature),
+          slots)
+    batch = tf.shape(label_ids)[0]
+    width = self.target_width
+    ids = tf.ensure_shape(tf.reshape(ids, [batch, width]), [None, width])
+    probs = tf.ensure_shape(tf.reshape(probs, [batch, width]), [None, width])
+    return tf.stop_gradient(ids), tf.stop_gradient(probs)
+
+  def _routed_soft_targets(self, images, slots):
+    """`soft_targets` per teacher: (ids, probs) [B*T, K] in slot order."""
     k = self.top_k
-    if self._shared is not None:
-      ids, probs = self._shared_soft_targets(images, label_ids)
-      return tf.stop_gradient(ids), tf.stop_gradient(probs)
 
     def per_teacher(v, rows, logits):
       del rows
@@ -348,36 +399,25 @@ class TeacherBank:
       return [tf.fill([r, k], soft_targets_lib.PAD_ID),
               tf.zeros([r, k], tf.float32)]
 
-    batch = tf.shape(label_ids)[0]
-    _, (ids, probs) = self._routed(images, label_ids, per_teacher, empty)
-    width = self.target_width
-    ids = tf.ensure_shape(tf.reshape(ids, [batch, width]), [None, width])
-    probs = tf.ensure_shape(tf.reshape(probs, [batch, width]), [None, width])
-    return tf.stop_gradient(ids), tf.stop_gradient(probs)
+    ids, probs = self._routed(images, slots, per_teacher, empty)
+    return ids, probs
 
-  def _shared_logits(self, images):
-    """All teachers' logits at once, float32 [B, N]: phi(x) W + b."""
-    trunk, kernel, bias = self._shared
-    features = tf.cast(trunk.classifier_inputs(images, training=False),
-                       tf.float32)
-    return tf.matmul(features, kernel) + bias
-
-  def _slot_class_mask(self, label_ids):
-    """[B, T, N] bool: class c belongs to the vertical of slot (i, s)."""
-    slots = self._slots(label_ids)
-    c2v = tf.constant(self.class_to_vertical)
-    return tf.equal(c2v[None, None, :], slots[:, :, None])
-
-  def _shared_soft_targets(self, images, label_ids):
-    """`soft_targets` on the shared-trunk path (same values and order).
+  def _masked_soft_targets(self, probs, slots):
+    """Top-K of each slot's vertical from probabilities over all N classes.
 
     Classes outside a slot's vertical get probability -1, below any sigmoid,
     so top_k over all N classes keeps the vertical's top K' = min(K, N_v)
     first (ties: lower class id first, as per teacher); the rest are padding.
+
+    Args:
+      probs: float32 [B, T or 1, N] teacher probabilities.
+      slots: int32 [B, T] slot verticals.
+
+    Returns:
+      (ids int32 [B, T, K], probs float32 [B, T, K]).
     """
     k = self.top_k
-    probs = tf.sigmoid(self._shared_logits(images) / self.temperature)
-    masked = tf.where(self._slot_class_mask(label_ids), probs[:, None, :], -1.0)
+    masked = tf.where(self._slot_class_mask(slots), probs, -1.0)
     kept = min(k, self.num_classes)
     top, idx = tf.math.top_k(masked, k=kept, sorted=True)
     valid = top >= 0.0
@@ -386,10 +426,6 @@ class TeacherBank:
     pad = [[0, 0], [0, 0], [0, k - kept]]
     ids = tf.pad(ids, pad, constant_values=soft_targets_lib.PAD_ID)
     top = tf.pad(top, pad, constant_values=0.0)
-    width = self.target_width
-    batch = tf.shape(label_ids)[0]
-    ids = tf.ensure_shape(tf.reshape(ids, [batch, width]), [None, width])
-    top = tf.ensure_shape(tf.reshape(top, [batch, width]), [None, width])
     return tf.cast(ids, tf.int32), top
 
   def specialist_scores(self, images, label_ids, floor=0.0):
@@ -406,10 +442,15 @@ class TeacherBank:
     Returns:
       float32 [B, N].
     """
-    if self._shared is not None:
-      in_slots = tf.reduce_any(self._slot_class_mask(label_ids), axis=1)
-      return tf.where(in_slots, tf.sigmoid(self._shared_logits(images)),
-                      tf.cast(floor, tf.float32))
+    slots = self._slots(label_ids)
+    floor = tf.cast(floor, tf.float32)
+    if self._layout != ROUTED:
+      mask = self._slot_class_mask(slots)
+      # A sample's slots hold distinct verticals: each class is in at most
+      # one of them, so the sum over slots picks it.
+      own = tf.reduce_sum(tf.where(
+          mask, tf.sigmoid(self._slot_logits(images, slots)), 0.0), axis=1)
+      return tf.where(tf.reduce_any(mask, axis=1), own, floor)
     batch = tf.shape(label_ids)[0]
     rows_and_probs = []
 
@@ -421,8 +462,8 @@ class TeacherBank:
     def empty(r):
       return [tf.zeros([r], tf.int32)]
 
-    self._routed(images, label_ids, per_teacher, empty)
-    scores = tf.fill([batch, self.num_classes], tf.cast(floor, tf.float32))
+    self._routed(images, slots, per_teacher, empty)
+    scores = tf.fill([batch, self.num_classes], floor)
     for v, rows, probs in rows_and_probs:
       class_ids = tf.constant(self._class_ids[v])
       grid_rows = tf.broadcast_to(rows[:, None], tf.shape(probs))

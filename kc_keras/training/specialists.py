@@ -12,6 +12,8 @@ import numpy as np
 from kc_keras.configs import kc_config
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import pipeline
+from kc_keras.distillation import shared_trunk
+from kc_keras.distillation import stacked_teachers
 from kc_keras.distillation import teacher_bank as teacher_bank_lib
 from kc_keras.modeling.models import distiller
 from kc_keras.training import controller as controller_lib
@@ -29,6 +31,11 @@ MANIFEST_FILE = "teachers_manifest.json"
 # teacher.json fields that bind a teacher to its vertical and hierarchy.
 _BOUND_FIELDS = ("vertical_id", "vertical_name", "class_ids", "class_names",
                  "hierarchy_fingerprint")
+# teacher.json "trunk": how the layers below the classifier were made. The
+# generalist's trunk kept bit for bit (only the classifier trained, on its
+# frozen features), or weights of the teacher's own.
+SHARED_FROZEN_TRUNK = "shared_frozen"
+INDEPENDENT_TRUNK = "independent"
 
 
 class TeacherError(ValueError):
@@ -175,21 +182,27 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     result = controller.train(verbose=verbose)
     logs, steps = result.logs, result.step
 
+  # Only the frozen-features path leaves the generalist's backbone and
+  # hidden layers untouched; any step on images may move them.
   return save_teacher(
       network, teachers_dir, vertical, hierarchy, train_steps=steps,
       final_logs=logs,
-      trained_on="frozen_features" if features is not None else "images")
+      trained_on="frozen_features" if features is not None else "images",
+      trunk=SHARED_FROZEN_TRUNK if features is not None else INDEPENDENT_TRUNK)
 
 
 def save_teacher(network: keras.Model, teachers_dir: str, vertical: int,
                  hierarchy: hierarchy_lib.Hierarchy, train_steps: int,
-                 final_logs: Dict, trained_on: str) -> Dict:
+                 final_logs: Dict, trained_on: str, trunk: str) -> Dict:
   """Writes `teacher.keras`, then the `teacher.json` that binds it.
 
   The record names the vertical, its classes (ids and names) and the
   hierarchy's fingerprint, the weights' fingerprint and the file's sha256,
-  and is sealed (`records.seal`), so that every later read can check the
-  teacher against the hierarchy it is used with and against the file.
+  how its trunk was made (with the trunk's fingerprint when it is the
+  shared frozen one), and is sealed (`records.seal`), so that every later
+  read can check the teacher against the hierarchy it is used with and
+  against the file, and run the teachers in the layout they were made for
+  (`teachers_layout`).
 
   Args:
     network: the trained teacher network.
@@ -199,10 +212,22 @@ def save_teacher(network: keras.Model, teachers_dir: str, vertical: int,
     train_steps: steps trained.
     final_logs: the last logged values.
     trained_on: 'images' or 'frozen_features'.
+    trunk: SHARED_FROZEN_TRUNK (the generalist's backbone and hidden layers,
+      unchanged) or INDEPENDENT_TRUNK.
 
   Returns:
     The info dict written to `teacher.json`.
+
+  Raises:
+    ValueError: an unknown `trunk`.
   """
+  if trunk not in (SHARED_FROZEN_TRUNK, INDEPENDENT_TRUNK):
+    raise ValueError(
+        f"trunk must be {SHARED_FROZEN_TRUNK!r} or {INDEPENDENT_TRUNK!r}, got "
+        f"{trunk!r}.")
+  trunk_fields = {"trunk": trunk}
+  if trunk == SHARED_FROZEN_TRUNK:
+    trunk_fields["trunk_fingerprint"] = shared_trunk.trunk_fingerprint(network)
   out_dir = teacher_dir(teachers_dir, vertical)
   os.makedirs(out_dir, exist_ok=True)
   model_path = os.path.join(out_dir, TEACHER_MODEL_FILE)
@@ -221,6 +246,7 @@ def save_teacher(network: keras.Model, teachers_dir: str, vertical: int,
       "train_steps": int(train_steps),
       "final_logs": final_logs,
       "trained_on": trained_on,
+      **trunk_fields,
       "params": int(network.count_params()),
   })
   files.atomic_write_json(os.path.join(out_dir, TEACHER_INFO_FILE), info)
@@ -321,7 +347,11 @@ def write_manifest(teachers_dir: str) -> Dict:
         "fingerprint": info["fingerprint"],
         "num_classes": len(info["class_ids"]),
         "params": info["params"],
+        "trunk": info.get("trunk", "unrecorded"),
     }
+    if "trunk_fingerprint" in info:
+      teachers[str(info["vertical_id"])]["trunk_fingerprint"] = (
+          info["trunk_fingerprint"])
     hierarchies.add(info["hierarchy_fingerprint"])
   manifest = {"teachers": teachers,
               "hierarchy_fingerprints": sorted(hierarchies)}
@@ -423,11 +453,18 @@ def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
       hierarchy, or weights whose fingerprint differs from `teacher.json`
       (a stale or overwritten file).
   """
+  return _load_checked_teachers(teachers_dir, hierarchy, verticals)[0]
+
+
+def _load_checked_teachers(teachers_dir: str,
+                           hierarchy: hierarchy_lib.Hierarchy,
+                           verticals: Optional[Sequence[int]] = None):
+  """`load_teachers`, also returning the checked records: (models, infos)."""
   wanted = list(range(hierarchy.num_verticals) if verticals is None
                 else verticals)
   teachers = {}
-  for vertical, info in checked_teacher_infos(teachers_dir, hierarchy,
-                                              wanted).items():
+  infos = checked_teacher_infos(teachers_dir, hierarchy, wanted)
+  for vertical, info in infos.items():
     model_path = os.path.join(teacher_dir(teachers_dir, vertical),
                               TEACHER_MODEL_FILE)
     model = keras.saving.load_model(model_path, compile=False)
@@ -439,7 +476,54 @@ def load_teachers(teachers_dir: str, hierarchy: hierarchy_lib.Hierarchy,
           f"{info['fingerprint'][:12]} (the file was replaced after "
           f"training); retrain this teacher.")
     teachers[vertical] = model
-  return teachers
+  return teachers, infos
+
+
+def teachers_layout(infos: Dict[int, Dict],
+                    hierarchy: hierarchy_lib.Hierarchy):
+  """The `TeacherBank` layout the teachers' records call for.
+
+  Every record says how its trunk was made (`save_teacher`):
+  - all SHARED_FROZEN_TRUNK with one trunk fingerprint: 'shared_trunk',
+    with that fingerprint (the bank checks every teacher against it);
+  - otherwise (independent or mixed): 'stacked';
+  - records written before the field existed: 'stacked', with a warning
+    (the same targets, without the shared-trunk fast path).
+
+  Args:
+    infos: {vertical id: checked `teacher.json`} (`checked_teacher_infos`).
+    hierarchy: names the verticals in messages.
+
+  Returns:
+    (layout, trunk fingerprint or None).
+
+  Raises:
+    TeacherError: frozen-trunk teachers recorded on different trunks (from
+      different generalists), naming a vertical of each.
+  """
+  unrecorded = sorted(v for v, info in infos.items() if "trunk" not in info)
+  if unrecorded:
+    logging.warning(
+        "The teacher.json of vertical(s) %s does not say how its trunk was "
+        "made (written by an older version): the teachers run as independent "
+        "ones (layout 'stacked'); retrain them into a fresh "
+        "task.distillation.teachers_dir to record it.", unrecorded)
+    return stacked_teachers.LAYOUT, None
+  if not infos or any(info["trunk"] != SHARED_FROZEN_TRUNK
+                      for info in infos.values()):
+    return stacked_teachers.LAYOUT, None
+  first = min(infos)
+  expected = infos[first]["trunk_fingerprint"]
+  for vertical, info in sorted(infos.items()):
+    if info["trunk_fingerprint"] != expected:
+      raise TeacherError(
+          f"The teacher of vertical {vertical} "
+          f"({hierarchy.vertical_names[vertical]}) was trained on trunk "
+          f"{info['trunk_fingerprint'][:12]}, that of vertical {first} "
+          f"({hierarchy.vertical_names[first]}) on {expected[:12]}: the "
+          "teachers come from different generalists; retrain one side "
+          "(remove its vertical_* folders, then --mode=train_specialists).")
+  return shared_trunk.LAYOUT, expected
 
 
 def checked_teacher_infos(teachers_dir: str,
@@ -503,13 +587,20 @@ def teacher_fingerprints(teachers_dir: str,
 def load_teacher_bank(params: kc_config.ExperimentConfig, model_dir: str,
                       hierarchy: hierarchy_lib.Hierarchy
                       ) -> teacher_bank_lib.TeacherBank:
-  """The frozen teachers of every vertical, ready for online or cached targets."""
-  teachers = load_teachers(teachers_dir_of(params, model_dir), hierarchy)
+  """The frozen teachers of every vertical, ready for online or cached targets.
+
+  They run in the layout their records call for (`teachers_layout`).
+  """
+  teachers, infos = _load_checked_teachers(teachers_dir_of(params, model_dir),
+                                           hierarchy)
+  layout, trunk_fingerprint = teachers_layout(infos, hierarchy)
   return teacher_bank_lib.TeacherBank(
       teachers,
       class_to_vertical=list(hierarchy.class_to_vertical),
       top_k=params.task.distillation.top_k,
       max_teachers_per_example=params.task.distillation.max_teachers_per_example,
       vertical_names=list(hierarchy.vertical_names),
+      layout=layout,
+      trunk_fingerprint=trunk_fingerprint,
       temperature=params.task.distillation.temperature,
   )

@@ -6,6 +6,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.distillation import shared_trunk
+from kc_keras.distillation import stacked_teachers
 from kc_keras.distillation import teacher_bank as tb
 from kc_keras.modeling.models import classifier
 
@@ -204,16 +206,16 @@ class SharedTrunkTest(tf.test.TestCase):
     self.labels = tf.constant([[1, -1], [3, -1], [0, 8], [-1, -1], [5, 6],
                                [4, 3]])
 
-  def _banks(self):
-    kwargs = dict(top_k=4, max_teachers_per_example=2)
-    return (tb.TeacherBank(self.teachers, self.c2v, **kwargs),
-            tb.TeacherBank(self.teachers, self.c2v, share_trunk=False,
-                           **kwargs))
+  def _banks(self, **extra):
+    kwargs = dict(top_k=4, max_teachers_per_example=2, **extra)
+    return (tb.TeacherBank(self.teachers, self.c2v, layout="shared_trunk",
+                           **kwargs),
+            tb.TeacherBank(self.teachers, self.c2v, layout="routed", **kwargs))
 
   def test_same_targets_as_routing_each_teacher(self):
     shared, routed = self._banks()
-    self.assertTrue(shared.shares_trunk)
-    self.assertFalse(routed.shares_trunk)
+    self.assertEqual(shared.layout, "shared_trunk")
+    self.assertEqual(routed.layout, "routed")
     ids_s, probs_s = tf.function(shared.soft_targets)(self.images, self.labels)
     ids_r, probs_r = tf.function(routed.soft_targets)(self.images, self.labels)
     self.assertAllEqual(ids_s, ids_r)
@@ -223,10 +225,7 @@ class SharedTrunkTest(tf.test.TestCase):
     self.assertAllEqual(ids_s[1], [3, -1, -1, -1, -1, -1, -1, -1])
 
   def test_temperature_softens_targets_on_both_paths(self):
-    kwargs = dict(top_k=4, max_teachers_per_example=2, temperature=3.0)
-    shared = tb.TeacherBank(self.teachers, self.c2v, **kwargs)
-    routed = tb.TeacherBank(self.teachers, self.c2v, share_trunk=False,
-                            **kwargs)
+    shared, routed = self._banks(temperature=3.0)
     plain, _ = self._banks()
     ids_s, probs_s = shared.soft_targets(self.images, self.labels)
     ids_r, probs_r = routed.soft_targets(self.images, self.labels)
@@ -254,14 +253,170 @@ class SharedTrunkTest(tf.test.TestCase):
         routed.specialist_scores(self.images, self.labels, floor=-1.0),
         atol=1e-6)
 
-  def test_a_teacher_with_its_own_trunk_is_routed(self):
+  def test_recorded_fingerprint_is_checked(self):
+    recorded = shared_trunk.trunk_fingerprint(self.teachers[0])
+    bank = tb.TeacherBank(self.teachers, self.c2v, top_k=2,
+                          layout="shared_trunk", trunk_fingerprint=recorded)
+    self.assertEqual(bank.layout, "shared_trunk")
+    with self.assertRaisesRegex(
+        ValueError, r"vertical 0 \(a\) .* is not the recorded shared trunk"):
+      tb.TeacherBank(self.teachers, self.c2v, top_k=2, layout="shared_trunk",
+                     trunk_fingerprint="0" * 64,
+                     vertical_names=["a", "b", "c"])
+    with self.assertRaisesRegex(ValueError, "trunk_fingerprint is for"):
+      tb.TeacherBank(self.teachers, self.c2v, top_k=2,
+                     trunk_fingerprint=recorded)
+
+  def test_a_teacher_with_its_own_trunk_is_refused_by_name(self):
     teachers = dict(self.teachers)
     hidden = teachers[1].head.hidden2
     hidden.set_weights([w + 1e-3 for w in hidden.get_weights()])
-    bank = tb.TeacherBank(teachers, self.c2v, top_k=4)
-    self.assertFalse(bank.shares_trunk)
+    with self.assertRaisesRegex(
+        ValueError, r"trunk of the teacher of vertical 1 .* is not the trunk "
+        r"of vertical 0"):
+      tb.TeacherBank(teachers, self.c2v, top_k=4, layout="shared_trunk")
+    # Told nothing, the same teachers are stacked: no weights compared.
+    self.assertEqual(tb.TeacherBank(teachers, self.c2v, top_k=4).layout,
+                     "stacked")
 
-  def test_teachers_for_some_verticals_only_are_routed(self):
-    bank = tb.TeacherBank({0: self.teachers[0]}, self.c2v, top_k=2,
-                          expected_verticals=[0])
-    self.assertFalse(bank.shares_trunk)
+  def test_a_head_the_shared_trunk_cannot_run_is_refused(self):
+    teachers = dict(self.teachers)
+    teachers[2] = classifier.HierarchicalClassifier(
+        [0] * 5, (8, 8, 1), backbone={"type": "small_cnn", "filters": [4, 8]},
+        head={"head_type": "fc_sc", "s1": 8, "s2": 6},
+        self_paced={"mode": "none"})
+    with self.assertRaisesRegex(ValueError,
+                                "vertical 2 has head_type 'fc_sc'"):
+      tb.TeacherBank(teachers, self.c2v, top_k=4, layout="shared_trunk")
+
+  def test_teachers_for_some_verticals_only(self):
+    kwargs = dict(top_k=2, expected_verticals=[0, 2])
+    teachers = {v: self.teachers[v] for v in (0, 2)}
+    shared = tb.TeacherBank(teachers, self.c2v, layout="shared_trunk",
+                            **kwargs)
+    routed = tb.TeacherBank(teachers, self.c2v, layout="routed", **kwargs)
+    labels = tf.constant([[1], [0], [4], [-1], [5], [8]])
+    ids_s, probs_s = shared.soft_targets(self.images, labels)
+    ids_r, probs_r = routed.soft_targets(self.images, labels)
+    self.assertAllEqual(ids_s, ids_r)
+    self.assertAllClose(probs_s, probs_r, atol=1e-6)
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                "No teacher for vertical 1"):
+      shared.soft_targets(self.images, tf.constant([[3]] * 6))
+
+
+def _randomize(model, rng):
+  """Random weights everywhere; BatchNorm variances stay positive."""
+  for weight in model.weights:
+    shape = tuple(weight.shape)
+    if "variance" in weight.path:
+      weight.assign(rng.uniform(0.5, 2.0, size=shape).astype(np.float32))
+    else:
+      weight.assign(rng.normal(0.0, 0.5, size=shape).astype(np.float32))
+  return model
+
+
+def _independent_teachers(sizes, filters, seed, **head):
+  """Teacher v: small_cnn FC-FC over sizes[v] classes, its own random weights.
+
+  The teachers of one call share an architecture, not their weights.
+  """
+  rng = np.random.default_rng(seed)
+  head = dict({"head_type": "fc_fc", "s1": 8, "s2": 6}, **head)
+  return {v: _randomize(classifier.HierarchicalClassifier(
+      [0] * size, (8, 8, 1),
+      backbone={"type": "small_cnn", "filters": filters},
+      head=head, self_paced={"mode": "none"}), rng)
+          for v, size in sizes.items()}
+
+
+class StackedTest(tf.test.TestCase):
+
+  def setUp(self):
+    super().setUp()
+    # Six verticals of 4, 1, 3, 2, 5 and 2 classes with interleaved ids.
+    self.c2v = np.array([0, 2, 1, 0, 3, 4, 0, 2, 4, 4, 3, 2, 0, 4, 4, 5, 5])
+    rng = np.random.default_rng(1)
+    self.images = tf.constant(rng.uniform(size=(7, 8, 8, 1)), tf.float32)
+    # T = 2: rows 0 and 5 span two verticals; vertical 2 appears in no
+    # label; vertical 5 has no teacher (and no label here); row 6 is empty.
+    self.labels = tf.constant([[0, 4], [6, -1], [2, -1], [13, 9], [3, -1],
+                               [10, 12], [-1, -1]])
+
+  def _compare(self, teachers, labels=None, **kwargs):
+    labels = self.labels if labels is None else labels
+    kwargs = dict(top_k=3, max_teachers_per_example=2, **kwargs)
+    stacked = tb.TeacherBank(teachers, self.c2v, **kwargs)
+    routed = tb.TeacherBank(teachers, self.c2v, layout="routed", **kwargs)
+    ids_s, probs_s = tf.function(stacked.soft_targets)(self.images, labels)
+    ids_r, probs_r = tf.function(routed.soft_targets)(self.images, labels)
+    self.assertAllEqual(ids_s, ids_r)
+    self.assertAllClose(probs_s, probs_r, atol=1e-5, rtol=0)
+    self.assertAllClose(
+        tf.function(stacked.specialist_scores)(self.images, labels),
+        routed.specialist_scores(self.images, labels), atol=1e-5, rtol=0)
+    return stacked, ids_s
+
+  def test_independent_teachers_of_one_architecture_give_routed_targets(self):
+    teachers = _independent_teachers(
+        {0: 4, 1: 1, 2: 3, 3: 2, 4: 5}, [4, 8], seed=0)
+    stacked, ids = self._compare(teachers, expected_verticals=range(5))
+    self.assertEqual(stacked.layout, "stacked")
+    self.assertEqual(stacked.stacked_groups, ((0, 1, 2, 3, 4),))
+    self.assertEqual(stacked.routed_verticals, ())
+    # Stacked once, as non-trainable variables: G = 5 copies of each trunk
+    # weight, then the [d, N] classifier of all teachers.
+    trunk = stacked_teachers.split_teacher(teachers[0]).trunk
+    expected = [(5,) + tuple(w.shape) for layer in trunk
+                for w in layer.weights] + [(6, 17), (17,)]
+    self.assertEqual([tuple(w.shape) for w in stacked.stacked_variables],
+                     expected)
+    self.assertFalse(any(w.trainable for w in stacked.stacked_variables))
+    # Row 0: vertical 0 (classes 0, 3, 6, 12: K = 3 kept), vertical 3
+    # (classes 4, 10: two kept, one pad).
+    self.assertTrue(set(ids.numpy()[0, :3]) <= {0, 3, 6, 12})
+    self.assertEqual(sorted(ids.numpy()[0, 3:]), [-1, 4, 10])
+
+  def test_architectures_form_groups_and_the_rest_is_routed(self):
+    teachers = _independent_teachers({0: 4, 2: 3, 3: 2}, [4, 8], seed=2)
+    teachers.update(_independent_teachers({1: 1, 4: 5}, [4, 6], seed=3))
+    # An FC-SC head has no stacked form: routed within the stacked layout.
+    teachers.update(_independent_teachers({5: 2}, [4, 8], seed=4,
+                                          head_type="fc_sc"))
+    # Row 6 now needs vertical 5's routed teacher.
+    labels = tf.concat([self.labels[:6], [[15, 1]]], axis=0)
+    stacked, ids = self._compare(teachers, labels)
+    # Slots ascend by vertical: 2 (classes 1, 7, 11), then 5 (15, 16).
+    self.assertEqual(sorted(ids.numpy()[6, 3:5]), [15, 16])
+    self.assertEqual(stacked.stacked_groups, ((0, 2, 3), (1, 4)))
+    self.assertEqual(stacked.routed_verticals, (5,))
+
+  def test_a_vertical_without_a_teacher_fails_in_graph_by_name(self):
+    teachers = _independent_teachers({v: 1 for v in range(5)}, [4, 8], seed=5)
+    c2v = np.arange(6)
+    bank = tb.TeacherBank(teachers, c2v, top_k=1, expected_verticals=range(5),
+                          vertical_names=list("abcdef"))
+    ids, _ = bank.soft_targets(self.images[:2], tf.constant([[4], [0]]))
+    self.assertAllEqual(ids, [[4], [0]])
+    with self.assertRaisesRegex(tf.errors.InvalidArgumentError,
+                                r"No teacher for vertical 5 \(f\)"):
+      bank.soft_targets(self.images[:2], tf.constant([[5], [0]]))
+
+  def test_chunk_layout(self):
+    # Teachers of slots 0..6: 1, -, 0, 1, 1, 2, 1 (G = 3, S_g = 6, r = 2).
+    layout = stacked_teachers.chunk_layout(
+        tf.constant([1, -1, 0, 1, 1, 2, 1]), 3)
+    self.assertEqual(int(layout["rows_per_chunk"]), 2)
+    self.assertAllEqual(layout["slots"], [2, 0, 3, 4, 6, 5])
+    self.assertAllEqual(layout["chunk"], [0, 1, 1, 2, 2, 3])
+    self.assertAllEqual(layout["place"], [0, 0, 1, 0, 1, 0])
+    self.assertAllEqual(layout["chunk_member"], [0, 1, 1, 2])
+
+  def test_split_says_why_a_teacher_does_not_stack(self):
+    sc = _independent_teachers({0: 3}, [4, 8], seed=6, head_type="fc_sc")[0]
+    with self.assertRaisesRegex(stacked_teachers.NotStackableError,
+                                "head_type 'fc_sc'"):
+      stacked_teachers.split_teacher(sc)
+    with self.assertRaisesRegex(stacked_teachers.NotStackableError,
+                                "not a chain of layers"):
+      stacked_teachers.split_teacher(_teachers()[0])

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kc_keras.configs import derived_defaults
+from kc_keras.distillation import shared_trunk
 from kc_keras.distillation import target_cache
 from kc_keras.training import experiment_runner
 from kc_keras.training import modes
@@ -75,6 +77,31 @@ def test_teacher_starts_from_the_generalist_with_frozen_layers(trained):
       teacher.head.hidden1.weights[0].numpy())
   assert teacher.num_classes == 10
   del model_builder
+
+
+def test_shipped_recipe_runs_the_teachers_as_one_shared_trunk(trained):
+  # The recipe derived for few images per class (here 10) is the frozen
+  # trunk, and the demo's teachers (the fixture's) are made with it.
+  derived = _params("kc_student", trained.root)
+  assert derived.task.specialists.freeze == derived_defaults.FROZEN_TRUNK
+  assert (trained.params.task.specialists.freeze ==
+          derived.task.specialists.freeze)
+  session = modes.Session(trained.params, f"{trained.root}/specialists")
+  generalist_session = modes.Session(
+      _params("kc_generalist_demo", trained.root), f"{trained.root}/generalist")
+  generalist = generalist_session.build_model()
+  from kc_keras.training import restore  # pylint: disable=g-import-not-at-top
+  restore.restore_model_weights(generalist, f"{trained.root}/generalist")
+  # Each record names the generalist's trunk, and the bank runs them as one.
+  infos = specialists.checked_teacher_infos(
+      os.path.join(trained.root, "teachers"), session.hierarchy)
+  assert {info["trunk"] for info in infos.values()} == {"shared_frozen"}
+  assert {info["trunk_fingerprint"] for info in infos.values()} == {
+      shared_trunk.trunk_fingerprint(generalist.student)}
+  assert trained.manifest["teachers"]["0"]["trunk"] == "shared_frozen"
+  bank = specialists.load_teacher_bank(
+      trained.params, f"{trained.root}/specialists", session.hierarchy)
+  assert bank.layout == "shared_trunk"
 
 
 def test_cache_is_bound_to_teachers_and_k(trained):

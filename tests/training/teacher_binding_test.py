@@ -35,7 +35,8 @@ def _save_teachers(teachers_dir, hierarchy=HIERARCHY, seed=0):
   for v in range(hierarchy.num_verticals):
     specialists.save_teacher(_network(seed + v), teachers_dir, v, hierarchy,
                              train_steps=1, final_logs={"loss": 0.5},
-                             trained_on="images")
+                             trained_on="images",
+                             trunk=specialists.INDEPENDENT_TRUNK)
   specialists.write_manifest(teachers_dir)
 
 
@@ -57,6 +58,58 @@ def test_teachers_load_under_their_own_hierarchy(tmp_path):
   _save_teachers(str(tmp_path))
   teachers = specialists.load_teachers(str(tmp_path), HIERARCHY)
   assert sorted(teachers) == [0, 1]
+
+
+def test_records_say_how_the_trunk_was_made(tmp_path):
+  _save_teachers(str(tmp_path))
+  infos = specialists.checked_teacher_infos(str(tmp_path), HIERARCHY)
+  assert [info["trunk"] for info in infos.values()] == ["independent"] * 2
+  assert "trunk_fingerprint" not in infos[0]
+  with open(os.path.join(str(tmp_path), specialists.MANIFEST_FILE)) as f:
+    manifest = json.load(f)
+  assert manifest["teachers"]["1"]["trunk"] == "independent"
+  assert specialists.teachers_layout(infos, HIERARCHY) == ("stacked", None)
+  with pytest.raises(ValueError, match="trunk must be"):
+    specialists.save_teacher(_network(0), str(tmp_path), 0, HIERARCHY,
+                             train_steps=1, final_logs={},
+                             trained_on="images", trunk="frozen")
+
+
+def _trunk_infos(*trunks):
+  """Records of vertical v = 0, 1, ...: (trunk, trunk fingerprint or None)."""
+  infos = {}
+  for v, (trunk, fingerprint) in enumerate(trunks):
+    infos[v] = {"trunk": trunk}
+    if fingerprint:
+      infos[v]["trunk_fingerprint"] = fingerprint
+  return infos
+
+
+def test_layout_is_the_one_the_records_call_for():
+  shared = specialists.SHARED_FROZEN_TRUNK
+  independent = specialists.INDEPENDENT_TRUNK
+  assert specialists.teachers_layout(
+      _trunk_infos((shared, "a" * 64), (shared, "a" * 64)),
+      HIERARCHY) == ("shared_trunk", "a" * 64)
+  assert specialists.teachers_layout(
+      _trunk_infos((shared, "a" * 64), (independent, None)),
+      HIERARCHY) == ("stacked", None)
+  with pytest.raises(
+      specialists.TeacherError,
+      match=r"vertical 1 \(v1\) was trained on trunk bbbbbbbbbbbb, that of "
+            r"vertical 0 \(v0\) on aaaaaaaaaaaa"):
+    specialists.teachers_layout(
+        _trunk_infos((shared, "a" * 64), (shared, "b" * 64)), HIERARCHY)
+
+
+def test_records_without_the_trunk_field_run_stacked_with_a_warning():
+  infos = _trunk_infos((specialists.SHARED_FROZEN_TRUNK, "a" * 64),
+                       (specialists.SHARED_FROZEN_TRUNK, "a" * 64))
+  del infos[1]["trunk"]
+  with mock.patch.object(specialists.logging, "warning") as warning:
+    assert specialists.teachers_layout(infos, HIERARCHY) == ("stacked", None)
+  assert "older version" in warning.call_args[0][0]
+  assert warning.call_args[0][1] == [1]
 
 
 def test_permuted_class_names_are_refused_naming_the_classes(tmp_path):
