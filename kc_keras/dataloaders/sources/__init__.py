@@ -69,8 +69,9 @@ class ExampleSource(abc.ABC):
 class DecodedImageSource(ExampleSource):
   """Base of the sources that decode stored images (folder, TFRecord, TFDS).
 
-  Subclasses set `self._config` (with `image_size` and `channels`) and
-  `self._hierarchy`, and call `_init_decoding` in `__init__`. Images go
+  Subclasses call `_init_decoded_source` in `__init__` (it validates and
+  keeps the config, with `image_size` and `channels`) and set
+  `self._hierarchy`. Images go
   through `image_decoding` (alpha composited onto `alpha_background`, EXIF
   orientation, 16-bit PNG, palettes); `alpha_notice` counts the decoded images
   with transparency so that a run can say once that it found some.
@@ -78,7 +79,12 @@ class DecodedImageSource(ExampleSource):
 
   may_fail_decode = True
 
-  def _init_decoding(self, alpha_background) -> None:
+  def _init_decoded_source(self, config, max_labels: int,
+                           alpha_background) -> None:
+    """Validates and keeps `config`; `L = max_labels`; the alpha background."""
+    config.validate()
+    self._config = config
+    self._max_labels = int(max_labels)
     self.alpha_background = image_decoding.check_background(alpha_background)
     self.alpha_notice = image_decoding.AlphaNotice(self.alpha_background)
 

@@ -36,10 +36,7 @@ class TFDSSource(sources.DecodedImageSource):
 
   def __init__(self, config, max_labels: int = 1, builder=None,
                alpha_background=image_decoding.DEFAULT_ALPHA_BACKGROUND):
-    config.validate()
-    self._config = config
-    self._max_labels = int(max_labels)
-    self._init_decoding(alpha_background)
+    self._init_decoded_source(config, max_labels, alpha_background)
     self._builder = builder if builder is not None else self._make_builder(config)
     if not self._builder.is_prepared():
       raise ValueError(

@@ -68,10 +68,7 @@ class TFRecordSource(sources.DecodedImageSource):
 
   def __init__(self, config, max_labels: int = 1,
                alpha_background=image_decoding.DEFAULT_ALPHA_BACKGROUND):
-    config.validate()
-    self._config = config
-    self._max_labels = int(max_labels)
-    self._init_decoding(alpha_background)
+    self._init_decoded_source(config, max_labels, alpha_background)
     self._hierarchy = hierarchy_lib.Hierarchy.load(config.hierarchy_file)
     self._counts = {}
 
