@@ -124,8 +124,10 @@ def test_record_data_lists_the_holdout_and_derives_from_the_tree(tmp_path):
   assert (info["train_images"], info["eval_images"]) == (25, 8)
   assert len(info["holdout"]["eval_files"]) == 8
   assert os.path.exists(tmp_path / pipeline_lib.DATA_JSON)
-  # 25 images // batch 64 -> 1 step per epoch, 24 epochs by default.
-  assert params.trainer.train_steps == 24
+  # 25 images // batch 64 -> 1 step per epoch: 24 epochs would be 24 steps,
+  # so the default budget is the minimum of 1,000 steps (1,000 epochs).
+  assert params.trainer.train_steps == derived_defaults.MIN_DEFAULT_STEPS
+  assert params.trainer.train_epochs == 1000.0
   assert params.trainer.optimizer.epsilon == derived_defaults.adam_epsilon(9)
   assert params.task.model.self_paced.init == "sqrt_nv"
   assert params.task.distillation.top_k == 9
@@ -222,5 +224,5 @@ def test_tfrecord_data_with_a_hierarchy_file(tmp_path):
   info = pipeline_lib.record_data(params[0], str(tmp_path))
   assert (info["num_classes"], info["train_images"],
           info["eval_images"]) == (9, 20, 13)
-  # 20 images // batch 64 -> 1 step per epoch.
-  assert params[-1].trainer.train_steps == 24
+  # 20 images // batch 64 -> 1 step per epoch: the minimum budget.
+  assert params[-1].trainer.train_steps == derived_defaults.MIN_DEFAULT_STEPS

@@ -29,6 +29,10 @@ PRIOR_INIT_MIN_CLASSES = 1000
 FINE_TUNE_MIN_IMAGES_PER_CLASS = 500
 # The budget of the Omniglot rows (15 images per class).
 DEFAULT_EPOCHS = 24.0
+# With few images, 24 epochs are too few optimizer steps for a network to
+# leave its initialisation (a 400-image tree got 144 steps and stayed at
+# chance): the default budget is at least this many steps.
+MIN_DEFAULT_STEPS = 1000
 # Logs and summaries at least this often (steps).
 MAX_STEPS_PER_LOOP = 100
 
@@ -122,6 +126,27 @@ def train_steps(epochs: float, num_images: int, batch_size: int) -> int:
   # The small margin keeps float noise (24 * 190 = 4560.000001) from adding a step.
   return max(1, math.ceil(epochs * steps_per_epoch(num_images, batch_size)
                           - 1e-6))
+
+
+def default_epochs(epoch_steps: int) -> Tuple[float, str]:
+  """The budget when neither `train_steps` nor `train_epochs` is set, and why.
+
+  epochs = max(DEFAULT_EPOCHS, MIN_DEFAULT_STEPS / steps_per_epoch): 24
+  epochs, or as many as make `MIN_DEFAULT_STEPS` steps when 24 epochs are
+  fewer (a small dataset).
+
+  Args:
+    epoch_steps: steps per epoch (`steps_per_epoch`).
+
+  Returns:
+    `(epochs, reason)`.
+  """
+  if DEFAULT_EPOCHS * epoch_steps >= MIN_DEFAULT_STEPS:
+    return DEFAULT_EPOCHS, "the default budget"
+  return (MIN_DEFAULT_STEPS / epoch_steps,
+          f"the default budget of {DEFAULT_EPOCHS:g} epochs is only "
+          f"{int(DEFAULT_EPOCHS * epoch_steps)} steps here; raised to "
+          f"{MIN_DEFAULT_STEPS} steps")
 
 
 def steps_per_loop(epoch_steps: int, total_steps: int) -> int:
@@ -237,7 +262,7 @@ def resolve(params, stats: Optional[DataStats] = None,
          f"1e-7 x N for a sigmoid summed over N={n} classes")
   epoch_steps = steps_per_epoch(stats.num_train_images, batch)
   if trainer.train_steps is None:
-    derive("trainer.train_epochs", DEFAULT_EPOCHS, "the default budget")
+    derive("trainer.train_epochs", *default_epochs(epoch_steps))
     derive("trainer.train_steps",
            train_steps(trainer.train_epochs, stats.num_train_images, batch),
            f"{trainer.train_epochs:g} epochs of {epoch_steps} steps "

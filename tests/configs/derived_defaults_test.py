@@ -142,9 +142,25 @@ class ResolveTest(tf.test.TestCase):
 
   def test_unset_epochs_default(self):
     params = dd.unset(experiments.get_experiment("kc_generalist_demo"))
-    dd.resolve(params, stats=dd.DataStats((3, 3), 60))
+    # 3,200 // 64 = 50 steps per epoch: 24 epochs are 1,200 steps.
+    dd.resolve(params, stats=dd.DataStats((3, 3), 3200))
     self.assertEqual(params.trainer.train_epochs, dd.DEFAULT_EPOCHS)
-    self.assertEqual(params.trainer.train_steps, 24)  # 60 // 64 -> 1 per epoch
+    self.assertEqual(params.trainer.train_steps, 1200)
+
+  def test_few_images_get_the_minimum_budget_unless_epochs_are_set(self):
+    params = dd.unset(experiments.get_experiment("kc_generalist_demo"))
+    # 404 // 64 = 6 steps per epoch: 24 epochs would be 144 steps.
+    derived = {d.key: d for d in dd.resolve(
+        params, stats=dd.DataStats((101, 101), 404))}
+    self.assertEqual(params.trainer.train_steps, dd.MIN_DEFAULT_STEPS)
+    self.assertAlmostEqual(params.trainer.train_epochs, 1000 / 6)
+    self.assertIn("only 144 steps here; raised to 1000 steps",
+                  derived["trainer.train_epochs"].reason)
+    # A budget the user sets is kept, however small.
+    params = dd.unset(experiments.get_experiment("kc_generalist_demo"))
+    params.trainer.train_epochs = 2.0
+    dd.resolve(params, stats=dd.DataStats((101, 101), 404))
+    self.assertEqual(params.trainer.train_steps, 12)
 
   def test_teachers_budget_in_epochs_is_refused(self):
     params = experiments.get_experiment("kc_student_demo")
