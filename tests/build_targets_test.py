@@ -1,4 +1,6 @@
-"""Every module under kc_keras/ and export/ and every .py under tests/ has a Bazel target."""
+"""The BUILD files are complete: every module and test has a target, and every target's deps
+cover what its sources import from the repository (nested imports included), so that a test
+passing under pytest cannot fail under `bazel test` for a missing runfile."""
 
 import ast
 import os
@@ -18,6 +20,8 @@ TEST_ROOT = "tests"
 # Macros whose source file is `<name>.py` rather than a `srcs` attribute.
 NAME_IS_SOURCE_MACROS = ("kc_py_test",)
 SKIPPED_DIR_NAMES = ("__pycache__",)
+# Deps every `kc_py_test` gets from the macro (third_party/bazel_offline/pytest.bzl).
+MACRO_COMMON_DEPS = {"kc_py_test": ("//tests:conftest",)}
 
 
 class BuildFileError(ValueError):
@@ -56,6 +60,142 @@ def declared_sources(root: pathlib.Path) -> set:
     BuildFileError: a BUILD file is not valid Starlark/Python syntax.
   """
   found = set()
+  for _, package, call, attrs in _rule_calls(root):
+    srcs = attrs.get("srcs")
+    if isinstance(srcs, ast.List):
+      found.update(
+          _label_to_path(elt.value, package)
+          for elt in srcs.elts
+          if isinstance(elt, ast.Constant) and isinstance(elt.value, str)
+      )
+    name = attrs.get("name")
+    if call.func.id in NAME_IS_SOURCE_MACROS and isinstance(name, ast.Constant):
+      found.add(_label_to_path(f"{name.value}.py", package))
+  return found
+
+
+def build_rules(root: pathlib.Path) -> dict:
+  """Every rule of the BUILD files under `root` with its sources and deps.
+
+  Args:
+    root: repository root.
+
+  Returns:
+    `{"//pkg:name": (srcs, deps)}`: `srcs` a set of repository-relative paths (as in
+    `declared_sources`), `deps` a tuple of absolute labels, the macro's common deps
+    included.
+
+  Raises:
+    BuildFileError: a BUILD file is not valid Starlark/Python syntax.
+  """
+  rules = {}
+  for build_file, package, call, attrs in _rule_calls(root):
+    name = attrs.get("name")
+    if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
+      continue
+    srcs = set()
+    if isinstance(attrs.get("srcs"), ast.List):
+      srcs.update(_label_to_path(elt.value, package) for elt in attrs["srcs"].elts
+                  if isinstance(elt, ast.Constant) and isinstance(elt.value, str))
+    if call.func.id in NAME_IS_SOURCE_MACROS:
+      srcs.add(_label_to_path(f"{name.value}.py", package))
+    deps = list(MACRO_COMMON_DEPS.get(call.func.id, ()))
+    if isinstance(attrs.get("deps"), ast.List):
+      deps.extend(_absolute_label(elt.value, package) for elt in attrs["deps"].elts
+                  if isinstance(elt, ast.Constant) and isinstance(elt.value, str))
+    rules[f"//{package}:{name.value}"] = (srcs, tuple(deps))
+  return rules
+
+
+def imported_repo_files(root: pathlib.Path, source: str) -> set:
+  """Repository modules that `source` imports anywhere in the file.
+
+  Nested (function-level) imports count: they run when that code path runs, and
+  Bazel's runfiles hold only what the deps declare. `kc_keras.*` and `export.*`
+  resolve against the tree; a bare top-level name resolves to a helper module beside
+  the file or at tests/ (pytest puts both on sys.path). Package `__init__.py` files
+  are not required (Bazel writes empty ones).
+
+  Args:
+    root: repository root.
+    source: repository-relative path of a .py file.
+
+  Returns:
+    Set of repository-relative paths of the imported modules' files.
+  """
+  tree = ast.parse((root / source).read_text(), filename=source)
+  here = pathlib.PurePosixPath(source).parent.as_posix()
+  found = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+    else:
+      continue
+    for name in names:
+      path = _module_file(root, name, here)
+      if path and path != source:
+        found.add(path)
+  return found
+
+
+def undeclared_imports(root: pathlib.Path) -> list:
+  """`"target: file imports module"` for each import no dep of the target provides.
+
+  Args:
+    root: repository root.
+
+  Returns:
+    Sorted list of messages; empty when every target's transitive deps cover its
+    sources' repository imports.
+  """
+  rules = build_rules(root)
+  problems = set()
+  for label, (srcs, _) in rules.items():
+    provided = _transitive_sources(rules, label)
+    for source in sorted(s for s in srcs if s.endswith(".py") and (root / s).is_file()):
+      for module in imported_repo_files(root, source) - provided:
+        problems.add(f"{label}: {source} imports {module}, which no dep provides")
+  return sorted(problems)
+
+
+def _transitive_sources(rules: dict, label: str) -> set:
+  seen, stack, sources = set(), [label], set()
+  while stack:
+    current = stack.pop()
+    if current in seen or current not in rules:
+      continue
+    seen.add(current)
+    srcs, deps = rules[current]
+    sources |= srcs
+    stack.extend(deps)
+  return sources
+
+
+def _module_file(root: pathlib.Path, name: str, here: str):
+  parts = name.split(".")
+  if parts[0] in LIBRARY_ROOTS:
+    candidate = "/".join(parts) + ".py"
+    return candidate if (root / candidate).is_file() else None
+  if len(parts) == 1:
+    for directory in (here, TEST_ROOT):
+      candidate = f"{directory}/{name}.py"
+      if directory.startswith(TEST_ROOT) and (root / candidate).is_file():
+        return candidate
+  return None
+
+
+def _absolute_label(label: str, package: str) -> str:
+  if label.startswith("//"):
+    return label if ":" in label else f"{label}:{label.rsplit('/', 1)[-1]}"
+  if label.startswith(":"):
+    return f"//{package}{label}"
+  return label  # External (@repo//...) or a bare file: not a rule of ours.
+
+
+def _rule_calls(root: pathlib.Path):
+  """Yields (BUILD file, package, call node, {attribute: value node}) per rule call."""
   for build_file in _build_files(root):
     package = build_file.parent.relative_to(root).as_posix()
     package = "" if package == "." else package
@@ -64,20 +204,8 @@ def declared_sources(root: pathlib.Path) -> set:
     except SyntaxError as e:
       raise BuildFileError(f"{build_file}: cannot parse: {e}") from e
     for call in ast.walk(tree):
-      if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)):
-        continue
-      attrs = {kw.arg: kw.value for kw in call.keywords if kw.arg}
-      srcs = attrs.get("srcs")
-      if isinstance(srcs, ast.List):
-        found.update(
-            _label_to_path(elt.value, package)
-            for elt in srcs.elts
-            if isinstance(elt, ast.Constant) and isinstance(elt.value, str)
-        )
-      name = attrs.get("name")
-      if call.func.id in NAME_IS_SOURCE_MACROS and isinstance(name, ast.Constant):
-        found.add(_label_to_path(f"{name.value}.py", package))
-  return found
+      if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
+        yield build_file, package, call, {kw.arg: kw.value for kw in call.keywords if kw.arg}
 
 
 def required_sources(root: pathlib.Path) -> set:
@@ -211,6 +339,55 @@ class BuildTargetsTest(parameterized.TestCase):
     root = self._tree({"kc_keras/BUILD": "py_library(name = 'a',\n"})
     with self.assertRaisesRegex(BuildFileError, r"kc_keras/BUILD"):
       declared_sources(root)
+
+
+  def test_repository_targets_declare_what_they_import(self):
+    problems = undeclared_imports(REPO_ROOT)
+    self.assertEqual(problems, [], msg="Add the missing deps to these BUILD targets.")
+
+  def test_nested_import_without_dep_is_reported(self):
+    root = self._tree({
+        "kc_keras/a.py": "",
+        "kc_keras/b.py": "def f():\n  from kc_keras import a\n",
+        "kc_keras/BUILD": """
+            py_library(name = "a", srcs = ["a.py"])
+            py_library(name = "b", srcs = ["b.py"])
+        """,
+    })
+    self.assertEqual(undeclared_imports(root), [
+        "//kc_keras:b: kc_keras/b.py imports kc_keras/a.py, which no dep provides"])
+
+  def test_transitive_and_macro_deps_provide_imports(self):
+    root = self._tree({
+        "kc_keras/a.py": "",
+        "kc_keras/b.py": "import kc_keras.a\n",
+        "kc_keras/BUILD": """
+            py_library(name = "a", srcs = ["a.py"])
+            py_library(name = "b", srcs = ["b.py"], deps = [":a"])
+        """,
+        "tests/conftest.py": "import helper\n",
+        "tests/helper.py": "",
+        "tests/BUILD": """
+            py_library(name = "conftest", srcs = ["conftest.py"], deps = [":helper"])
+            py_library(name = "helper", srcs = ["helper.py"])
+        """,
+        "tests/x/foo_test.py": "import helper\nfrom kc_keras.a import thing\nimport numpy\n",
+        "tests/x/BUILD": "kc_py_test(name = 'foo_test', deps = ['//kc_keras:b'])\n",
+    })
+    self.assertEqual(undeclared_imports(root), [])
+
+  def test_helper_beside_the_test_needs_a_dep(self):
+    root = self._tree({
+        "tests/x/doubles.py": "",
+        "tests/x/foo_test.py": "from doubles import Fake\n",
+        "tests/x/BUILD": """
+            py_library(name = "doubles", srcs = ["doubles.py"])
+            kc_py_test(name = "foo_test")
+        """,
+    })
+    self.assertEqual(undeclared_imports(root), [
+        "//tests/x:foo_test: tests/x/foo_test.py imports tests/x/doubles.py, "
+        "which no dep provides"])
 
 
 if __name__ == "__main__":
