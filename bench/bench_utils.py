@@ -9,6 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.configs import kc_config
+
 # Forward + the two backward matmuls (d input, d weight) of a dense layer.
 FWD_BWD_FACTOR = 3
 
@@ -256,3 +258,31 @@ def gemm_name(shape):
 def gemm_steps(shapes=GEMM_SWEEP):
   """`interleaved_rates` steps for every shape of the sweep."""
   return {gemm_name(shape): gemm_step(*shape) for shape in shapes}
+
+
+def student_task(filters, s1, s2, target_source, alpha, top_k=None,
+                 head_type="fc_sc"):
+  """The task config of a `small_cnn` student with a two-layer head, as the benches build it.
+
+  Args:
+    filters: the backbone's filters per block.
+    s1, s2: the head's sizes.
+    target_source: `task.distillation.target_source` ("labels", "cache", ...).
+    alpha: the distillation weight (0: hard labels only).
+    top_k: the cached targets' K, or None for the default.
+    head_type: `task.model.head.head_type`.
+
+  Returns:
+    A `kc_config.TaskConfig`, self-paced scaling left at its default (the caller
+    sets the shipped recipe where it measures it).
+  """
+  task = kc_config.TaskConfig()
+  task.model.backbone.filters = tuple(int(f) for f in filters)
+  task.model.head.head_type = head_type
+  task.model.head.s1 = s1
+  task.model.head.s2 = s2
+  task.distillation.target_source = target_source
+  task.distillation.alpha = alpha
+  if top_k is not None:
+    task.distillation.top_k = top_k
+  return task

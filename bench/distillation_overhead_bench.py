@@ -26,7 +26,6 @@ import numpy as np
 import tensorflow as tf
 
 import bench_utils  # bench/ is on sys.path when run as a script
-from kc_keras.configs import kc_config
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.distillation import soft_targets as soft_targets_lib
 from kc_keras.distillation import teacher_bank as teacher_bank_lib
@@ -63,15 +62,8 @@ def make_hierarchy(num_classes, num_verticals):
 
 
 def make_task(target_source, alpha, filters, head_type="fc_sc"):
-  task = kc_config.TaskConfig()
-  task.model.backbone.filters = tuple(int(f) for f in filters)
-  task.model.head.head_type = head_type
-  task.model.head.s1 = FLAGS.s1
-  task.model.head.s2 = FLAGS.s2
-  task.distillation.target_source = target_source
-  task.distillation.alpha = alpha
-  task.distillation.top_k = FLAGS.top_k
-  return task
+  return bench_utils.student_task(filters, FLAGS.s1, FLAGS.s2, target_source,
+                                  alpha, top_k=FLAGS.top_k, head_type=head_type)
 
 
 def make_batch(hierarchy, rng):

@@ -21,7 +21,6 @@ import numpy as np
 import tensorflow as tf
 
 import bench_utils  # bench/ is on sys.path when run as a script
-from kc_keras.configs import kc_config
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.distillation import soft_targets as soft_targets_lib
 from kc_keras.training import model_builder
@@ -64,13 +63,8 @@ def main(argv):
   labels = rng.integers(0, n, size=(b, 1)).astype(np.int32)
   multi_hot = soft_targets_lib.multi_hot(labels, n)
 
-  task = kc_config.TaskConfig()
-  task.model.backbone.filters = tuple(int(f) for f in FLAGS.filters)
-  task.model.head.head_type = "fc_sc"
-  task.model.head.s1 = FLAGS.s1
-  task.model.head.s2 = FLAGS.s2
-  task.distillation.target_source = "labels"
-  task.distillation.alpha = 0.0
+  task = bench_utils.student_task(FLAGS.filters, FLAGS.s1, FLAGS.s2,
+                                    target_source="labels", alpha=0.0)
 
   ours = model_builder.build_kc_model(task, hierarchy, image_shape, b)
   ours.compile(optimizer=keras.optimizers.SGD(FLAGS.learning_rate))

@@ -20,7 +20,6 @@ import tensorflow as tf
 
 import bench_utils  # bench/ is on sys.path when run as a script
 from kc_keras.configs import data as data_cfg
-from kc_keras.configs import kc_config
 from kc_keras.configs import trainer as trainer_cfg
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import pipeline
@@ -144,14 +143,9 @@ def main(argv):
   pipeline_rate = FLAGS.pipeline_batches * b / (time.perf_counter() - start)
   del iterator
 
-  task = kc_config.TaskConfig()
-  task.model.backbone.filters = tuple(int(f) for f in FLAGS.filters)
-  task.model.head.head_type = "fc_sc"
-  task.model.head.s1 = FLAGS.s1
-  task.model.head.s2 = FLAGS.s2
-  task.distillation.target_source = "cache"
-  task.distillation.alpha = 1.0
-  task.distillation.top_k = FLAGS.top_k
+  task = bench_utils.student_task(FLAGS.filters, FLAGS.s1, FLAGS.s2,
+                                    target_source="cache", alpha=1.0,
+                                    top_k=FLAGS.top_k)
   # The student recipe of the shipped experiments (configs/experiments.py):
   # vertical-level self-paced scales starting at the prior, Adam with its
   # epsilon scaled by N.

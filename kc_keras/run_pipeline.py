@@ -10,8 +10,8 @@ startup.quiet_tensorflow()
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
-from kc_keras.configs import data as data_cfg  # noqa: E402
-from kc_keras.training import pipeline_lib  # noqa: E402
+# The registry only: the stages' TensorFlow code loads in main(), so that --help
+# answers at once.
 from kc_keras.training import pipelines  # noqa: E402
 
 flags.DEFINE_enum("pipeline", "demo", sorted(pipelines.PIPELINES),
@@ -49,11 +49,13 @@ def _data_override():
         f"--pipeline={FLAGS.pipeline} has its own data.")
   if not FLAGS.data:
     return None
+  from kc_keras.configs import data as data_cfg  # pylint: disable=g-import-not-at-top
   return data_cfg.data_spec_override(FLAGS.data, FLAGS.hierarchy_file)
 
 
 def main(argv):
   del argv
+  from kc_keras.training import pipeline_lib  # pylint: disable=g-import-not-at-top
   stages = pipelines.get_pipeline(FLAGS.pipeline)
   options = dict(config_files=FLAGS.config_file or (),
                  params_override=FLAGS.params_override)

@@ -39,10 +39,7 @@ def check_activations(mode: str) -> str:
   Raises:
     QuantizationError: any other value.
   """
-  if mode not in ACTIVATION_MODES:
-    raise errors.QuantizationError(
-        f"activations={mode!r}; use one of {ACTIVATION_MODES}")
-  return mode
+  return errors.check_choice("activations", mode, ACTIVATION_MODES)
 
 
 class ActivationSimulator:

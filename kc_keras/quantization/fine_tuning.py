@@ -91,10 +91,7 @@ def resolve_targets(quantization: Optional[str], weight_target: Optional[str],
   if quantization is None:
     quantization = weight_target or ("int8" if activations == "int8"
                                      else "dynamic")
-  if quantization not in recipe_lib.QUANTIZATIONS:
-    raise errors.QuantizationError(
-        f"quantization={quantization!r}; use one of "
-        f"{recipe_lib.QUANTIZATIONS}")
+  errors.check_choice("quantization", quantization, recipe_lib.QUANTIZATIONS)
   implied = "dynamic" if quantization == "dynamic" else "int8"
   if weight_target is not None and weight_target != implied:
     raise errors.QuantizationError(

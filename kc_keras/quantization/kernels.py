@@ -58,10 +58,7 @@ def check_weight_target(weight_target: str) -> str:
   Raises:
     QuantizationError: any other value.
   """
-  if weight_target not in WEIGHT_TARGETS:
-    raise errors.QuantizationError(
-        f"weight_target={weight_target!r}; use one of {WEIGHT_TARGETS}")
-  return weight_target
+  return errors.check_choice("weight_target", weight_target, WEIGHT_TARGETS)
 
 
 def quantized_kernels(network: keras.Model, weight_target: str = "dynamic"

@@ -3,12 +3,10 @@
 from typing import Dict, List, Optional
 
 from kc_keras.configs import run_layout
-from kc_keras.training import pipeline_lib
-from kc_keras.training.pipeline_lib import Stage
-
-GENERALIST = pipeline_lib.GENERALIST
-SPECIALISTS = pipeline_lib.SPECIALISTS
-FULL_STUDENT = pipeline_lib.FULL_STUDENT
+from kc_keras.training.stage import FULL_STUDENT
+from kc_keras.training.stage import GENERALIST
+from kc_keras.training.stage import SPECIALISTS
+from kc_keras.training.stage import Stage
 
 # The student variants of the paper's ablation table (METHOD.md section 5):
 # every row has the same backbone, data and schedule; only the head and the

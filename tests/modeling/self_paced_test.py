@@ -6,23 +6,11 @@ import numpy as np
 import tensorflow as tf
 
 import kc_test_case
+import layer_references
 from kc_keras.modeling.layers import self_paced
 
 # Sizes N_v = 3, 1, 4 with classes interleaved.
 C2V = [0, 2, 1, 0, 2, 2, 0, 2]
-EPS = 1e-12
-
-
-def reference(x, gamma_per_class, c2v):
-  """Loop over examples and verticals: gamma * x_v / sqrt(||x_v||^2 + eps)."""
-  c2v = np.asarray(c2v)
-  out = np.zeros_like(x, dtype=np.float64)
-  for b in range(x.shape[0]):
-    for v in range(c2v.max() + 1):
-      idx = np.flatnonzero(c2v == v)
-      norm = np.sqrt(np.sum(x[b, idx].astype(np.float64) ** 2) + EPS)
-      out[b, idx] = gamma_per_class[idx] * x[b, idx] / norm
-  return out
 
 
 class SelfPacedScaleTest(kc_test_case.TestCase):
@@ -50,7 +38,7 @@ class SelfPacedScaleTest(kc_test_case.TestCase):
     out = layer(self.x)
     self.assertEmpty(layer.trainable_weights)
     gamma = np.sqrt(np.array([3.0, 1.0, 4.0]))[C2V]
-    self.assertAllClose(out, reference(self.x, gamma, C2V), atol=1e-6)
+    self.assertAllClose(out, layer_references.self_paced_reference(self.x, gamma, C2V), atol=1e-6)
     # Hand check: the single class of vertical 1 becomes sign(x) * sqrt(1).
     self.assertAllClose(out[:, 2], np.sign(self.x[:, 2]), atol=1e-6)
 
@@ -62,7 +50,7 @@ class SelfPacedScaleTest(kc_test_case.TestCase):
     self.assertEqual(layer.gamma.shape, (size,))
     gamma = layer.gamma.numpy()
     per_class = gamma[C2V] if mode == "vertical" else gamma
-    self.assertAllClose(out, reference(self.x, per_class, C2V), atol=1e-5)
+    self.assertAllClose(out, layer_references.self_paced_reference(self.x, per_class, C2V), atol=1e-5)
 
   @parameterized.parameters("vertical", "class")
   def test_sqrt_nv_init(self, mode):
@@ -116,7 +104,7 @@ class SelfPacedScaleTest(kc_test_case.TestCase):
     with tf.GradientTape() as tape:
       loss = tf.reduce_sum(layer(self.x))
     grad = tape.gradient(loss, layer.gamma).numpy()
-    expected = reference(self.x, np.ones(8), C2V)
+    expected = layer_references.self_paced_reference(self.x, np.ones(8), C2V)
     expected = [expected[:, np.asarray(C2V) == v].sum() for v in range(3)]
     self.assertAllClose(grad, expected, atol=1e-5)
 

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 import kc_test_case
+import layer_references
 from kc_keras.modeling import heads
 from kc_keras.modeling.layers import self_paced
 from kc_keras.modeling.layers import structurally_connected as sc
@@ -151,16 +152,6 @@ class StructurallyConnectedFormsTest(kc_test_case.TestCase):
       integer_forms.dense_kernel(block_input)
 
 
-def _self_paced_reference(x, gamma_per_class, c2v, eps=1e-12):
-  """Loop over examples and verticals: gamma * x_v / sqrt(||x_v||^2 + eps)."""
-  c2v = np.asarray(c2v)
-  out = np.zeros_like(x, dtype=np.float64)
-  for b in range(x.shape[0]):
-    for v in range(c2v.max() + 1):
-      idx = np.flatnonzero(c2v == v)
-      norm = np.sqrt(np.sum(x[b, idx].astype(np.float64) ** 2) + eps)
-      out[b, idx] = gamma_per_class[idx] * x[b, idx] / norm
-  return out
 
 
 class SelfPacedFormTest(kc_test_case.TestCase):
@@ -186,7 +177,7 @@ class SelfPacedFormTest(kc_test_case.TestCase):
       gamma = (np.sqrt([3.0, 1.0, 4.0])[C2V] if mode == "fixed"
                else np.asarray(layer.scale_values()))
       gamma = gamma[C2V] if mode == "vertical" else gamma
-      self.assertAllClose(form, _self_paced_reference(x, gamma, C2V),
+      self.assertAllClose(form, layer_references.self_paced_reference(x, gamma, C2V),
                           rtol=1e-5, atol=1e-5)
       self.assertAllEqual(form[0, [0, 3, 6]], np.zeros(3))
 

@@ -7,22 +7,18 @@ import subprocess
 import sys
 import tempfile
 
-from kc_keras.common import startup  # noqa: E402
+import worker_env
 
 # This file also runs as a worker script, without tests/conftest.py.
-startup.quiet_tensorflow()
-# As tests/conftest.py: oneDNN convolutions mis-shape empty batches.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+worker_env.prepare_process()
 
 from absl.testing import parameterized  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-SMOKE_YAML = os.path.join(REPO_ROOT, "official_configs",
-                          "generalist_demo_smoke.yaml")
+REPO_ROOT = worker_env.REPO_ROOT
+SMOKE_YAML = worker_env.GENERALIST_SMOKE_YAML
 TOLERANCE = 1e-5
 ADAM_TOLERANCE = 1e-4
 # float16 keeps 11 mantissa bits; 4 steps of a loss summed over 40 classes.

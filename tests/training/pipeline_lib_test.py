@@ -8,7 +8,8 @@ import pytest
 
 from kc_keras.training import modes
 from kc_keras.training import pipeline_lib
-from kc_keras.training.pipeline_lib import Stage
+from kc_keras.training import stage as stage_lib
+from kc_keras.training.stage import Stage
 
 
 def _metrics(mpvap, top1, confusion=None):
@@ -26,12 +27,12 @@ CONFUSION = {"a": {"a": 3, "b": 1}, "b": {"b": 2}}
 
 def _rows(generalist, specialists, student):
   return [
-      dict(name=pipeline_lib.GENERALIST, params=1000, wall_seconds=10.0,
+      dict(name=stage_lib.GENERALIST, params=1000, wall_seconds=10.0,
            metrics=_metrics(generalist, 0.40, CONFUSION)),
-      dict(name=pipeline_lib.SPECIALISTS, params=20000, wall_seconds=20.0,
+      dict(name=stage_lib.SPECIALISTS, params=20000, wall_seconds=20.0,
            assumes_true_vertical=True,
            metrics=_metrics(specialists, 0.60, {"a": {"a": 4}, "b": {"b": 2}})),
-      dict(name=pipeline_lib.FULL_STUDENT, params=1500, wall_seconds=30.0,
+      dict(name=stage_lib.FULL_STUDENT, params=1500, wall_seconds=30.0,
            metrics=_metrics(student, 0.45, CONFUSION)),
   ]
 
@@ -118,7 +119,7 @@ def test_report_writes_both_charts(tmp_path):
     with open(tmp_path / name, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   assert pipeline_lib.confusion_row_name(
-      _rows(0.5, 0.7, 0.55)) == pipeline_lib.FULL_STUDENT
+      _rows(0.5, 0.7, 0.55)) == stage_lib.FULL_STUDENT
 
 
 @pytest.fixture
@@ -142,7 +143,7 @@ def fake_stages(monkeypatch):
 
 def test_a_resume_keeps_the_wall_time_of_the_run_that_trained(
     fake_stages, tmp_path):
-  stages = [Stage(pipeline_lib.GENERALIST, "kc_generalist_demo",
+  stages = [Stage(stage_lib.GENERALIST, "kc_generalist_demo",
                   "train_and_eval", "generalist", report=True)]
   rows = pipeline_lib.run_pipeline(stages, str(tmp_path))
   assert rows[0]["wall_seconds"] == 100.0 and "rerun_seconds" not in rows[0]
@@ -154,7 +155,7 @@ def test_a_resume_keeps_the_wall_time_of_the_run_that_trained(
 
 
 def test_a_deleted_run_is_timed_afresh(fake_stages, tmp_path):
-  stages = [Stage(pipeline_lib.GENERALIST, "kc_generalist_demo",
+  stages = [Stage(stage_lib.GENERALIST, "kc_generalist_demo",
                   "train_and_eval", "generalist", report=True)]
   pipeline_lib.run_pipeline(stages, str(tmp_path))
   shutil.rmtree(tmp_path / "generalist")
