@@ -6,9 +6,13 @@
 #          custom train_step, multi-hot built in the graph, per-example
 #          sigmoid CE, four trackers;
 #   plain: the bare network compiled with keras.losses.BinaryCrossentropy
-#          (from_logits) on multi-hot targets and no metrics.
+#          (from_logits) on multi-hot targets and no metrics;
+#   dense: the same backbone with a plain Dense(N) head, compiled the same
+#          way (fewer weights than the FC-SC head: not like for like, it shows
+#          what the head itself costs).
 # Runs alternate (--runs each); each run's median step time after a warm-up
-# epoch; the table gives the median over runs. Goal: ours / plain <= 1.05.
+# epoch; the table gives the median over runs, images/s and parameter counts.
+# Goal: ours / plain <= 1.05.
 #
 #   .venv/bin/python bench/fit_overhead_bench.py
 
@@ -76,23 +80,38 @@ def main(argv):
                 loss=keras.losses.BinaryCrossentropy(from_logits=True))
   plain_data = tf.data.Dataset.from_tensors((images, multi_hot)).repeat()
 
-  times = {"ours": [], "plain": []}
+  # Its own backbone (a second build), so that no weights are shared.
+  dense_input = keras.Input(image_shape)
+  dense_backbone = model_builder.build_network(task.model, hierarchy,
+                                               image_shape).backbone
+  dense = keras.Model(dense_input, keras.layers.Dense(n)(
+      dense_backbone(dense_input)))
+  dense.compile(optimizer=keras.optimizers.SGD(FLAGS.learning_rate),
+                loss=keras.losses.BinaryCrossentropy(from_logits=True))
+
+  # ours trains the same network as plain: the same parameters.
+  models = {"ours": (ours, ours_data, plain.count_params()),
+            "plain": (plain, plain_data, plain.count_params()),
+            "dense": (dense, plain_data, dense.count_params())}
+  times = {key: [] for key in models}
   for _ in range(FLAGS.runs):
-    times["ours"].append(timed_fit(ours, ours_data))
-    times["plain"].append(timed_fit(plain, plain_data))
+    for key, (model, data, _) in models.items():
+      times[key].append(timed_fit(model, data))
   ours_s, plain_s = np.median(times["ours"]), np.median(times["plain"])
   print(f"N={n} M={FLAGS.num_verticals} B={b} image={FLAGS.image_size}px "
         f"small_cnn {FLAGS.filters} + fc_sc s1={FLAGS.s1} s2={FLAGS.s2}; "
         f"{FLAGS.runs} alternating runs x {FLAGS.steps} steps; "
         f"{bench_utils.load_line()}")
-  print("| model.fit of | median ms / step | runs (ms) |")
-  print("|---|---|---|")
-  for name, seconds in (("ours: KnowledgeConcentrationModel.train_step",
-                         ours_s),
-                        ("plain: network + BinaryCrossentropy", plain_s)):
+  print("| model.fit of | parameters | median ms / step | images/s | runs (ms) |")
+  print("|---|---|---|---|---|")
+  for name in ("ours: KnowledgeConcentrationModel.train_step",
+               "plain: network + BinaryCrossentropy",
+               "dense: backbone + Dense(N) + BinaryCrossentropy"):
     key = name.split(":")[0]
+    seconds = np.median(times[key])
     runs = ", ".join(f"{1000 * t:.1f}" for t in times[key])
-    print(f"| {name} | {1000 * seconds:.1f} | {runs} |")
+    print(f"| {name} | {models[key][2]:,} | {1000 * seconds:.1f} | "
+          f"{b / seconds:.1f} | {runs} |")
   print(f"\nours / plain = {ours_s / plain_s:.3f} (goal <= 1.05)")
 
 
