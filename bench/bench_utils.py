@@ -1,8 +1,11 @@
 """Shared helpers of the benchmarks: timing, FLOP counts, machine facts."""
 
+import glob
+import json
 import os
 import platform
 import resource
+import tempfile
 import time
 
 import keras
@@ -286,3 +289,55 @@ def student_task(filters, s1, s2, target_source, alpha, top_k=None,
   if top_k is not None:
     task.distillation.top_k = top_k
   return task
+
+
+def op_self_times(fn, calls, logdir=None):
+  """Per-op self time of `calls` calls of `fn`, from TensorFlow's profiler.
+
+  The calls run under `tf.profiler.experimental` and the trace is read back
+  with the profiler's own "framework_op_stats" tool (the per-op table that
+  TensorBoard's profile plugin shows), so no extra package is needed.
+
+  Args:
+    fn: zero-argument callable (already traced: call it once first).
+    calls: how many calls are profiled.
+    logdir: where the trace is written (default: a temporary directory).
+
+  Returns:
+    List of dicts {type, name, occurrences, self_us}, largest self time first.
+  """
+  # Imported here: only the profiling benches need the profiler's bindings.
+  from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # pylint: disable=g-import-not-at-top
+  logdir = logdir or tempfile.mkdtemp(prefix="op_profile_")
+  tf.profiler.experimental.start(logdir)
+  try:
+    for _ in range(calls):
+      _block(fn())
+  finally:
+    tf.profiler.experimental.stop()
+  traces = glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True)
+  data, ok = _pywrap_profiler_plugin.xspace_to_tools_data(
+      traces, "framework_op_stats", {})
+  if not ok:
+    raise RuntimeError(f"the profiler could not read its trace in {logdir}")
+  tables = json.loads(data)
+  table = tables[0] if isinstance(tables, list) else tables
+  columns = [col["id"] for col in table["cols"]]
+  rows = []
+  for row in table["rows"]:
+    values = dict(zip(columns, (cell.get("v") if cell else None
+                                for cell in row["c"])))
+    rows.append({"type": values["type"], "name": values["operation"],
+                 "occurrences": int(values["occurrences"]),
+                 "self_us": float(values["total_self_time"])})
+  return sorted(rows, key=lambda r: -r["self_us"])
+
+
+def op_type_shares(rows):
+  """[(op type, total self-time us, share of all)] from `op_self_times` rows."""
+  by_type = {}
+  for row in rows:
+    by_type[row["type"]] = by_type.get(row["type"], 0.0) + row["self_us"]
+  total = sum(by_type.values()) or 1.0
+  return sorted(((t, us, us / total) for t, us in by_type.items()),
+                key=lambda x: -x[1])

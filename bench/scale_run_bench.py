@@ -43,6 +43,10 @@ flags.DEFINE_integer("repeats", 10, "Repeats of the breakdown timings.")
 flags.DEFINE_float("learning_rate", 1e-3, "Adam learning rate.")
 flags.DEFINE_integer("epochs", 3, "fit epochs the steps are split into (one "
                      "mean loss each, to show it falls).")
+flags.DEFINE_integer("profile_steps", 0,
+                     "Steps traced by TensorFlow's profiler after the timed "
+                     "run (0: none); prints the self time per op type and "
+                     "the largest ops.")
 FLAGS = flags.FLAGS
 
 
@@ -206,6 +210,35 @@ def main(argv):
   for name, seconds in pieces.items():
     print(f"| {name} | {1000 * seconds:.2f} | "
           f"{100 * seconds / step_seconds:.1f}% |")
+  if FLAGS.profile_steps:
+    print_profile(model, dataset())
+
+
+def print_profile(model, data):
+  """The profiler's per-op self time of `--profile_steps` fit steps."""
+  iterator = iter(data)
+  step = model.make_train_function()
+  step(iterator)  # traced before the profile
+  # The input pipeline's threads (Dataset) and idle time are not the step's ops.
+  rows = [r for r in bench_utils.op_self_times(lambda: step(iterator),
+                                               FLAGS.profile_steps)
+          if r["type"] not in ("IDLE", "Dataset")]
+  total = sum(r["self_us"] for r in rows)
+  print(f"\nProfile of {FLAGS.profile_steps} steps "
+        f"({total / 1000 / FLAGS.profile_steps:.0f} ms of op self time per step, "
+        "input pipeline and idle time left out):")
+  print("| op type | self ms / step | share |")
+  print("|---|---|---|")
+  for op_type, us, share in bench_utils.op_type_shares(rows)[:12]:
+    print(f"| {op_type} | {us / 1000 / FLAGS.profile_steps:.1f} | "
+          f"{100 * share:.1f}% |")
+  print("\n| largest ops | type | self ms / step | share |")
+  print("|---|---|---|---|")
+  for row in rows[:12]:
+    name = "/".join(row["name"].split("/")[-3:])  # the layer and op
+    print(f"| {name} | {row['type']} | "
+          f"{row['self_us'] / 1000 / FLAGS.profile_steps:.1f} | "
+          f"{100 * row['self_us'] / total:.1f}% |")
 
 
 if __name__ == "__main__":
