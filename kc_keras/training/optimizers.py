@@ -3,6 +3,7 @@
 import keras
 
 from kc_keras.configs import trainer as trainer_cfg
+from kc_keras.training import fused_adam
 
 
 def build_learning_rate(config: trainer_cfg.OptimizerConfig, train_steps: int):
@@ -58,7 +59,7 @@ def build_optimizer(
   common = dict(learning_rate=learning_rate,
                 global_clipnorm=config.global_clipnorm)
   if config.type == "adam":
-    return keras.optimizers.Adam(epsilon=config.epsilon, **common)
+    return fused_adam.FusedAdam(epsilon=config.epsilon, **common)
   if config.type == "adamw":
     return keras.optimizers.AdamW(weight_decay=config.weight_decay,
                                   epsilon=config.epsilon, **common)

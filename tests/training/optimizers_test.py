@@ -6,12 +6,13 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.configs import trainer as trainer_cfg
+from kc_keras.training import fused_adam
 from kc_keras.training import optimizers
 
 
 class OptimizersTest(tf.test.TestCase, parameterized.TestCase):
 
-  @parameterized.parameters(("adam", keras.optimizers.Adam),
+  @parameterized.parameters(("adam", fused_adam.FusedAdam),
                             ("adamw", keras.optimizers.AdamW))
   def test_epsilon_reaches_adam(self, kind, cls):
     config = trainer_cfg.OptimizerConfig(type=kind, epsilon=1.6e-4,
