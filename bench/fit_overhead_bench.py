@@ -68,7 +68,7 @@ def main(argv):
   multi_hot = soft_targets_lib.multi_hot(labels, n)
 
   task = bench_utils.student_task(FLAGS.filters, FLAGS.s1, FLAGS.s2,
-                                    target_source="labels", alpha=0.0)
+                                  target_source="labels", alpha=0.0)
 
   ours = model_builder.build_kc_model(task, hierarchy, image_shape, b)
   ours.compile(optimizer=keras.optimizers.SGD(FLAGS.learning_rate))

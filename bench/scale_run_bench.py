@@ -148,8 +148,8 @@ def main(argv):
   del iterator
 
   task = bench_utils.student_task(FLAGS.filters, FLAGS.s1, FLAGS.s2,
-                                    target_source="cache", alpha=1.0,
-                                    top_k=FLAGS.top_k)
+                                  target_source="cache", alpha=1.0,
+                                  top_k=FLAGS.top_k)
   # The student recipe of the shipped experiments (configs/experiments.py):
   # vertical-level self-paced scales starting at the prior, Adam with its
   # epsilon scaled by N.

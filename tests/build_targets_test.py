@@ -59,19 +59,7 @@ def declared_sources(root: pathlib.Path) -> set:
   Raises:
     BuildFileError: a BUILD file is not valid Starlark/Python syntax.
   """
-  found = set()
-  for _, package, call, attrs in _rule_calls(root):
-    srcs = attrs.get("srcs")
-    if isinstance(srcs, ast.List):
-      found.update(
-          _label_to_path(elt.value, package)
-          for elt in srcs.elts
-          if isinstance(elt, ast.Constant) and isinstance(elt.value, str)
-      )
-    name = attrs.get("name")
-    if call.func.id in NAME_IS_SOURCE_MACROS and isinstance(name, ast.Constant):
-      found.add(_label_to_path(f"{name.value}.py", package))
-  return found
+  return set().union(*(srcs for srcs, _ in build_rules(root).values()))
 
 
 def build_rules(root: pathlib.Path) -> dict:
@@ -89,20 +77,17 @@ def build_rules(root: pathlib.Path) -> dict:
     BuildFileError: a BUILD file is not valid Starlark/Python syntax.
   """
   rules = {}
-  for build_file, package, call, attrs in _rule_calls(root):
+  for _, package, call, attrs in _rule_calls(root):
     name = attrs.get("name")
     if not (isinstance(name, ast.Constant) and isinstance(name.value, str)):
       continue
-    srcs = set()
-    if isinstance(attrs.get("srcs"), ast.List):
-      srcs.update(_label_to_path(elt.value, package) for elt in attrs["srcs"].elts
-                  if isinstance(elt, ast.Constant) and isinstance(elt.value, str))
+    srcs = {_label_to_path(label, package)
+            for label in _string_list(attrs.get("srcs"))}
     if call.func.id in NAME_IS_SOURCE_MACROS:
       srcs.add(_label_to_path(f"{name.value}.py", package))
     deps = list(MACRO_COMMON_DEPS.get(call.func.id, ()))
-    if isinstance(attrs.get("deps"), ast.List):
-      deps.extend(_absolute_label(elt.value, package) for elt in attrs["deps"].elts
-                  if isinstance(elt, ast.Constant) and isinstance(elt.value, str))
+    deps.extend(_absolute_label(label, package)
+                for label in _string_list(attrs.get("deps")))
     rules[f"//{package}:{name.value}"] = (srcs, tuple(deps))
   return rules
 
@@ -184,6 +169,14 @@ def _module_file(root: pathlib.Path, name: str, here: str):
       if directory.startswith(TEST_ROOT) and (root / candidate).is_file():
         return candidate
   return None
+
+
+def _string_list(node) -> list:
+  """The string literals of a Starlark list attribute (a glob() or absent: [])."""
+  if not isinstance(node, ast.List):
+    return []
+  return [elt.value for elt in node.elts
+          if isinstance(elt, ast.Constant) and isinstance(elt.value, str)]
 
 
 def _absolute_label(label: str, package: str) -> str:

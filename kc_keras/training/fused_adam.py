@@ -2,12 +2,12 @@
 
 Keras 3's `Adam.update_step` writes the update as backend ops (a subtract, multiplies,
 a square, a square root, a divide and three assignments per variable). On the
-TensorFlow backend each is a separate pass over the variable and its two slots; at
-100K classes, where the head holds ~94M weights, those passes were about half of the
-training step's op time. TensorFlow's own training kernel `ResourceApplyAdam` does
-the same update in one pass, so this class calls it; everything else (slots and their
-checkpoint names, schedules, clipping, weight decay, loss scaling, tf.distribute) is
-Keras' `Adam`, unchanged.
+TensorFlow backend each is a separate pass over the variable and its two slots, which
+at 100K classes (a head of ~94M weights) is a large share of a training step's time
+(docs/BENCHMARKS.md measures it). TensorFlow's own training kernel `ResourceApplyAdam`
+does the same update in one pass, so this class calls it; everything else (slots and
+their checkpoint names, schedules, clipping, weight decay, loss scaling, tf.distribute)
+is Keras' `Adam`, unchanged.
 """
 
 import keras
@@ -25,7 +25,8 @@ class FusedAdam(keras.optimizers.Adam):
     theta = theta - lr_t m_t / (sqrt(v_t) + epsilon)
 
   The same variables and slots as `Adam` (a checkpoint of either restores into the
-  other). With `amsgrad`, or on another backend, it runs `Adam.update_step`.
+  other). With `amsgrad` (which the kernel does not compute) it runs
+  `Adam.update_step`.
   """
 
   def update_step(self, gradient, variable, learning_rate):
@@ -36,7 +37,7 @@ class FusedAdam(keras.optimizers.Adam):
       variable: the variable Keras' TensorFlow optimizer passes (its tf value).
       learning_rate: this step's learning rate.
     """
-    if self.amsgrad or keras.backend.backend() != "tensorflow":
+    if self.amsgrad:
       return super().update_step(gradient, variable, learning_rate)
     dtype = variable.dtype
     index = self._get_variable_index(variable)
