@@ -2,11 +2,12 @@
 
 Prints `kc_keras.metrics.vertical_logit_statistics` for the largest verticals
 of a run's eval split: on the vertical's own images the block's mean, spread,
-true-class logit, best other class and norm; on the other verticals' images
+true-class logit, best other class, norm and the share of the norm in
+the block's common offset; on the other verticals' images
 its mean, max and norm. Used in docs/RESULTS.md to compare a student with and
 without self-paced scaling (which fixes the norm at gamma_v on every image).
 
-  .venv/bin/python bench/vertical_logits_probe.py --model_dir=runs/embedded_rich_v2/student_fc_sc_d
+  .venv/bin/python bench/vertical_logits_probe.py --model_dir=runs/embedded_rich/student_fc_sc_d
 """
 
 from absl import app
@@ -25,7 +26,7 @@ flags.mark_flag_as_required("model_dir")
 FLAGS = flags.FLAGS
 
 COLUMNS = ("own_mean", "own_spread", "own_true", "own_best_other", "own_top1",
-           "own_norm", "other_mean", "other_max", "other_norm")
+           "own_norm", "own_offset_share", "other_mean", "other_max", "other_norm")
 
 
 def main(argv):

@@ -15,6 +15,7 @@ CLASSIFIER_BIAS_INITS = ("zeros", "prior")
 POOLINGS = ("avg", "flatten")
 SELF_PACED_MODES = ("none", "fixed", "vertical", "class")
 SELF_PACED_INITS = ("sqrt_nv", "constant", "prior")
+SELF_PACED_PARAMETRIZATIONS = ("linear", "log")
 
 
 def _key(prefix: str, name: str) -> str:
@@ -168,8 +169,12 @@ class SelfPacedConfig(hyperparams.Config):
     init_value: mean of the 'constant' initialisation.
     init_stddev: stddev of the initialisation.
     epsilon: added to the squared per-vertical norm.
-    learning_rate_multiplier: gamma moves this many times faster than other
-      weights (the weight stores gamma / m); 1.0 is the paper.
+    learning_rate_multiplier: m; the weight w stores gamma / m ('linear') or
+      log(gamma) / m ('log'), so an optimizer step moves gamma (or log gamma)
+      m times as far; 1.0 is the paper.
+    parametrization: 'linear' (gamma = m w, the paper) or 'log'
+      (gamma = exp(m w): a step changes gamma by a factor, whatever its
+      size; see SelfPacedScale). None: derived at parse time.
   """
   mode: str = "vertical"
   init: Optional[str] = "sqrt_nv"
@@ -177,6 +182,7 @@ class SelfPacedConfig(hyperparams.Config):
   init_stddev: float = 1e-3
   epsilon: float = 1e-12
   learning_rate_multiplier: float = 1.0
+  parametrization: Optional[str] = "linear"
 
   def validate(self, prefix: str = "model.self_paced"):
     """Raises ValueError naming the full key path of a bad field."""
@@ -188,6 +194,11 @@ class SelfPacedConfig(hyperparams.Config):
       raise ValueError(
           f"{prefix}.init must be one of {SELF_PACED_INITS}, got {self.init!r}."
       )
+    if (self.parametrization is not None
+        and self.parametrization not in SELF_PACED_PARAMETRIZATIONS):
+      raise ValueError(
+          f"{prefix}.parametrization must be one of "
+          f"{SELF_PACED_PARAMETRIZATIONS}, got {self.parametrization!r}.")
     if self.init_stddev < 0:
       raise ValueError(
           f"{prefix}.init_stddev must be >= 0, got {self.init_stddev}."

@@ -32,6 +32,10 @@ def vertical_logit_statistics(
     own_best_other  = mean over i in I_v of max_{c != t_i} b_i[c]
     own_top1        = fraction of i in I_v with argmax b_i = t_i
     own_norm        = mean over i in I_v of ||b_i||
+    own_offset_share = mean over i in I_v of |C_v| mean_c(b_i)^2 / ||b_i||^2,
+                      the share of ||b_i||^2 in the block's common offset
+                      (the rest, ||b_i - mean_c(b_i)||^2, is the contrast
+                      between v's classes)
     other_mean      = mean over i in O_v, c in C_v of y[i, c]
     other_max       = mean over i in O_v of max_c b_i[c]
     other_norm      = mean over i in O_v of ||b_i||
@@ -87,6 +91,9 @@ def vertical_logit_statistics(
                            if classes.size > 1 else float("nan")),
         "own_top1": _mean_or_nan(own_block.argmax(axis=1) == position),
         "own_norm": _mean_or_nan(np.linalg.norm(own_block, axis=1)),
+        "own_offset_share": _mean_or_nan(
+            classes.size * own_block.mean(axis=1)**2
+            / np.maximum(np.sum(own_block**2, axis=1), np.finfo(float).tiny)),
         "other_mean": _mean_or_nan(other_block),
         "other_max": _mean_or_nan(other_block.max(axis=1)),
         "other_norm": _mean_or_nan(np.linalg.norm(other_block, axis=1)),

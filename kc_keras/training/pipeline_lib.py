@@ -9,6 +9,7 @@ from absl import logging
 
 from kc_keras.training import experiment_runner
 from kc_keras.training import modes
+from kc_keras.training import stage_clock
 from kc_keras.training.stage import FULL_STUDENT
 from kc_keras.training.stage import GENERALIST
 from kc_keras.training.stage import SPECIALISTS
@@ -80,7 +81,8 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   same command after an interruption continues.
 
   A stage's wall time is recorded in `workdir/stage_times.json` when it
-  first finishes; a later run keeps that time and reports its own time
+  first finishes, with the time of earlier sittings that were stopped
+  before it finished (`stage_clock`); a later run keeps that time and reports its own time
   for the stage separately (`rerun_seconds`), so a resume that only checks
   finished stages does not replace the time they took to train. A stage
   whose model_dir is gone is timed afresh.
@@ -119,14 +121,25 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     if not os.path.exists(model_dir):
       # Deleted (or never run): this run trains it from the start.
       first_times.pop(stage.name, None)
+      stage_clock.forget(workdir, stage.name)
     start = time.time()
-    experiment_runner.run(params, stage.mode, model_dir)
-    elapsed = time.time() - start
     if stage.name in first_times:
+      experiment_runner.run(params, stage.mode, model_dir)
+      elapsed = time.time() - start
       rerun_times[stage.name] = elapsed
     else:
+      # Unfinished: its time so far in earlier sittings counts too.
+      clock = stage_clock.StageClock(workdir, stage.name, now=time.time)
+      try:
+        experiment_runner.run(params, stage.mode, model_dir)
+      except BaseException:
+        clock.tick()
+        clock.stop()
+        raise
+      elapsed = clock.stop()
       first_times[stage.name] = elapsed
       files.atomic_write_json(times_path, first_times)
+      stage_clock.forget(workdir, stage.name)
     row_stages.setdefault(stage.row_of or stage.name, []).append(stage.name)
     logging.info("Stage %s took %.1f s", stage.name, elapsed)
     metrics_file = _metrics_file(stage)

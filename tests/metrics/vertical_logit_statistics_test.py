@@ -26,6 +26,8 @@ class VerticalLogitStatisticsTest(tf.test.TestCase):
     self.assertAllClose(v0["own_best_other"], (-1.0 + 2.0) / 2)
     self.assertAllClose(v0["own_top1"], 0.5)
     self.assertAllClose(v0["own_norm"], (np.sqrt(10) + np.sqrt(5)) / 2)
+    # 2 * mean^2 / ||b||^2: [3, -1] -> 2 * 1 / 10, [1, 2] -> 2 * 2.25 / 5.
+    self.assertAllClose(v0["own_offset_share"], (0.2 + 0.9) / 2)
     self.assertAllClose(v0["other_mean"], -8.0)
     self.assertAllClose(v0["other_max"], -7.0)
     self.assertAllClose(v0["other_norm"], np.sqrt(130))

@@ -8,6 +8,7 @@ import pytest
 
 from kc_keras.training import modes
 from kc_keras.training import pipeline_lib
+from kc_keras.training import stage_clock
 from kc_keras.training import stage as stage_lib
 from kc_keras.training.stage import Stage
 
@@ -162,3 +163,46 @@ def test_a_deleted_run_is_timed_afresh(fake_stages, tmp_path):
   fake_stages["per_run"] = 50.0
   rows = pipeline_lib.run_pipeline(stages, str(tmp_path))
   assert rows[0]["wall_seconds"] == 50.0 and "rerun_seconds" not in rows[0]
+
+
+def test_time_of_a_stopped_sitting_counts(fake_stages, tmp_path, monkeypatch):
+  stages = [Stage(stage_lib.GENERALIST, "kc_generalist_demo",
+                  "train_and_eval", "generalist", report=True)]
+  finish = pipeline_lib.experiment_runner.run
+
+  def stopped(params, mode, model_dir):
+    del params, mode
+    os.makedirs(model_dir, exist_ok=True)
+    fake_stages["now"] += 70.0
+    raise KeyboardInterrupt  # the sitting ends 70 s into the stage
+
+  monkeypatch.setattr(pipeline_lib.experiment_runner, "run", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline_lib.run_pipeline(stages, str(tmp_path))
+  assert stage_clock.earlier_seconds(str(tmp_path), stage_lib.GENERALIST) == 70.0
+  monkeypatch.setattr(pipeline_lib.experiment_runner, "run", finish)
+  rows = pipeline_lib.run_pipeline(stages, str(tmp_path))  # 100 s more
+  assert rows[0]["wall_seconds"] == 170.0 and "rerun_seconds" not in rows[0]
+  assert stage_clock.earlier_seconds(str(tmp_path), stage_lib.GENERALIST) == 0.0
+
+
+def test_stage_clock_counts_earlier_sittings(tmp_path):
+  now = {"t": 1000.0}
+  clock = stage_clock.StageClock(str(tmp_path), "a", interval=None,
+                                 now=lambda: now["t"])
+  now["t"] += 30.0
+  clock.tick()  # then the process is killed: no stop()
+  other = stage_clock.StageClock(str(tmp_path), "b", interval=None,
+                                 now=lambda: now["t"])
+  now["t"] += 5.0
+  other.tick()
+  resumed = stage_clock.StageClock(str(tmp_path), "a", interval=None,
+                                   now=lambda: now["t"])
+  now["t"] += 12.0
+  assert resumed.stop() == 42.0
+  resumed.tick()  # stopped: writes nothing
+  assert stage_clock.earlier_seconds(str(tmp_path), "a") == 30.0
+  assert stage_clock.earlier_seconds(str(tmp_path), "b") == 5.0
+  stage_clock.forget(str(tmp_path), "a")
+  assert stage_clock.earlier_seconds(str(tmp_path), "a") == 0.0
+  assert stage_clock.earlier_seconds(str(tmp_path), "b") == 5.0

@@ -12,6 +12,7 @@ from kc_keras.utils import class_maps
 # One source of truth for the choices: the model config.
 MODES = model_config.SELF_PACED_MODES
 INITS = model_config.SELF_PACED_INITS
+PARAMETRIZATIONS = model_config.SELF_PACED_PARAMETRIZATIONS
 
 
 @keras.saving.register_keras_serializable(package="kc_keras")
@@ -42,6 +43,14 @@ class SelfPacedScale(keras.layers.Layer):
   an optimizer step then moves gamma m times as far (our choice, m = 1 is
   the paper).
 
+  Adam moves a weight by at most about its learning rate per step, whatever
+  the weight's size, so with gamma = m w ('linear', the paper) gamma grows by
+  at most lr m per step: from sqrt(N_v) |log(p / (1 - p))| (hundreds for
+  large verticals) a short schedule cannot reach the norms the logits need.
+  With `parametrization='log'` (ours) the weight is log(gamma) / m: a step
+  changes gamma by a factor of up to exp(lr m), the same relative speed at
+  every size and every N_v. Init, formula and `scale_values` are unchanged.
+
   Args:
     class_to_vertical: sequence of N ints, the vertical of each class.
     mode: one of 'none', 'fixed', 'vertical', 'class'.
@@ -50,12 +59,15 @@ class SelfPacedScale(keras.layers.Layer):
     init_stddev: stddev of the initialisation noise.
     epsilon: added to the squared norm so a zero vector maps to zero.
     seed: optional int seed of the initialisation noise.
-    learning_rate_multiplier: m > 0; the weight holds gamma / m.
+    learning_rate_multiplier: m > 0; the weight holds gamma / m ('linear')
+      or log(gamma) / m ('log').
+    parametrization: 'linear' (the paper) or 'log'.
     **kwargs: base Layer arguments (name defaults to 'self_paced_scale').
 
   Raises:
-    ValueError: for an unknown mode or init, a negative stddev or a
-      non-positive epsilon.
+    ValueError: for an unknown mode, init or parametrization, a negative
+      stddev, a non-positive epsilon or (with 'log') a non-positive
+      initial gamma.
 
   Reference:
     Gao et al., "Knowledge Concentration", arXiv:1711.07607, section 3.3.
@@ -71,6 +83,7 @@ class SelfPacedScale(keras.layers.Layer):
       epsilon: float = 1e-12,
       seed: Optional[int] = None,
       learning_rate_multiplier: float = 1.0,
+      parametrization: str = "linear",
       **kwargs,
   ):
     kwargs.setdefault("name", "self_paced_scale")
@@ -79,6 +92,12 @@ class SelfPacedScale(keras.layers.Layer):
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if init not in INITS:
       raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    if parametrization not in PARAMETRIZATIONS:
+      raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, "
+                       f"got {parametrization!r}.")
+    if parametrization == "log" and init == "constant" and init_value <= 0:
+      raise ValueError(
+          f"parametrization 'log' needs gamma > 0, got init_value {init_value}.")
     if init_stddev < 0:
       raise ValueError(f"init_stddev must be >= 0, got {init_stddev}.")
     if epsilon <= 0:
@@ -96,6 +115,7 @@ class SelfPacedScale(keras.layers.Layer):
     self.init_value = float(init_value)
     self.init_stddev = float(init_stddev)
     self.epsilon = float(epsilon)
+    self.parametrization = parametrization
     self.seed = seed
     self._c2v = c2v.astype(np.int32)
     sizes = np.bincount(c2v, minlength=self.num_verticals)
@@ -131,7 +151,12 @@ class SelfPacedScale(keras.layers.Layer):
     multiplier = self.learning_rate_multiplier
 
     def initializer(shape, dtype=None):
-      return (ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)) / multiplier
+      gamma = ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)
+      if self.parametrization == "log":
+        # The noise is added to gamma, as in 'linear'; a gamma the noise
+        # took to <= 0 is kept just above 0 so that its log is finite.
+        gamma = ops.log(ops.maximum(gamma, 1e-6))
+      return gamma / multiplier
 
     # Keras' default synchronization/aggregation, as for any Dense kernel: a
     # MirroredStrategy mirrors gamma and the optimizer applies the all-reduced
@@ -148,7 +173,8 @@ class SelfPacedScale(keras.layers.Layer):
     """gamma as used in the formula ([M] or [N]), or None without weights."""
     if self.gamma is None:
       return None
-    return ops.cast(self.gamma, "float32") * self.learning_rate_multiplier
+    weight = ops.cast(self.gamma, "float32") * self.learning_rate_multiplier
+    return ops.exp(weight) if self.parametrization == "log" else weight
 
   def call(self, inputs):
     if self.mode == "none":
@@ -183,5 +209,6 @@ class SelfPacedScale(keras.layers.Layer):
         "epsilon": self.epsilon,
         "seed": self.seed,
         "learning_rate_multiplier": self.learning_rate_multiplier,
+        "parametrization": self.parametrization,
     })
     return config
