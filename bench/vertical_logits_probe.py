@@ -15,6 +15,8 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from kc_keras.dataloaders import factory
+from kc_keras.dataloaders import pipeline
 from kc_keras.metrics import vertical_logit_statistics as stats_lib
 from kc_keras.training import modes
 from kc_keras.training import restore as restore_lib
@@ -31,16 +33,20 @@ COLUMNS = ("own_mean", "own_spread", "own_true", "own_best_other", "own_top1",
 
 def main(argv):
   del argv
+  # Read-only: the run's params.yaml and checkpoints are read, nothing is
+  # written to its directory (a training Session would record params.yaml).
   params = modes.load_params_of(FLAGS.model_dir)
-  session = modes.Session(params, FLAGS.model_dir, allow_config_change=True)
-  model = session.build_model()
-  restored = restore_lib.restore_model_weights(model, FLAGS.model_dir)
-  score = tf.function(lambda images: model(images, training=False))
+  network, hierarchy, restored, _ = restore_lib.load_network(
+      params, FLAGS.model_dir)
+  score = tf.function(lambda images: network(images, training=False))
+  dataset = pipeline.build_dataset(
+      factory.build_source(params.task.data), "eval", params.task.data,
+      training=False, global_batch_size=params.task.eval_batch_size)
   logits, labels = [], []
-  for images, features in session.eval_dataset().take(FLAGS.batches):
+  for images, features in dataset.take(FLAGS.batches):
     logits.append(score(images).numpy())
     labels.append(features["label_ids"].numpy()[:, 0])
-  c2v = session.hierarchy.class_to_vertical
+  c2v = hierarchy.class_to_vertical
   stats = stats_lib.vertical_logit_statistics(
       np.concatenate(logits), np.concatenate(labels), c2v)
   print(f"{restored}: {sum(len(l) for l in labels)} eval images")

@@ -293,7 +293,7 @@ class ServingModule(tf.Module):
     # calibrate for int8; `export_tflite_lib` converts this function.
     self.tflite_serve_image = tf.function(self._network_outputs,
                                           input_signature=[spec])
-    if network.self_paced.mode != "none":
+    if floor.has_floor_parts(network):
       # The pieces of the floored logits, which `export_tflite_lib` composes
       # for the int8 files with the floor chosen at conversion.
       self.tflite_floor_parts = tf.function(

@@ -140,11 +140,11 @@ def floored_reference(network, images: np.ndarray, reference: np.ndarray,
                       batch_size: int = THROUGHPUT_BATCH) -> np.ndarray:
   """The logits a file converted with `logit_floor` is meant to output.
 
-  max(reference, floor) for a network without self-paced scaling; for a
-  self-paced one `floor.floored_logits` of its `floor.floor_parts` in float,
+  max(reference, floor) for a network without a per-image self-paced scale
+  (`floor.has_floor_parts`); for the others `floor.floored_logits` of its `floor.floor_parts` in float,
   max(y, max(floor, -c r_v)) (`export_tflite_lib` converts that).
   """
-  if network.self_paced.mode == "none":
+  if not floor.has_floor_parts(network):
     return np.maximum(reference, logit_floor)
   return np.concatenate([
       np.asarray(floor.floored_logits(

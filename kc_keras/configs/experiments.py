@@ -91,6 +91,10 @@ def _student(config: kc_config.ExperimentConfig, s1: int, s2: int) -> None:
   # gamma must grow from sqrt(N_v) to ~5 sqrt(N_v) for the sigmoid loss to
   # say "no" to other verticals' classes; see SelfPacedScale.
   config.task.model.self_paced.learning_rate_multiplier = 30.0
+  # Ours: one norm per vertical and batch, not per image ('per_image', the
+  # paper), so a block keeps the size that tells "not my vertical"; see
+  # SelfPacedScale and docs/RESULTS.md, "Self-paced scaling".
+  config.task.model.self_paced.normalization = "per_batch"
   # Our choice (METHOD.md section 1): blend soft and hard targets half and
   # half; alpha = 1 (soft only) is the paper (docs/RESULTS.md, "Online soft
   # targets, and what did not help").

@@ -15,7 +15,7 @@ CLASSIFIER_BIAS_INITS = ("zeros", "prior")
 POOLINGS = ("avg", "flatten")
 SELF_PACED_MODES = ("none", "fixed", "vertical", "class")
 SELF_PACED_INITS = ("sqrt_nv", "constant", "prior")
-SELF_PACED_PARAMETRIZATIONS = ("linear", "log")
+SELF_PACED_NORMALIZATIONS = ("per_image", "per_batch")
 
 
 def _key(prefix: str, name: str) -> str:
@@ -169,12 +169,12 @@ class SelfPacedConfig(hyperparams.Config):
     init_value: mean of the 'constant' initialisation.
     init_stddev: stddev of the initialisation.
     epsilon: added to the squared per-vertical norm.
-    learning_rate_multiplier: m; the weight w stores gamma / m ('linear') or
-      log(gamma) / m ('log'), so an optimizer step moves gamma (or log gamma)
-      m times as far; 1.0 is the paper.
-    parametrization: 'linear' (gamma = m w, the paper) or 'log'
-      (gamma = exp(m w): a step changes gamma by a factor, whatever its
-      size; see SelfPacedScale). None: derived at parse time.
+    learning_rate_multiplier: gamma moves this many times faster than other
+      weights (the weight stores gamma / m); 1.0 is the paper.
+    normalization: 'per_image' (||x_v|| of each image, the paper) or
+      'per_batch' (the root mean square of ||x_v|| over the batch in
+      training, its moving average at inference; see SelfPacedScale).
+    momentum: of that moving average ('per_batch').
   """
   mode: str = "vertical"
   init: Optional[str] = "sqrt_nv"
@@ -182,7 +182,8 @@ class SelfPacedConfig(hyperparams.Config):
   init_stddev: float = 1e-3
   epsilon: float = 1e-12
   learning_rate_multiplier: float = 1.0
-  parametrization: Optional[str] = "linear"
+  normalization: str = "per_image"
+  momentum: float = 0.99
 
   def validate(self, prefix: str = "model.self_paced"):
     """Raises ValueError naming the full key path of a bad field."""
@@ -194,11 +195,13 @@ class SelfPacedConfig(hyperparams.Config):
       raise ValueError(
           f"{prefix}.init must be one of {SELF_PACED_INITS}, got {self.init!r}."
       )
-    if (self.parametrization is not None
-        and self.parametrization not in SELF_PACED_PARAMETRIZATIONS):
+    if self.normalization not in SELF_PACED_NORMALIZATIONS:
       raise ValueError(
-          f"{prefix}.parametrization must be one of "
-          f"{SELF_PACED_PARAMETRIZATIONS}, got {self.parametrization!r}.")
+          f"{prefix}.normalization must be one of "
+          f"{SELF_PACED_NORMALIZATIONS}, got {self.normalization!r}.")
+    if not 0.0 <= self.momentum < 1.0:
+      raise ValueError(
+          f"{prefix}.momentum must be in [0, 1), got {self.momentum}.")
     if self.init_stddev < 0:
       raise ValueError(
           f"{prefix}.init_stddev must be >= 0, got {self.init_stddev}."

@@ -89,6 +89,17 @@ def resolve_logit_floor(logit_floor: Union[float, str, None],
   return check_logit_floor(logit_floor)
 
 
+def has_floor_parts(network: keras.Model) -> bool:
+  """Whether `floor_parts` applies: a per-image self-paced scale.
+
+  A per-batch scale is a constant at inference, so its logits are the
+  classifier's times a constant: like a network without scaling, its logits
+  op takes the floor itself.
+  """
+  return (network.self_paced.mode != "none"
+          and network.self_paced.normalization == "per_image")
+
+
 def floor_parts(network: keras.Model, images, shift: float = FLOOR_SHIFT
                 ) -> Dict[str, object]:
   """The pieces of a self-paced network's floored logits, as int8 can hold them.
@@ -116,12 +127,13 @@ def floor_parts(network: keras.Model, images, shift: float = FLOOR_SHIFT
     norm = 1 / r.
 
   Raises:
-    QuantizationError: a network without self-paced scaling (mode 'none').
+    QuantizationError: a network without a per-image self-paced scale
+      (`has_floor_parts`).
   """
-  if network.self_paced.mode == "none":
+  if not has_floor_parts(network):
     raise errors.QuantizationError(
-        f"{network.name}: floor_parts needs self-paced scaling; without it "
-        "the logits op takes the floor itself")
+        f"{network.name}: floor_parts needs a per-image self-paced scale; "
+        "without it the logits op takes the floor itself")
   head = network.head
   features = input_folding.folded_features(network.backbone, images)
   with keras.name_scope(head.name):

@@ -343,6 +343,25 @@ def class_factors(layer: self_paced.SelfPacedScale):
   return layer.scale_values() / ops.take(reference_scale(layer), c2v)
 
 
+def inference_scale(layer: self_paced.SelfPacedScale):
+  """k_c = gamma_c / sqrt(moving_squared_norm_v(c) + eps) [N], 'per_batch'.
+
+  Raises:
+    QuantizationError: a per-image scale (it depends on the image).
+  """
+  if layer.normalization != "per_batch" or layer.mode == "none":
+    raise errors.QuantizationError(
+        f"{layer.name}: only a per-batch scale is a constant at inference")
+  c2v, _, sqrt_sizes = _vertical_layout(layer)
+  gamma = (ops.convert_to_tensor(sqrt_sizes) if layer.mode == "fixed"
+           else layer.scale_values())
+  if layer.mode != "class":
+    gamma = ops.take(gamma, c2v)
+  return gamma * ops.take(
+      ops.rsqrt(ops.cast(layer.moving_squared_norm, "float32")
+                + layer.epsilon), c2v)
+
+
 def self_paced_scales(layer: self_paced.SelfPacedScale, logits):
   """(r, s) per class [B, N]: r = g_v / sqrt(||x_v||^2 + eps), s = 1 / r.
 
@@ -368,6 +387,8 @@ def _self_paced_scale(layer, inputs):
     u_v = sum_{c in v} x_c^2 / g_v^2 + epsilon / g_v^2,
     r_v = rsqrt(u_v) = g_v / sqrt(||x_v||^2 + epsilon),
     y_c = x_c * (gamma_c / g_v) * r_v      ('class'; gamma_c / g_v = 1 else).
+  With `normalization='per_batch'` the scale is a constant at inference
+  (`inference_scale`): y = x k, one multiply.
   `call` computes rsqrt(||x_v||^2) first: squared norms of logits reach
   1e5 while 1 / ||x_v|| is ~1e-2, so in int8 (one range per tensor) the
   norms round to multiples of ~1e3 and the inverse norms to one or two
@@ -380,6 +401,8 @@ def _self_paced_scale(layer, inputs):
     return inputs
   c2v, _, _ = _vertical_layout(layer)
   x = ops.cast(inputs, "float32")
+  if layer.normalization == "per_batch":
+    return ops.cast(x * inference_scale(layer)[None, :], layer.compute_dtype)
   scale = ops.take(ops.rsqrt(relative_squared_norms(layer, x)), c2v, axis=1)
   factors = class_factors(layer)
   if factors is not None:

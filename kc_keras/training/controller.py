@@ -191,8 +191,8 @@ class TrainController:
       with data_errors.named_data_errors("the training data"):
         count = batch_norm_recalibration.recalibrate_batch_norm(
             self.model, self.strategy, iterator, batches)
-      logging.info("Recalibrated %d BatchNorm layers on %d batches.", count,
-                   batches)
+      logging.info("Recalibrated the moving statistics of %d layers on %d "
+                   "batches.", count, batches)
 
   def restore(self) -> int:
     """Restores the newest usable checkpoint in `model_dir`; returns the step.

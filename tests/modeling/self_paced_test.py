@@ -19,17 +19,17 @@ class SelfPacedScaleTest(kc_test_case.TestCase):
     super().setUp()
     self.x = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
 
-  @parameterized.parameters(("none", False, "linear"),
-                            ("fixed", False, "linear"),
-                            ("vertical", True, "linear"),
-                            ("class", True, "linear"),
-                            ("vertical", True, "log"),
-                            ("class", True, "log"))
-  def test_layer_harness(self, mode, learned, parametrization):
+  @parameterized.parameters(("none", False, "per_image"),
+                            ("fixed", False, "per_image"),
+                            ("vertical", True, "per_image"),
+                            ("class", True, "per_image"),
+                            ("vertical", True, "per_batch"),
+                            ("class", True, "per_batch"))
+  def test_layer_harness(self, mode, learned, normalization):
     self.run_layer_test(
         self_paced.SelfPacedScale,
         dict(class_to_vertical=C2V, mode=mode, seed=2,
-             learning_rate_multiplier=3.0, parametrization=parametrization),
+             learning_rate_multiplier=3.0, normalization=normalization),
         self.x, (3, 8), expect_trainable_weights=learned)
 
   def test_none_is_identity(self):
@@ -86,51 +86,51 @@ class SelfPacedScaleTest(kc_test_case.TestCase):
     self.assertAllClose(layer(prior_logits), prior_logits, atol=1e-5)
 
   @parameterized.parameters("vertical", "class")
-  def test_log_parametrization_holds_log_gamma(self, mode):
-    # Same gamma at init as 'linear' (prior init, N = 8: sqrt(N_v) log 7),
-    # stored as log(gamma) / m; the output is the formula with that gamma.
-    layer = self_paced.SelfPacedScale(C2V, mode=mode, init="prior",
-                                      init_stddev=0.0,
-                                      learning_rate_multiplier=2.0,
-                                      parametrization="log")
-    out = layer(self.x).numpy()
-    mean = np.sqrt(np.array([3.0, 1.0, 4.0])) * np.log(7.0)
-    mean = mean if mode == "vertical" else mean[C2V]
-    self.assertAllClose(layer.scale_values().numpy(), mean, rtol=1e-6)
-    self.assertAllClose(layer.gamma.numpy(), np.log(mean) / 2.0, rtol=1e-6)
-    per_class = mean[C2V] if mode == "vertical" else mean
-    self.assertAllClose(out, layer_references.self_paced_reference(
-        self.x, per_class, C2V), atol=1e-5)
-
-  @parameterized.parameters(("linear", 1.0), ("linear", 30.0),
-                            ("log", 1.0), ("log", 30.0))
-  def test_one_adam_step_moves_gamma_by_lr_m_or_a_factor(self, parametrization,
-                                                         multiplier):
-    # Adam's first step is lr * g / (|g| + eps) ~ lr sign(g) on every weight.
-    # Pushing all logits up (loss -sum(y), logits of one sign per vertical)
-    # grows every gamma: by lr m ('linear') or by the factor exp(lr m) ('log').
-    layer = self_paced.SelfPacedScale(C2V, mode="vertical", init="constant",
-                                      init_value=200.0, init_stddev=0.0,
-                                      learning_rate_multiplier=multiplier,
-                                      parametrization=parametrization)
-    x = np.abs(self.x) + 0.1
+  def test_per_batch_normalises_by_the_batch_rms_norm(self, mode):
+    # Training: y = gamma x / sqrt(mean_b ||x_bv||^2 + eps), one factor per
+    # vertical for the whole batch, so each image keeps its own norm; the
+    # moving average follows with the momentum; inference uses it.
+    layer = self_paced.SelfPacedScale(C2V, mode=mode, init="constant",
+                                      init_value=2.0, init_stddev=0.0,
+                                      normalization="per_batch", momentum=0.75)
     layer.build((None, 8))
-    optimizer = keras.optimizers.Adam(learning_rate=1e-3, epsilon=1e-12)
-    with tf.GradientTape() as tape:
-      loss = -tf.reduce_sum(layer(x))
-    optimizer.apply_gradients(
-        zip(tape.gradient(loss, [layer.gamma]), [layer.gamma]))
-    gamma = layer.scale_values().numpy()
-    expected = (200.0 + 1e-3 * multiplier if parametrization == "linear"
-                else 200.0 * np.exp(1e-3 * multiplier))
-    self.assertAllClose(gamma, np.full(3, expected), rtol=1e-6)
+    self.assertAllClose(layer.moving_squared_norm, np.full(3, 4.0))
+    x = self.x * 3.0
+    out = layer(x, training=True).numpy()
+    one_hot = np.eye(3)[C2V]
+    mean_sq = ((x.astype(np.float64) ** 2) @ one_hot).mean(axis=0)
+    self.assertAllClose(out, x * 2.0 / np.sqrt(mean_sq)[C2V], rtol=1e-5)
+    moving = 0.75 * 4.0 + 0.25 * mean_sq
+    self.assertAllClose(layer.moving_squared_norm, moving, rtol=1e-5)
+    ratio = np.linalg.norm(out[0, [0, 3, 6]]) / np.linalg.norm(out[1, [0, 3, 6]])
+    self.assertAllClose(ratio, np.linalg.norm(x[0, [0, 3, 6]])
+                        / np.linalg.norm(x[1, [0, 3, 6]]), rtol=1e-5)
+    self.assertAllClose(layer(x, training=False),
+                        x * 2.0 / np.sqrt(moving)[C2V], rtol=1e-5)
+    self.assertAllClose(layer.moving_squared_norm, moving, rtol=1e-5)
 
-  def test_log_parametrization_needs_positive_gamma(self):
-    with self.assertRaisesRegex(ValueError, "parametrization 'log' needs gamma > 0"):
-      self_paced.SelfPacedScale(C2V, init="constant", init_value=0.0,
-                                parametrization="log")
-    with self.assertRaisesRegex(ValueError, "parametrization must be one of"):
-      self_paced.SelfPacedScale(C2V, parametrization="softplus")
+  def test_per_batch_gradient_flows_through_the_batch_norm(self):
+    # The batch's squared norm is part of the function (as BatchNorm's batch
+    # statistics are): scaling every x of a vertical leaves y unchanged, so
+    # d sum(y * x) / d x has no component along x per vertical and batch.
+    layer = self_paced.SelfPacedScale(C2V, mode="vertical",
+                                      normalization="per_batch")
+    x = tf.constant(self.x)
+    y = layer(x, training=True)
+    with tf.GradientTape() as tape:
+      tape.watch(x)
+      loss = tf.reduce_sum(layer(x, training=True) * tf.stop_gradient(y))
+    grad = tape.gradient(loss, x).numpy()
+    for v in range(3):
+      idx = np.flatnonzero(np.asarray(C2V) == v)
+      self.assertAllClose(np.sum(grad[:, idx] * self.x[:, idx]), 0.0,
+                          atol=1e-4)
+
+  def test_bad_normalization_and_momentum_are_named(self):
+    with self.assertRaisesRegex(ValueError, "normalization must be one of"):
+      self_paced.SelfPacedScale(C2V, normalization="per_class")
+    with self.assertRaisesRegex(ValueError, r"momentum must be in \[0, 1\)"):
+      self_paced.SelfPacedScale(C2V, normalization="per_batch", momentum=1.0)
 
   def test_zero_vector_maps_to_zero(self):
     x = np.zeros((1, 8), np.float32)

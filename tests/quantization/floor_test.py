@@ -58,10 +58,17 @@ class FloorPartsTest(tf.test.TestCase, parameterized.TestCase):
     self.assertTrue(above.any() and not above.all())
     self.assertAllClose(floored[above], logits[above], rtol=1e-5, atol=1e-5)
 
-  def test_floor_parts_need_self_paced_scaling(self):
-    with self.assertRaisesRegex(errors.QuantizationError,
-                                "needs self-paced scaling"):
-      floor.floor_parts(_network("fc_fc", "none"), _images(1, seed=0))
+  def test_floor_parts_need_a_per_image_scale(self):
+    self.assertTrue(floor.has_floor_parts(_network("fc_sc", "vertical")))
+    per_batch = classifier.HierarchicalClassifier(
+        C2V, SHAPE, backbone={"type": "small_cnn", "filters": [4, 8]},
+        head={"head_type": "fc_sc", "s1": 16, "s2": 4},
+        self_paced={"mode": "vertical", "normalization": "per_batch"})
+    for network in (_network("fc_fc", "none"), per_batch):
+      self.assertFalse(floor.has_floor_parts(network))
+      with self.assertRaisesRegex(errors.QuantizationError,
+                                  "needs a per-image self-paced scale"):
+        floor.floor_parts(network, _images(1, seed=0))
 
 
 def test_check_and_resolve_logit_floor():

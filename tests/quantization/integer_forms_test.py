@@ -182,6 +182,27 @@ class SelfPacedFormTest(kc_test_case.TestCase):
       self.assertAllEqual(form[0, [0, 3, 6]], np.zeros(3))
 
   @parameterized.parameters("fixed", "vertical", "class")
+  def test_per_batch_form_is_a_constant_scale(self, mode):
+    # At inference y_c = x_c gamma_c / sqrt(moving_squared_norm_v(c) + eps).
+    layer = self_paced.SelfPacedScale(C2V, mode=mode, init_stddev=0.3, seed=4,
+                                      normalization="per_batch",
+                                      learning_rate_multiplier=3.0)
+    layer.build((None, 8))
+    layer.moving_squared_norm.assign([900.0, 25.0, 1600.0])
+    x = self.x * 5.0 - 20.0
+    form = self.run_quantization_test(layer, x, atol=1e-5, rtol=1e-5)
+    gamma = (np.sqrt([3.0, 1.0, 4.0]) if mode == "fixed"
+             else np.asarray(layer.scale_values()))
+    gamma = gamma if mode == "class" else gamma[C2V]
+    expected = x * gamma / np.sqrt(np.array([900.0, 25.0, 1600.0]) + 1e-12)[C2V]
+    self.assertAllClose(form, expected, rtol=1e-5)
+    self.assertAllClose(integer_forms.inference_scale(layer),
+                        expected[0] / x[0], rtol=1e-5)
+    with self.assertRaisesRegex(errors.QuantizationError,
+                                "only a per-batch scale"):
+      integer_forms.inference_scale(self_paced.SelfPacedScale(C2V))
+
+  @parameterized.parameters("fixed", "vertical", "class")
   def test_scales(self, mode):
     layer = self_paced.SelfPacedScale(C2V, mode=mode, init_stddev=0.5,
                                       seed=1)

@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 
 from kc_keras.configs import trainer as trainer_cfg
+from kc_keras.modeling.layers import self_paced
 from kc_keras.training import batch_norm_recalibration as recal
 from kc_keras.training import controller as controller_lib
 from kc_keras.training import restore as restore_lib
@@ -51,6 +52,25 @@ class RecalibrateTest(tf.test.TestCase):
     self.assertAllClose(bn.moving_mean, expected_mean, rtol=1e-5)
     self.assertAllClose(bn.moving_variance, expected_var, rtol=1e-5)
     self.assertEqual(bn.momentum, 0.9)
+
+  def test_per_batch_self_paced_scale_gets_the_mean_squared_norm(self):
+    # Verticals {0, 2} and {1}: moving_squared_norm_v = mean over batches of
+    # the batch mean of ||x_v||^2; a per-image scale has nothing to recompute.
+    inputs = keras.Input((FEATURES,), name="x")
+    scale = self_paced.SelfPacedScale([0, 1, 0], mode="vertical",
+                                      normalization="per_batch", momentum=0.9,
+                                      name="scale")
+    per_image = self_paced.SelfPacedScale([0, 1, 0], mode="vertical",
+                                          name="per_image")
+    model = keras.Model(inputs, per_image(scale(inputs)))
+    batches = _batches(3)
+    count = recal.recalibrate_batch_norm(
+        model, tf.distribute.get_strategy(), _iterator(batches), 3)
+    self.assertEqual(count, 1)
+    expected = np.mean([[np.mean(x[:, 0]**2 + x[:, 2]**2),
+                         np.mean(x[:, 1]**2)] for x, _ in batches], axis=0)
+    self.assertAllClose(scale.moving_squared_norm, expected, rtol=1e-5)
+    self.assertEqual(scale.momentum, 0.9)
 
   def test_reads_only_the_batches_asked_for(self):
     model = _model()

@@ -1,4 +1,8 @@
-"""Self-paced per-vertical logit scaling: y_v = gamma_v * x_v / ||x_v||."""
+"""Self-paced per-vertical logit scaling: y_v = gamma_v * x_v / ||x_v||.
+
+With `normalization='per_batch'` ||x_v|| is the batch's root mean square
+norm in training and its moving average at inference.
+"""
 
 from typing import Optional, Sequence
 
@@ -12,7 +16,7 @@ from kc_keras.utils import class_maps
 # One source of truth for the choices: the model config.
 MODES = model_config.SELF_PACED_MODES
 INITS = model_config.SELF_PACED_INITS
-PARAMETRIZATIONS = model_config.SELF_PACED_PARAMETRIZATIONS
+NORMALIZATIONS = model_config.SELF_PACED_NORMALIZATIONS
 
 
 @keras.saving.register_keras_serializable(package="kc_keras")
@@ -43,13 +47,21 @@ class SelfPacedScale(keras.layers.Layer):
   an optimizer step then moves gamma m times as far (our choice, m = 1 is
   the paper).
 
-  Adam moves a weight by at most about its learning rate per step, whatever
-  the weight's size, so with gamma = m w ('linear', the paper) gamma grows by
-  at most lr m per step: from sqrt(N_v) |log(p / (1 - p))| (hundreds for
-  large verticals) a short schedule cannot reach the norms the logits need.
-  With `parametrization='log'` (ours) the weight is log(gamma) / m: a step
-  changes gamma by a factor of up to exp(lr m), the same relative speed at
-  every size and every N_v. Init, formula and `scale_values` are unchanged.
+  `normalization='per_batch'` (ours) divides by one norm per vertical for
+  the whole batch instead of each image's own:
+    training:  n_v^2 = mean_b ||x_bv||^2 (gradients flow through it, as
+               through BatchNorm's batch statistics), and
+               moving_squared_norm_v <- momentum * moving + (1 - momentum) n_v^2;
+    inference: n_v^2 = moving_squared_norm_v, so y = x * k_c, a constant
+               k_c = gamma_c / sqrt(moving_squared_norm_v(c) + epsilon).
+  A per-image norm makes ||y_v|| = gamma_v on every image, so a vertical's
+  block can no longer say "not my vertical" with its size: a student
+  without the scale gives other verticals' images a block 1.7-2.4 times
+  the norm of its own images' (docs/RESULTS.md, "Self-paced scaling").
+  The per-batch norm keeps each image's norm relative to the batch and
+  still gives each vertical its own learned scale and pace. The moving
+  statistic starts at the init's gamma_v^2, so that y = x at
+  initialisation when ||x_v|| has the init's norm (the 'prior' init).
 
   Args:
     class_to_vertical: sequence of N ints, the vertical of each class.
@@ -59,15 +71,14 @@ class SelfPacedScale(keras.layers.Layer):
     init_stddev: stddev of the initialisation noise.
     epsilon: added to the squared norm so a zero vector maps to zero.
     seed: optional int seed of the initialisation noise.
-    learning_rate_multiplier: m > 0; the weight holds gamma / m ('linear')
-      or log(gamma) / m ('log').
-    parametrization: 'linear' (the paper) or 'log'.
+    learning_rate_multiplier: m > 0; the weight holds gamma / m.
+    normalization: 'per_image' (the paper) or 'per_batch'.
+    momentum: of the moving squared norm ('per_batch').
     **kwargs: base Layer arguments (name defaults to 'self_paced_scale').
 
   Raises:
-    ValueError: for an unknown mode, init or parametrization, a negative
-      stddev, a non-positive epsilon or (with 'log') a non-positive
-      initial gamma.
+    ValueError: for an unknown mode, init or normalization, a negative
+      stddev, a non-positive epsilon or a momentum outside [0, 1).
 
   Reference:
     Gao et al., "Knowledge Concentration", arXiv:1711.07607, section 3.3.
@@ -83,7 +94,8 @@ class SelfPacedScale(keras.layers.Layer):
       epsilon: float = 1e-12,
       seed: Optional[int] = None,
       learning_rate_multiplier: float = 1.0,
-      parametrization: str = "linear",
+      normalization: str = "per_image",
+      momentum: float = 0.99,
       **kwargs,
   ):
     kwargs.setdefault("name", "self_paced_scale")
@@ -92,12 +104,11 @@ class SelfPacedScale(keras.layers.Layer):
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
     if init not in INITS:
       raise ValueError(f"init must be one of {INITS}, got {init!r}.")
-    if parametrization not in PARAMETRIZATIONS:
-      raise ValueError(f"parametrization must be one of {PARAMETRIZATIONS}, "
-                       f"got {parametrization!r}.")
-    if parametrization == "log" and init == "constant" and init_value <= 0:
-      raise ValueError(
-          f"parametrization 'log' needs gamma > 0, got init_value {init_value}.")
+    if normalization not in NORMALIZATIONS:
+      raise ValueError(f"normalization must be one of {NORMALIZATIONS}, "
+                       f"got {normalization!r}.")
+    if not 0.0 <= momentum < 1.0:
+      raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
     if init_stddev < 0:
       raise ValueError(f"init_stddev must be >= 0, got {init_stddev}.")
     if epsilon <= 0:
@@ -115,12 +126,20 @@ class SelfPacedScale(keras.layers.Layer):
     self.init_value = float(init_value)
     self.init_stddev = float(init_stddev)
     self.epsilon = float(epsilon)
-    self.parametrization = parametrization
+    self.normalization = normalization
+    self.momentum = float(momentum)
     self.seed = seed
     self._c2v = c2v.astype(np.int32)
     sizes = np.bincount(c2v, minlength=self.num_verticals)
     self._sqrt_sizes = np.sqrt(sizes).astype(np.float32)
     self._one_hot = np.eye(self.num_verticals, dtype=np.float32)[c2v]
+
+  def _initial_vertical_mean(self) -> np.ndarray:
+    """The init's mean gamma per vertical [M]."""
+    mean = self._initial_mean()
+    if mean.size == self.num_verticals:
+      return mean
+    return (self._one_hot.T @ mean) / self._sqrt_sizes**2
 
   def _initial_mean(self) -> np.ndarray:
     if self.init == "constant":
@@ -141,6 +160,16 @@ class SelfPacedScale(keras.layers.Layer):
           f"{input_shape}."
       )
     self.gamma = None
+    self.moving_squared_norm = None
+    if self.mode != "none" and self.normalization == "per_batch":
+      # Starts at sqrt(N_v)^2 * (the init's gamma_v / sqrt(N_v))^2, so that
+      # y = x at initialisation when x_v has the init's norm.
+      start = (self._sqrt_sizes**2 if self.mode == "fixed"
+               else self._initial_vertical_mean()**2)
+      self.moving_squared_norm = self.add_weight(
+          name="moving_squared_norm", shape=start.shape,
+          initializer=keras.initializers.Constant(start), trainable=False,
+          autocast=False, dtype="float32")
     if self.mode not in ("vertical", "class"):
       return
     mean = self._initial_mean()
@@ -151,12 +180,7 @@ class SelfPacedScale(keras.layers.Layer):
     multiplier = self.learning_rate_multiplier
 
     def initializer(shape, dtype=None):
-      gamma = ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)
-      if self.parametrization == "log":
-        # The noise is added to gamma, as in 'linear'; a gamma the noise
-        # took to <= 0 is kept just above 0 so that its log is finite.
-        gamma = ops.log(ops.maximum(gamma, 1e-6))
-      return gamma / multiplier
+      return (ops.convert_to_tensor(mean, dtype) + noise(shape, dtype)) / multiplier
 
     # Keras' default synchronization/aggregation, as for any Dense kernel: a
     # MirroredStrategy mirrors gamma and the optimizer applies the all-reduced
@@ -173,16 +197,23 @@ class SelfPacedScale(keras.layers.Layer):
     """gamma as used in the formula ([M] or [N]), or None without weights."""
     if self.gamma is None:
       return None
-    weight = ops.cast(self.gamma, "float32") * self.learning_rate_multiplier
-    return ops.exp(weight) if self.parametrization == "log" else weight
+    return ops.cast(self.gamma, "float32") * self.learning_rate_multiplier
 
-  def call(self, inputs):
+  def call(self, inputs, training=None):
     if self.mode == "none":
       return inputs
     # Norms in float32 even under mixed precision: squared logits overflow
     # float16 quickly.
     x = ops.cast(inputs, "float32")
     sq_norms = ops.matmul(ops.square(x), self._one_hot)
+    if self.normalization == "per_batch":
+      if training:
+        sq_norms = ops.mean(sq_norms, axis=0, keepdims=True)
+        self.moving_squared_norm.assign(
+            self.momentum * self.moving_squared_norm
+            + (1.0 - self.momentum) * ops.stop_gradient(sq_norms[0]))
+      else:
+        sq_norms = self.moving_squared_norm[None, :]
     inv_norm = ops.rsqrt(sq_norms + self.epsilon)
     if self.mode == "class":
       scale = ops.take(inv_norm, self._c2v, axis=1) * self.scale_values()
@@ -209,6 +240,7 @@ class SelfPacedScale(keras.layers.Layer):
         "epsilon": self.epsilon,
         "seed": self.seed,
         "learning_rate_multiplier": self.learning_rate_multiplier,
-        "parametrization": self.parametrization,
+        "normalization": self.normalization,
+        "momentum": self.momentum,
     })
     return config
