@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import keras
 from keras import ops
 import numpy as np
+import tensorflow as tf
 
 from kc_keras.configs import model as model_config
 from kc_keras.utils import class_maps
@@ -17,6 +18,23 @@ from kc_keras.utils import class_maps
 MODES = model_config.SELF_PACED_MODES
 INITS = model_config.SELF_PACED_INITS
 NORMALIZATIONS = model_config.SELF_PACED_NORMALIZATIONS
+
+
+def _global_batch_mean(values):
+  """mean over the global batch of `values` [b, M] -> [1, M].
+
+  Under a multi-replica strategy each replica holds b of the global batch's
+  images: the sums and counts are all-reduced (as synchronized BatchNorm
+  does), so every replica divides by the same norm, the one a single device
+  computes on the whole batch; gradients flow through the all-reduce.
+  """
+  total = ops.sum(values, axis=0, keepdims=True)
+  count = ops.cast(ops.shape(values)[0], values.dtype)
+  context = tf.distribute.get_replica_context()
+  if context is not None and context.num_replicas_in_sync > 1:
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, total)
+    count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
+  return total / count
 
 
 @keras.saving.register_keras_serializable(package="kc_keras")
@@ -49,8 +67,9 @@ class SelfPacedScale(keras.layers.Layer):
 
   `normalization='per_batch'` (ours) divides by one norm per vertical for
   the whole batch instead of each image's own:
-    training:  n_v^2 = mean_b ||x_bv||^2 (gradients flow through it, as
-               through BatchNorm's batch statistics), and
+    training:  n_v^2 = mean_b ||x_bv||^2 over the global batch (all
+               replicas; gradients flow through it, as through synchronized
+               BatchNorm's batch statistics), and
                moving_squared_norm_v <- momentum * moving + (1 - momentum) n_v^2;
     inference: n_v^2 = moving_squared_norm_v, so y = x * k_c, a constant
                k_c = gamma_c / sqrt(moving_squared_norm_v(c) + epsilon).
@@ -208,7 +227,7 @@ class SelfPacedScale(keras.layers.Layer):
     sq_norms = ops.matmul(ops.square(x), self._one_hot)
     if self.normalization == "per_batch":
       if training:
-        sq_norms = ops.mean(sq_norms, axis=0, keepdims=True)
+        sq_norms = _global_batch_mean(sq_norms)
         self.moving_squared_norm.assign(
             self.momentum * self.moving_squared_norm
             + (1.0 - self.momentum) * ops.stop_gradient(sq_norms[0]))
