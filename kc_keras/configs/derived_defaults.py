@@ -35,6 +35,11 @@ DEFAULT_EPOCHS = 24.0
 MIN_DEFAULT_STEPS = 1000
 # Logs and summaries at least this often (steps).
 MAX_STEPS_PER_LOOP = 100
+# A teacher's budget in epochs of its vertical never goes below this many
+# steps: the fixed budget every small-data teacher (demo, Omniglot, the
+# data-rich set) was measured with, so a tiny vertical's classifier still
+# leaves its initialisation.
+MIN_TEACHER_STEPS = 300
 
 FROZEN_TRUNK = "backbone_and_hidden"
 FINE_TUNED_HEAD = "backbone"
@@ -50,7 +55,12 @@ DERIVED_KEYS = (
     "task.specialists.model.self_paced.init",
     "task.distillation.top_k",
     "task.specialists.freeze",
+    "task.specialists.trainer.train_epochs",
 )
+# Derived keys that may stay None once resolved: an epoch budget is not
+# needed where a step budget is set.
+_OPTIONAL_KEYS = ("trainer.train_epochs",
+                  "task.specialists.trainer.train_epochs")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +136,51 @@ def train_steps(epochs: float, num_images: int, batch_size: int) -> int:
   # The small margin keeps float noise (24 * 190 = 4560.000001) from adding a step.
   return max(1, math.ceil(epochs * steps_per_epoch(num_images, batch_size)
                           - 1e-6))
+
+
+def vertical_images(num_train_images: int, vertical_size: int,
+                    num_classes: int, negatives_fraction: float) -> int:
+  """A teacher's training rows when only the split's size is known.
+
+  n_v = round(images * (N_v + f * (N - N_v)) / N): the vertical's share of
+  the images at the data's mean images per class, plus the fraction f of
+  the other verticals' images kept as negatives.
+  """
+  share = (vertical_size + negatives_fraction * (num_classes - vertical_size))
+  return int(round(num_train_images * share / num_classes))
+
+
+def teacher_steps(trainer, num_rows: Optional[int], batch_size: int) -> int:
+  """The steps of one teacher: a set step budget, else epochs of its own vertical.
+
+  `trainer.train_steps` when set (every teacher the same); otherwise
+  S_v = max(ceil(E * (n_v // batch)), MIN_TEACHER_STEPS) with E =
+  `trainer.train_epochs`, rounded up to a whole `trainer.steps_per_loop`.
+  A vertical with twice the images gets twice the steps, so every teacher
+  sees each of its images about E times.
+
+  Args:
+    trainer: the teachers' `TrainerConfig`.
+    num_rows: n_v, the teacher's training rows (its vertical's images plus
+      sampled negatives); only read when `train_epochs` decides.
+    batch_size: the teachers' batch size.
+
+  Returns:
+    S_v.
+
+  Raises:
+    ValueError: neither `train_steps` nor `train_epochs` is set.
+  """
+  if trainer.train_steps is not None:
+    return int(trainer.train_steps)
+  if trainer.train_epochs is None:
+    raise ValueError(
+        "The teachers have no budget: set task.specialists.trainer."
+        "train_steps or task.specialists.trainer.train_epochs.")
+  steps = max(train_steps(trainer.train_epochs, num_rows, batch_size),
+              MIN_TEACHER_STEPS)
+  loop = trainer.steps_per_loop or 1
+  return -(-steps // loop) * loop
 
 
 def default_epochs(epoch_steps: int) -> Tuple[float, str]:
@@ -235,17 +290,13 @@ def resolve(params, stats: Optional[DataStats] = None,
 
   Returns:
     The values derived, with their reasons (each logged once per process).
-
-  Raises:
-    ValueError: `task.specialists.trainer.train_epochs` set (teachers count
-      their budget in steps).
   """
-  if params.task.specialists.trainer.train_epochs is not None:
-    raise ValueError(
-        "task.specialists.trainer.train_epochs is not supported: a teacher "
-        "sees one vertical's images; set task.specialists.trainer.train_steps.")
-  if all(_get(params, k) is not None for k in DERIVED_KEYS
-         if k != "trainer.train_epochs"):
+  teachers = params.task.specialists.trainer
+  teachers_budget_set = (teachers.train_steps is not None or
+                         teachers.train_epochs is not None)
+  if teachers_budget_set and all(_get(params, k) is not None
+                                 for k in DERIVED_KEYS
+                                 if k not in _OPTIONAL_KEYS):
     return []
   stats = stats or stats_fn(params.task.data)
   out: List[Derived] = []
@@ -290,6 +341,10 @@ def resolve(params, stats: Optional[DataStats] = None,
   else:
     derive("task.specialists.freeze", "none",
            "no task.specialists.init_checkpoint to start from")
+  if params.task.specialists.trainer.train_steps is None:
+    derive("task.specialists.trainer.train_epochs", DEFAULT_EPOCHS,
+           f"each teacher {DEFAULT_EPOCHS:g} passes over its vertical's "
+           f"images, at least {MIN_TEACHER_STEPS} steps (teacher_steps)")
   for d in out:
     entry = (d.key, repr(d.value), stats)
     if entry not in _LOGGED:

@@ -58,14 +58,16 @@ def _hard_labels_only(config: kc_config.ExperimentConfig) -> None:
 
 
 def _trunk_teachers(config: kc_config.ExperimentConfig, trunk_model,
-                    run_dir: str, trunk: str, steps: int,
+                    run_dir: str, trunk: str, steps: Optional[int],
                     steps_per_loop: int, schedule: str,
                     freeze: Optional[str]) -> None:
   """Teachers = the trunk, with `freeze` of it fixed, plus a classifier per vertical.
 
   With 'backbone_and_hidden' the classifier of each vertical is trained on
   the trunk's features (`training/frozen_features.py`); None derives the
-  recipe from the images per class. The trunk (`run_dir/<trunk>`), the
+  recipe from the images per class. `steps` None gives each teacher a
+  budget in epochs of its own vertical, derived from the data
+  (`derived_defaults.teacher_steps`). The trunk (`run_dir/<trunk>`), the
   teachers and the soft-target cache are where the pipeline puts them
   (`run_layout`).
   """
@@ -156,7 +158,7 @@ def kc_generalist() -> kc_config.ExperimentConfig:
   config.task.eval_batch_size = 256
   config.trainer.optimizer.learning_rate = 2e-3
   _trunk_teachers(config, config.task.model.as_dict(), "runs/kc",
-                  "generalist", steps=300, steps_per_loop=100,
+                  "generalist", steps=None, steps_per_loop=100,
                   schedule="constant", freeze=None)
   return config
 

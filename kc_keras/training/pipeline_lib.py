@@ -323,7 +323,8 @@ def gap_closed(generalist: float, student: float, specialists: float) -> float:
 NO_GAP_ADVICE = (
     "Distillation has nothing to transfer here: a student can at best match "
     "the generalist. To give it something, train stronger teachers (more "
-    "steps, `task.specialists.trainer.train_steps`; the whole trunk "
+    "passes over their images, `task.specialists.trainer.train_epochs`; the "
+    "whole trunk "
     "fine-tuned, `task.specialists.freeze: none`; or a bigger teachers' "
     "trunk, as the ablation pipelines' trunk stage does) or collect more "
     "training images per class.")

@@ -9,7 +9,9 @@ from absl import logging
 import keras
 import numpy as np
 
+from kc_keras.configs import derived_defaults
 from kc_keras.configs import kc_config
+from kc_keras.configs import trainer as trainer_cfg
 from kc_keras.dataloaders import hierarchy as hierarchy_lib
 from kc_keras.dataloaders import pipeline
 from kc_keras.distillation import shared_trunk
@@ -134,6 +136,22 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
   out_dir = teacher_dir(teachers_dir, vertical)
   train_dir = os.path.join(out_dir, "train")
   batch_size = spec.train_batch_size
+  rows = targets = None
+  if features is not None:
+    rows, targets = frozen_features.vertical_rows(
+        features[1], np.asarray(hierarchy.class_to_vertical),
+        hierarchy.local_index, vertical, sub_hierarchy.num_classes,
+        spec.negatives_fraction, seed=params.task.data.seed + vertical)
+    num_rows = rows.size
+  elif spec.trainer.train_steps is not None:
+    num_rows = None  # Not needed: every teacher trains the set steps.
+  else:
+    # Counting a vertical's images would take a pass over the split.
+    num_rows = derived_defaults.vertical_images(
+        session.source.num_examples("train"), sub_hierarchy.num_classes,
+        hierarchy.num_classes, spec.negatives_fraction)
+  trainer = teacher_trainer(spec.trainer, derived_defaults.teacher_steps(
+      spec.trainer, num_rows, batch_size))
   with session.strategy.scope():
     network = model_builder.build_network(spec.model, sub_hierarchy,
                                           session.source.image_shape)
@@ -147,7 +165,7 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
         global_batch_size=batch_size,
     )
     model.compile(optimizer=optimizers.build_optimizer(
-        spec.trainer.optimizer, spec.trainer.train_steps))
+        trainer.optimizer, trainer.train_steps))
     model_builder.build_variables(model, session.source.image_shape)
     if generalist is not None:
       # A resumed teacher gets its own weights back from its checkpoint; the
@@ -157,14 +175,10 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     model.optimizer.build(model.trainable_variables)
 
   if features is not None:
-    rows, targets = frozen_features.vertical_rows(
-        features[1], np.asarray(hierarchy.class_to_vertical),
-        hierarchy.local_index, vertical, sub_hierarchy.num_classes,
-        spec.negatives_fraction, seed=params.task.data.seed + vertical)
     logs = frozen_features.train_classifier(
-        network, features[0][rows], targets, spec.trainer, batch_size,
+        network, features[0][rows], targets, trainer, batch_size,
         seed=params.task.data.seed + vertical)
-    steps = spec.trainer.train_steps
+    steps = trainer.train_steps
   else:
     def dataset_fn(input_context, start_batch):
       return pipeline.build_dataset(
@@ -176,7 +190,7 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
     os.makedirs(train_dir, exist_ok=True)
     controller = controller_lib.TrainController(
         model=model, strategy=session.strategy, dataset_fn=dataset_fn,
-        config=spec.trainer, model_dir=train_dir, global_batch_size=batch_size,
+        config=trainer, model_dir=train_dir, global_batch_size=batch_size,
         jit_compile=params.runtime.jit_compile,
         sync_batch_norm=params.runtime.sync_batch_norm)
     result = controller.train(verbose=verbose)
@@ -189,6 +203,21 @@ def train_one_specialist(session, vertical: int, teachers_dir: str,
       final_logs=logs,
       trained_on="frozen_features" if features is not None else "images",
       trunk=SHARED_FROZEN_TRUNK if features is not None else INDEPENDENT_TRUNK)
+
+
+def teacher_trainer(trainer: trainer_cfg.TrainerConfig,
+                    steps: int) -> trainer_cfg.TrainerConfig:
+  """The teachers' `trainer` for one teacher of `steps` steps.
+
+  `train_steps` = `steps` (`derived_defaults.teacher_steps`); an unset
+  `checkpoint_interval` becomes `steps` (one checkpoint at the end).
+  """
+  config = trainer_cfg.TrainerConfig(trainer.as_dict())
+  config.train_steps = steps
+  if config.checkpoint_interval is None:
+    config.checkpoint_interval = steps
+  config.validate("task.specialists.trainer")
+  return config
 
 
 def save_teacher(network: keras.Model, teachers_dir: str, vertical: int,

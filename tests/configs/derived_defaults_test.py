@@ -7,6 +7,7 @@ import tensorflow as tf
 
 from kc_keras.configs import derived_defaults as dd
 from kc_keras.configs import experiments
+from kc_keras.configs import trainer as trainer_cfg
 from kc_keras.training import experiment_runner
 
 # Omniglot: 1,623 characters in 50 alphabets (the largest has 55), drawers
@@ -15,6 +16,12 @@ OMNIGLOT = dd.DataStats((55,) + (32,) * 49, 1623 * 15)
 # The data-rich embedded set: 2,000 classes in 20 verticals (largest 551),
 # 100 training images per class.
 RICH = dd.DataStats((551,) + (76,) * 14 + (77,) * 5, 2000 * 100)
+
+
+def dd_trainer(**fields):
+  config = trainer_cfg.TrainerConfig()
+  config.override(fields, is_strict=True)
+  return config
 
 
 def _flags(experiment, params_override=None):
@@ -112,7 +119,7 @@ class RegisteredExperimentsTest(tf.test.TestCase):
     self.assertEqual(demo.task.distillation.top_k, 100)
 
 
-class ResolveTest(tf.test.TestCase):
+class ResolveTest(parameterized.TestCase):
 
   def test_a_set_value_wins_even_when_equal_to_a_default(self):
     params = _resolved(
@@ -162,12 +169,58 @@ class ResolveTest(tf.test.TestCase):
     dd.resolve(params, stats=dd.DataStats((101, 101), 404))
     self.assertEqual(params.trainer.train_steps, 12)
 
-  def test_teachers_budget_in_epochs_is_refused(self):
-    params = experiments.get_experiment("kc_student_demo")
+  def test_own_data_teachers_get_epochs_of_their_vertical(self):
+    params = experiments.get_experiment("kc_student")
+    derived = {d.key: d for d in dd.resolve(params, stats=RICH)}
+    teachers = params.task.specialists.trainer
+    self.assertIsNone(teachers.train_steps)
+    self.assertEqual(teachers.train_epochs, dd.DEFAULT_EPOCHS)
+    self.assertIn("passes over its vertical's images",
+                  derived["task.specialists.trainer.train_epochs"].reason)
+    # A set epoch budget is kept, and a set step budget needs no epochs.
+    params = experiments.get_experiment("kc_student")
     params.task.specialists.trainer.train_epochs = 2.0
-    with self.assertRaisesRegex(ValueError,
-                                "task.specialists.trainer.train_epochs"):
-      dd.resolve(params, stats=RICH)
+    dd.resolve(params, stats=RICH)
+    self.assertEqual(params.task.specialists.trainer.train_epochs, 2.0)
+    params = experiments.get_experiment("kc_student_omniglot")
+    self.assertNotIn("task.specialists.trainer.train_epochs",
+                     [d.key for d in dd.resolve(params, stats=OMNIGLOT)])
+    self.assertEqual(params.task.specialists.trainer.train_steps, 300)
+    self.assertIsNone(params.task.specialists.trainer.train_epochs)
+
+  @parameterized.parameters(
+      # epochs, rows, batch, steps_per_loop -> steps
+      # 24 passes over 37,113 rows of 64: 579 steps each, 13,896, up to a loop.
+      (24.0, 37113, 64, 100, 13900),
+      (24.0, 37113, 64, 1, 13896),
+      # Twice the rows, twice the steps.
+      (24.0, 74226, 64, 1, 27816),
+      # A small vertical gets the floor: 24 x 3 = 72 steps < 300.
+      (24.0, 210, 64, 100, dd.MIN_TEACHER_STEPS),
+      (0.5, 128000, 64, 100, 1000),
+  )
+  def test_teacher_steps_from_epochs(self, epochs, rows, batch, loop, steps):
+    trainer = dd_trainer(train_epochs=epochs, train_steps=None,
+                         steps_per_loop=loop)
+    self.assertEqual(dd.teacher_steps(trainer, rows, batch), steps)
+
+  def test_teacher_steps_set_win_and_none_is_refused(self):
+    trainer = dd_trainer(train_epochs=24.0, train_steps=7, steps_per_loop=1)
+    self.assertEqual(dd.teacher_steps(trainer, 10**6, 64), 7)
+    self.assertEqual(dd.teacher_steps(trainer, None, 64), 7)
+    trainer = dd_trainer(train_epochs=None, train_steps=None, steps_per_loop=1)
+    with self.assertRaisesRegex(ValueError, "teachers have no budget"):
+      dd.teacher_steps(trainer, 100, 64)
+
+  @parameterized.parameters(
+      # images, N_v, N, negatives_fraction -> rows
+      (560_000, 1390, 20971, 0.0, 37118),
+      (1000, 10, 100, 0.0, 100),
+      # 10 of the vertical's 100 images + half of the other 900.
+      (1000, 10, 100, 0.5, 550),
+  )
+  def test_vertical_images(self, images, size, n, fraction, rows):
+    self.assertEqual(dd.vertical_images(images, size, n, fraction), rows)
 
   def test_parse_configuration_resolves_from_the_data(self):
     params = experiment_runner.parse_configuration(

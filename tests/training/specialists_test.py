@@ -23,9 +23,9 @@ SMOKE = [os.path.join(CONFIGS, "generalist_demo_smoke.yaml"),
          os.path.join(CONFIGS, "student_demo_smoke.yaml")]
 
 
-def _params(experiment, root, override=""):
+def _params(experiment, root, override="", teachers_dir=None):
   paths = (f"task.specialists.init_checkpoint={root}/generalist,"
-           f"task.distillation.teachers_dir={root}/teachers,"
+           f"task.distillation.teachers_dir={teachers_dir or root}/teachers,"
            f"task.distillation.cache_dir={root}/cache")
   return experiment_runner.parse_configuration(types.SimpleNamespace(
       experiment=experiment, config_file=SMOKE if experiment.startswith(
@@ -102,6 +102,28 @@ def test_shipped_recipe_runs_the_teachers_as_one_shared_trunk(trained):
   bank = specialists.load_teacher_bank(
       trained.params, f"{trained.root}/specialists", session.hierarchy)
   assert bank.layout == "shared_trunk"
+
+
+def test_teachers_budget_in_epochs_counts_their_verticals_rows(trained,
+                                                              tmp_path):
+  # Each demo vertical has 10 classes x 10 training images = 100 rows:
+  # 100 // 8 = 12 steps per epoch, 30 epochs = 360 steps (a whole number
+  # of the smoke config's 10-step loops), above the 300-step floor.
+  params = _params(
+      "kc_student_demo", trained.root,
+      "task.specialists.trainer.train_steps=null,"
+      "task.specialists.trainer.train_epochs=30,"
+      "task.specialists.train_batch_size=8,"
+      "task.specialists.verticals=[1]", teachers_dir=str(tmp_path))
+  teachers_dir = str(tmp_path / "teachers")
+  modes.train_specialists(params, str(tmp_path / "specialists"),
+                          verbose=False)
+  info = json.load(open(os.path.join(teachers_dir, "vertical_00001",
+                                     "teacher.json")))
+  assert info["train_steps"] == 360
+  # Twice the rows, twice the steps.
+  assert derived_defaults.teacher_steps(
+      params.task.specialists.trainer, 200, 8) == 750
 
 
 def test_cache_is_bound_to_teachers_and_k(trained):
