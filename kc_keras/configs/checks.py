@@ -273,13 +273,21 @@ def differing_keys(old: Dict, new: Dict,
 
 
 def check_rerun(old: Dict, new: Dict, model_dir: str,
-                defaults: Optional[Dict] = None) -> None:
+                defaults: Optional[Dict] = None,
+                ignore: Sequence[str] = RESUME_SAFE_KEYS) -> None:
   """Refuses to rerun `model_dir` with a config that changes what is trained.
+
+  Args:
+    old: the recorded config as a nested dict.
+    new: the current config as a nested dict.
+    model_dir: named in the error.
+    defaults: see `differing_keys`.
+    ignore: key paths allowed to differ (see `differing_keys`).
 
   Raises:
     ConfigError: listing each differing key path with both values.
   """
-  diffs = differing_keys(old, new, defaults=defaults)
+  diffs = differing_keys(old, new, ignore=ignore, defaults=defaults)
   if not diffs:
     return
   listed = "; ".join(f"{k}: was {a!r}, now {b!r}"

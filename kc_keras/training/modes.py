@@ -3,7 +3,7 @@
 import json
 import os
 import re
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 from absl import logging
 import keras
@@ -49,17 +49,37 @@ def save_params(params: kc_config.ExperimentConfig, model_dir: str) -> str:
   return path
 
 
+def keys_a_network_never_reads(params: kc_config.ExperimentConfig
+                               ) -> Tuple[str, ...]:
+  """Key paths (prefixes end in '.') that training or evaluating `params`' network ignores.
+
+  A network trained on labels alone (`task.distillation.target_source`
+  'labels', the generalist) reads nothing of the teachers: their settings
+  and the teachers' and cache's paths. The own-data generalist carries the
+  teachers' settings so that one config file serves every stage; changing
+  them must not invalidate its run.
+  """
+  if params.task.distillation.target_source != "labels":
+    return ()
+  return ("task.specialists.", "task.distillation.teachers_dir",
+          "task.distillation.cache_dir")
+
+
 def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
-                        allow: bool = False) -> None:
+                        allow: bool = False,
+                        unread: Sequence[str] = ()) -> None:
   """Compares the config with the `params.yaml` a previous run left in `model_dir`.
 
-  Keys in `checks.RESUME_SAFE_KEYS` (steps, intervals, runtime) may change;
-  any other difference means the checkpoints belong to another experiment.
+  Keys in `checks.RESUME_SAFE_KEYS` (steps, intervals, runtime) and `unread`
+  may change; any other difference means the checkpoints belong to another
+  experiment.
 
   Args:
     params: the current config.
     model_dir: the run directory.
     allow: log the differences instead of refusing (`--allow_config_change`).
+    unread: key paths the run's mode never reads
+      (`keys_a_network_never_reads`).
 
   Raises:
     checks.ConfigError: naming every differing key path with both values,
@@ -74,13 +94,16 @@ def check_params_change(params: kc_config.ExperimentConfig, model_dir: str,
     raise checks.ConfigError(f"{path}: not a config (a YAML mapping).")
   # Keys added to the config after that run, at their defaults, change nothing.
   defaults = kc_config.ExperimentConfig().as_dict()
+  ignore = tuple(checks.RESUME_SAFE_KEYS) + tuple(unread)
   if allow:
-    diffs = checks.differing_keys(old, params.as_dict(), defaults=defaults)
+    diffs = checks.differing_keys(old, params.as_dict(), ignore=ignore,
+                                  defaults=defaults)
     if diffs:
       logging.warning("--allow_config_change: %s differs from %s in %s",
                       model_dir, path, [k for k, _, _ in diffs])
     return
-  checks.check_rerun(old, params.as_dict(), model_dir, defaults=defaults)
+  checks.check_rerun(old, params.as_dict(), model_dir, defaults=defaults,
+                     ignore=ignore)
 
 
 class Session:
@@ -104,6 +127,7 @@ class Session:
       of `evaluate(eval_data=...)`, labelled with the run's hierarchy).
     lock: what the run does ("training"), to own `model_dir` while it runs;
       None takes no lock (readers, and callers that lock themselves).
+    unread: see `check_params_change`.
 
   Raises:
     ValueError: from any of the checks above, naming what differs.
@@ -113,7 +137,7 @@ class Session:
 
   def __init__(self, params: kc_config.ExperimentConfig, model_dir: str,
                allow_config_change: bool = False, source=None,
-               lock: Optional[str] = None):
+               lock: Optional[str] = None, unread: Sequence[str] = ()):
     self.params = params
     self.model_dir = model_dir
     self._lock = None
@@ -135,7 +159,7 @@ class Session:
       # A fresh run records its hierarchy; a resumed one must match it.
       restore_lib.check_recorded_hierarchy(
           model_dir, self.hierarchy, record=self.is_chief, required=False)
-      check_params_change(params, model_dir, allow_config_change)
+      check_params_change(params, model_dir, allow_config_change, unread)
       if self.is_chief:
         save_params(params, model_dir)
     except BaseException:
@@ -221,8 +245,8 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
     The controller's `TrainResult`; with `on_decode_error='skip'` its logs
     (and train_summary.json) hold `skipped_examples`, counted by this process.
   """
-  with Session(params, model_dir, allow_config_change,
-               lock="training") as session:
+  with Session(params, model_dir, allow_config_change, lock="training",
+               unread=keys_a_network_never_reads(params)) as session:
     return _train(session, verbose)
 
 
@@ -385,7 +409,8 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
   """
   source = (eval_data_source(params, model_dir, eval_data)
             if eval_data is not None else None)
-  session = Session(params, model_dir, allow_config_change, source=source)
+  session = Session(params, model_dir, allow_config_change, source=source,
+                    unread=keys_a_network_never_reads(params))
   if checkpoint_path:
     restore_lib.check_recorded_hierarchy(
         restore_lib.run_dir_of(checkpoint_path), session.hierarchy)

@@ -250,6 +250,27 @@ class RunDirGuardTest(tf.test.TestCase):
     # The new config is recorded: rerunning it is no longer a change.
     modes.Session(changed, model_dir)
 
+  def test_a_labels_only_run_ignores_the_teachers_settings(self):
+    # The generalist (hard labels) never reads the teachers' settings: a
+    # changed teacher budget keeps its run; a student's run is strict.
+    teachers = ("task.specialists.trainer.train_steps=7,"
+                "task.distillation.teachers_dir=/elsewhere")
+    model_dir = self.create_tempdir().full_path
+    params = _params()
+    self.assertEqual(params.task.distillation.target_source, "labels")
+    modes.Session(params, model_dir,
+                  unread=modes.keys_a_network_never_reads(params))
+    changed = _params(teachers)
+    modes.Session(changed, model_dir,
+                  unread=modes.keys_a_network_never_reads(changed))
+    with self.assertRaisesRegex(checks.ConfigError,
+                                "task.specialists.trainer.train_steps"):
+      modes.Session(_params("task.specialists.trainer.train_steps=8"),
+                    model_dir)
+    student = ("task.distillation.target_source=online,"
+               "task.distillation.alpha=0.5")
+    self.assertEqual(modes.keys_a_network_never_reads(_params(student)), ())
+
   def test_eval_of_a_model_dir_of_another_hierarchy_names_both(self):
     model_dir = self.create_tempdir().full_path
     modes.Session(_params(), model_dir)
