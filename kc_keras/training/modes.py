@@ -250,18 +250,22 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
     return _train(session, verbose)
 
 
-def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
-  """`train` in an open session."""
-  params, model_dir = session.params, session.model_dir
-  counter = session.skip_counter()
-  source = params.task.distillation.target_source
-  bank = None
-  if source == "online":
-    with session.strategy.scope():
-      bank = specialists.load_teacher_bank(params, model_dir,
-                                           session.hierarchy)
-  model = session.build_model(teacher_bank=bank)
-  expected = cache_binding(session, model_dir) if source == "cache" else None
+def train_dataset_fn(session: Session, skip_counter=None):
+  """The training input of the session's model, as `TrainController` takes it.
+
+  Images and labels of the training split, with the soft-target cache's
+  rows (checked against the teachers, data and K it must be bound to) when
+  `task.distillation.target_source` is 'cache'.
+
+  Returns:
+    `dataset_fn(input_context, start_batch) -> tf.data.Dataset`.
+
+  Raises:
+    target_cache.TargetCacheMismatchError: a cache bound to something else.
+  """
+  params = session.params
+  expected = (cache_binding(session, session.model_dir)
+              if params.task.distillation.target_source == "cache" else None)
 
   def dataset_fn(input_context, start_batch):
     extra = None
@@ -278,8 +282,24 @@ def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
         input_context=input_context,
         extra=extra,
         start_batch=start_batch,
-        skip_counter=counter,
+        skip_counter=skip_counter,
     )
+
+  return dataset_fn
+
+
+def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
+  """`train` in an open session."""
+  params, model_dir = session.params, session.model_dir
+  counter = session.skip_counter()
+  source = params.task.distillation.target_source
+  bank = None
+  if source == "online":
+    with session.strategy.scope():
+      bank = specialists.load_teacher_bank(params, model_dir,
+                                           session.hierarchy)
+  model = session.build_model(teacher_bank=bank)
+  dataset_fn = train_dataset_fn(session, counter)
 
   def extra_logs():
     # Each loop boundary: the alpha line appears soon after the first such image.

@@ -1,0 +1,124 @@
+"""The cost of a pipeline run's rows, measured on the run's own data, configs and cache.
+
+For each stage directory given (the generalist, a student on cached soft targets, ...)
+it builds the stage's model from the stage's `params.yaml` and its training input as
+training does (`modes.train_dataset_fn`: the student's batches carry the cache's rows,
+checked against the teachers), then times in interleaved rounds, in one process:
+
+  step      the model's `train_step` on one fixed batch (no input pipeline);
+  input     the training input alone (batches drawn, nothing computed);
+  together  `train_step` on batches drawn from the input, as training runs.
+
+It reports, per stage, images/s of each and input / step (goal: >= 3x), and each
+stage's step and together time per image over the first stage's (the student's epoch
+against the generalist's: both see the same images per epoch; goal: <= 1.3x), each as
+the median [25th-75th percentile] of the per-round ratios: both times of a round met
+the same machine load. The run's directories are only read: each model's session
+records its params in a temporary directory.
+
+  python bench/run_cost_bench.py --stage_dirs=RUN/generalist,RUN/student_fc_sc_d_s
+"""
+
+import os
+import tempfile
+import time
+
+from kc_keras.common import startup
+
+startup.quiet_tensorflow()
+
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+import bench_utils  # noqa: E402  bench/ is on sys.path when run as a script
+from kc_keras.training import modes  # noqa: E402
+
+flags.DEFINE_list("stage_dirs", None,
+                  "Stage directories of one run; the first is the reference "
+                  "(the generalist).")
+flags.DEFINE_integer("batches", 20, "Batches per timed call.")
+flags.DEFINE_integer("rounds", 5, "Interleaved rounds timed.")
+flags.mark_flags_as_required(["stage_dirs"])
+FLAGS = flags.FLAGS
+
+KINDS = ("step", "input", "together")
+
+
+def stage_calls(stage_dir, batches):
+  """The three timed calls of one stage, and its batch size.
+
+  Returns:
+    `({kind: () -> None}, batch_size)`, each call running `batches` batches.
+  """
+  params = modes.load_params_of(stage_dir)
+  session = modes.Session(params, tempfile.mkdtemp(prefix="run_cost_"))
+  model = session.build_model()
+  dataset = modes.train_dataset_fn(session)(None, 0)
+  iterator = iter(dataset)
+  fixed = next(iterator)
+
+  @tf.function
+  def steps_on_fixed():
+    for _ in tf.range(batches):
+      model.train_step(fixed)
+
+  @tf.function
+  def steps_on_input():
+    for _ in tf.range(batches):
+      model.train_step(next(iterator))
+
+  def draw():
+    for _ in range(batches):
+      batch = next(iterator)
+    return batch[0]
+
+  return ({"step": steps_on_fixed, "input": draw,
+           "together": steps_on_input}, params.task.train_batch_size)
+
+
+def _spread(values):
+  return (f"{np.median(values):.2f} [{np.percentile(values, 25):.2f}-"
+          f"{np.percentile(values, 75):.2f}]")
+
+
+def main(argv):
+  del argv
+  print(bench_utils.machine_line())
+  print(bench_utils.load_line())
+  fns, batch_sizes = {}, {}
+  for stage_dir in FLAGS.stage_dirs:
+    name = os.path.basename(os.path.normpath(stage_dir))
+    start = time.perf_counter()
+    calls, batch_sizes[name] = stage_calls(stage_dir, FLAGS.batches)
+    for kind, fn in calls.items():
+      fns[(name, kind)] = fn
+    print(f"{name}: built in {time.perf_counter() - start:.0f} s")
+  seconds = bench_utils.interleaved_seconds(fns, FLAGS.rounds)
+  # Seconds per image, per round.
+  per_image = {key: np.asarray(t) / (FLAGS.batches * batch_sizes[key[0]])
+               for key, t in seconds.items()}
+  names = list(batch_sizes)
+  reference = names[0]
+  print(f"\n{FLAGS.rounds} rounds of {FLAGS.batches} batches per call; "
+        "median [25th-75th percentile] over rounds")
+  print("| stage | batch | step img/s | input img/s | together img/s | "
+        f"input / step | step / {reference}'s | together / {reference}'s |")
+  print("|---|---|---|---|---|---|---|---|")
+  for name in names:
+    rates = {k: 1.0 / np.median(per_image[(name, k)]) for k in KINDS}
+    input_over_step = per_image[(name, "step")] / per_image[(name, "input")]
+    step_ratio = per_image[(name, "step")] / per_image[(reference, "step")]
+    together_ratio = (per_image[(name, "together")] /
+                      per_image[(reference, "together")])
+    print(f"| {name} | {batch_sizes[name]} | {rates['step']:,.0f} | "
+          f"{rates['input']:,.0f} | {rates['together']:,.0f} | "
+          f"{_spread(input_over_step)}x | {_spread(step_ratio)}x | "
+          f"{_spread(together_ratio)}x |")
+  print(bench_utils.load_line())
+  print(f"peak RSS {bench_utils.peak_rss_bytes() / 2**30:.1f} GiB")
+
+
+if __name__ == "__main__":
+  app.run(main)
