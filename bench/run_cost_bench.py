@@ -9,14 +9,17 @@ checked against the teachers), then times in interleaved rounds, in one process:
   input     the training input alone (batches drawn, nothing computed);
   together  `train_step` on batches drawn from the input, as training runs.
 
-It reports, per stage, images/s of each and input / step (goal: >= 3x), and each
+With `--online_too`, each student is timed a second time with online teachers
+(`task.distillation.target_source=online`: the teachers run on every batch) in place
+of the cache. It reports, per stage, images/s of each and input / step (goal: >= 3x), and each
 stage's step and together time per image over the first stage's (the student's epoch
 against the generalist's: both see the same images per epoch; goal: <= 1.3x), each as
 the median [25th-75th percentile] of the per-round ratios: both times of a round met
 the same machine load. The run's directories are only read: each model's session
 records its params in a temporary directory.
 
-  python bench/run_cost_bench.py --stage_dirs=RUN/generalist,RUN/student_fc_sc_d_s
+  python bench/run_cost_bench.py --stage_dirs=RUN/generalist,RUN/student_fc_sc_d_s \
+      [--online_too]
 """
 
 import os
@@ -33,28 +36,45 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import bench_utils  # noqa: E402  bench/ is on sys.path when run as a script
+from kc_keras.configs import kc_config  # noqa: E402
 from kc_keras.training import modes  # noqa: E402
+from kc_keras.training import specialists  # noqa: E402
 
 flags.DEFINE_list("stage_dirs", None,
                   "Stage directories of one run; the first is the reference "
                   "(the generalist).")
 flags.DEFINE_integer("batches", 20, "Batches per timed call.")
 flags.DEFINE_integer("rounds", 5, "Interleaved rounds timed.")
+flags.DEFINE_bool("online_too", False,
+                  "Also time each cache student with online teachers.")
 flags.mark_flags_as_required(["stage_dirs"])
 FLAGS = flags.FLAGS
 
 KINDS = ("step", "input", "together")
 
 
-def stage_calls(stage_dir, batches):
+def stage_calls(stage_dir, batches, online=False):
   """The three timed calls of one stage, and its batch size.
+
+  Args:
+    stage_dir: a stage directory of a run (its `params.yaml` is read).
+    batches: batches per call.
+    online: replace the stage's cached targets by online teachers.
 
   Returns:
     `({kind: () -> None}, batch_size)`, each call running `batches` batches.
   """
   params = modes.load_params_of(stage_dir)
+  if online:
+    params = kc_config.ExperimentConfig(params.as_dict())
+    params.task.distillation.target_source = "online"
   session = modes.Session(params, tempfile.mkdtemp(prefix="run_cost_"))
-  model = session.build_model()
+  bank = None
+  if online:
+    with session.strategy.scope():
+      bank = specialists.load_teacher_bank(params, session.model_dir,
+                                           session.hierarchy)
+  model = session.build_model(teacher_bank=bank)
   dataset = modes.train_dataset_fn(session)(None, 0)
   iterator = iter(dataset)
   fixed = next(iterator)
@@ -88,10 +108,16 @@ def main(argv):
   print(bench_utils.machine_line())
   print(bench_utils.load_line())
   fns, batch_sizes = {}, {}
+  stages = []
   for stage_dir in FLAGS.stage_dirs:
     name = os.path.basename(os.path.normpath(stage_dir))
+    stages.append((name, stage_dir, False))
+    cached = modes.load_params_of(stage_dir).task.distillation.target_source
+    if FLAGS.online_too and cached == "cache":
+      stages.append((f"{name} (online)", stage_dir, True))
+  for name, stage_dir, online in stages:
     start = time.perf_counter()
-    calls, batch_sizes[name] = stage_calls(stage_dir, FLAGS.batches)
+    calls, batch_sizes[name] = stage_calls(stage_dir, FLAGS.batches, online)
     for kind, fn in calls.items():
       fns[(name, kind)] = fn
     print(f"{name}: built in {time.perf_counter() - start:.0f} s")
