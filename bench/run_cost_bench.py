@@ -9,6 +9,9 @@ checked against the teachers), then times in interleaved rounds, in one process:
   input     the training input alone (batches drawn, nothing computed);
   together  `train_step` on batches drawn from the input, as training runs.
 
+Each call runs alone: the input and together calls open a fresh iterator (see
+`stage_calls`), so no pipeline prefetches in the background of another call.
+
 With `--online_too`, each student is timed a second time with online teachers
 (`task.distillation.target_source=online`: the teachers run on every batch) in place
 of the cache. It reports, per stage, images/s of each and input / step (goal: >= 3x), and each
@@ -51,10 +54,19 @@ flags.mark_flags_as_required(["stage_dirs"])
 FLAGS = flags.FLAGS
 
 KINDS = ("step", "input", "together")
+# Untimed batches before each timed call: tracing, and the pipeline's start
+# (tf.data's autotuner raises the parallelism over the first batches).
+WARM_BATCHES = 20
 
 
 def stage_calls(stage_dir, batches, online=False):
   """The three timed calls of one stage, and its batch size.
+
+  The input and together calls each open a fresh iterator and pull
+  `WARM_BATCHES` untimed batches before timing `batches`: between calls no
+  pipeline runs in the background (its prefetching would take CPU from the
+  other calls and hand the next call batches made beforehand). A fresh
+  iterator costs a shuffle-buffer fill of raw records, untimed.
 
   Args:
     stage_dir: a stage directory of a run (its `params.yaml` is read).
@@ -62,7 +74,7 @@ def stage_calls(stage_dir, batches, online=False):
     online: replace the stage's cached targets by online teachers.
 
   Returns:
-    `({kind: () -> None}, batch_size)`, each call running `batches` batches.
+    `({kind: () -> seconds}, batch_size)`: each call times `batches` batches.
   """
   params = modes.load_params_of(stage_dir)
   if online:
@@ -76,26 +88,50 @@ def stage_calls(stage_dir, batches, online=False):
                                            session.hierarchy)
   model = session.build_model(teacher_bank=bank)
   dataset = modes.train_dataset_fn(session)(None, 0)
-  iterator = iter(dataset)
-  fixed = next(iterator)
+  fixed = next(iter(dataset))
 
   @tf.function
-  def steps_on_fixed():
-    for _ in tf.range(batches):
+  def steps_on_fixed(n):
+    for _ in tf.range(n):
       model.train_step(fixed)
 
   @tf.function
-  def steps_on_input():
-    for _ in tf.range(batches):
+  def steps_on(iterator, n):
+    for _ in tf.range(n):
       model.train_step(next(iterator))
 
-  def draw():
-    for _ in range(batches):
-      batch = next(iterator)
-    return batch[0]
+  def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
-  return ({"step": steps_on_fixed, "input": draw,
-           "together": steps_on_input}, params.task.train_batch_size)
+  def step():
+    steps_on_fixed(tf.constant(WARM_BATCHES))
+    return timed(lambda: _block(model, steps_on_fixed(tf.constant(batches))))
+
+  def draw():
+    iterator = iter(dataset)
+    for _ in range(WARM_BATCHES):
+      next(iterator)
+
+    def pull():
+      for _ in range(batches):
+        batch = next(iterator)
+      return batch[0].numpy()
+    return timed(pull)
+
+  def together():
+    iterator = iter(dataset)
+    steps_on(iterator, tf.constant(WARM_BATCHES))
+    return timed(lambda: _block(model, steps_on(iterator, tf.constant(batches))))
+
+  return ({"step": step, "input": draw, "together": together},
+          params.task.train_batch_size)
+
+
+def _block(model, _):
+  """Waits for the steps just run: reads a variable they update."""
+  return model.optimizer.iterations.numpy()
 
 
 def _spread(values):
@@ -121,7 +157,10 @@ def main(argv):
     for kind, fn in calls.items():
       fns[(name, kind)] = fn
     print(f"{name}: built in {time.perf_counter() - start:.0f} s")
-  seconds = bench_utils.interleaved_seconds(fns, FLAGS.rounds)
+  seconds = {key: [] for key in fns}
+  for _ in range(FLAGS.rounds):
+    for key, fn in fns.items():
+      seconds[key].append(fn())
   # Seconds per image, per round.
   per_image = {key: np.asarray(t) / (FLAGS.batches * batch_sizes[key[0]])
                for key, t in seconds.items()}

@@ -107,6 +107,38 @@ class DecodeErrorTest(tf.test.TestCase, parameterized.TestCase):
     self.assertEqual(sum(_read_all(cfg, counter), []), [0, 2, 4])
     self.assertEqual(counter.value(), 3)
 
+  def test_groups_keep_order_across_good_and_bad_groups(self):
+    # More records than one decoding group: groups 0 and 2 hold only good
+    # records (decoded whole), group 1 holds a bad one (decoded record by
+    # record); every good record comes out, in input order, with its pixels.
+    root = self.create_tempdir().full_path
+    hfile = os.path.join(root, "h.json")
+    Hierarchy(tuple(c for _, c in _CLASSES), ("birds", "cars"),
+              (0, 0, 1)).save(hfile)
+    n = 2 * data_errors._GROUP_SIZE + 5
+    bad_at = data_errors._GROUP_SIZE + 7
+    images = [_png(i % 250) for i in range(n)]
+    images[bad_at] = _bad_images()["noise.png"]
+    tfrecord.write_tfrecord(os.path.join(root, "train-0.tfrecord"),
+                            zip(images, [i % 3 for i in range(n)]))
+    cfg = data_cfg.DataConfig(source="tfrecord", on_decode_error="skip")
+    cfg.override({"tfrecord": {"train_pattern": os.path.join(root, "train-*"),
+                               "hierarchy_file": hfile, "image_size": _SIZE}})
+    counter = data_errors.SkipCounter()
+    src = factory.build_source(cfg)
+    ds = pipeline.build_dataset(src, "train", cfg, training=False,
+                                global_batch_size=n, skip_counter=counter)
+    images_out, features = next(iter(ds))
+    ids = features["example_id"].numpy().tolist()
+    self.assertEqual(ids, [i for i in range(n) if i != bad_at])
+    self.assertEqual(counter.value(), 1)
+    self.assertAllClose(images_out[:, 0, 0, 0].numpy() * 255.0,
+                        [i % 250 for i in ids], atol=0.5)
+    with self.assertRaisesRegex(data_errors.DataError,
+                                rf"train-0\.tfrecord record {bad_at}\b"):
+      cfg.on_decode_error = "error"
+      _read_all(cfg, batch=n)
+
   def test_skip_while_training_keeps_full_batches(self):
     root = self.create_tempdir().full_path
     cfg = _tfrecord_config(root, "skip")
