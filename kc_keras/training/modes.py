@@ -325,10 +325,14 @@ def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
   if counter is not None:
     # The final count: the last loop's logs can precede records read since.
     result.logs["skipped_examples"] = float(_skipped(counter, "training"))
-  if not session.is_chief:
+  summary_path = os.path.join(model_dir, TRAIN_SUMMARY_FILE)
+  if not session.is_chief or (not result.history and
+                              os.path.exists(summary_path)):
+    # A rerun of a finished run trains nothing: the summary of the sitting
+    # that finished it (its logs and rates) stays.
     return result
   files.atomic_write_json(
-      os.path.join(model_dir, TRAIN_SUMMARY_FILE),
+      summary_path,
       dict(step=result.step, logs=result.logs,
            steps_per_second=result.steps_per_second,
            examples_per_second=result.examples_per_second),

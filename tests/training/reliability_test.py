@@ -408,6 +408,13 @@ class CorruptImagesInTrainingTest(tf.test.TestCase):
     with open(os.path.join(run, modes.TRAIN_SUMMARY_FILE)) as f:
       # Once per epoch read (prefetch may have started another).
       self.assertGreaterEqual(json.load(f)["logs"]["skipped_examples"], 1)
+    with open(os.path.join(run, modes.TRAIN_SUMMARY_FILE)) as f:
+      summary = json.load(f)
+    self.assertGreater(summary["steps_per_second"], 0)
+    # Rerunning a finished run trains nothing and keeps its summary.
+    self.assertEqual(modes.train(params, run, verbose=False).history, [])
+    with open(os.path.join(run, modes.TRAIN_SUMMARY_FILE)) as f:
+      self.assertEqual(json.load(f), summary)
     modes.evaluate(params, run)
     with open(os.path.join(run, modes.EVAL_METRICS_FILE)) as f:
       metrics = json.load(f)
