@@ -226,3 +226,10 @@ def test_tfrecord_data_with_a_hierarchy_file(tmp_path):
           info["eval_images"]) == (9, 20, 13)
   # 20 images // batch 64 -> 1 step per epoch: the minimum budget.
   assert params[-1].trainer.train_steps == derived_defaults.MIN_DEFAULT_STEPS
+  # The glyph sets' file sets 32 px grey images on every stage.
+  glyphs = str(REPO_ROOT / "official_configs" / "glyphs.yaml")
+  for p in pipeline_lib.prepare(pipelines.get_pipeline("kc_ablation"),
+                                str(tmp_path / "glyph_run"), data,
+                                config_files=[glyphs]):
+    assert (p.task.data.tfrecord.image_size,
+            p.task.data.tfrecord.channels) == (32, 1)
