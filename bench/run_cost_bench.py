@@ -41,7 +41,6 @@ import tensorflow as tf  # noqa: E402
 import bench_utils  # noqa: E402  bench/ is on sys.path when run as a script
 from kc_keras.configs import kc_config  # noqa: E402
 from kc_keras.training import modes  # noqa: E402
-from kc_keras.training import specialists  # noqa: E402
 
 flags.DEFINE_list("stage_dirs", None,
                   "Stage directories of one run; the first is the reference "
@@ -59,34 +58,25 @@ KINDS = ("step", "input", "together")
 WARM_BATCHES = 20
 
 
-def stage_calls(stage_dir, batches, online=False):
+def stage_calls(params, batches):
   """The three timed calls of one stage, and its batch size.
 
-  The input and together calls each open a fresh iterator and pull
+  The step call runs on one fixed batch, traced and warmed once here. The
+  input and together calls each open a fresh iterator and pull
   `WARM_BATCHES` untimed batches before timing `batches`: between calls no
   pipeline runs in the background (its prefetching would take CPU from the
   other calls and hand the next call batches made beforehand). A fresh
   iterator costs a shuffle-buffer fill of raw records, untimed.
 
   Args:
-    stage_dir: a stage directory of a run (its `params.yaml` is read).
+    params: a stage's config (`modes.load_params_of`).
     batches: batches per call.
-    online: replace the stage's cached targets by online teachers.
 
   Returns:
     `({kind: () -> seconds}, batch_size)`: each call times `batches` batches.
   """
-  params = modes.load_params_of(stage_dir)
-  if online:
-    params = kc_config.ExperimentConfig(params.as_dict())
-    params.task.distillation.target_source = "online"
   session = modes.Session(params, tempfile.mkdtemp(prefix="run_cost_"))
-  bank = None
-  if online:
-    with session.strategy.scope():
-      bank = specialists.load_teacher_bank(params, session.model_dir,
-                                           session.hierarchy)
-  model = session.build_model(teacher_bank=bank)
+  model = modes.build_training_model(session)
   dataset = modes.train_dataset_fn(session)(None, 0)
   fixed = next(iter(dataset))
 
@@ -105,8 +95,9 @@ def stage_calls(stage_dir, batches, online=False):
     fn()
     return time.perf_counter() - start
 
+  _block(model, steps_on_fixed(tf.constant(WARM_BATCHES)))
+
   def step():
-    steps_on_fixed(tf.constant(WARM_BATCHES))
     return timed(lambda: _block(model, steps_on_fixed(tf.constant(batches))))
 
   def draw():
@@ -147,13 +138,15 @@ def main(argv):
   stages = []
   for stage_dir in FLAGS.stage_dirs:
     name = os.path.basename(os.path.normpath(stage_dir))
-    stages.append((name, stage_dir, False))
-    cached = modes.load_params_of(stage_dir).task.distillation.target_source
-    if FLAGS.online_too and cached == "cache":
-      stages.append((f"{name} (online)", stage_dir, True))
-  for name, stage_dir, online in stages:
+    params = modes.load_params_of(stage_dir)
+    stages.append((name, params))
+    if FLAGS.online_too and params.task.distillation.target_source == "cache":
+      online = kc_config.ExperimentConfig(params.as_dict())
+      online.task.distillation.target_source = "online"
+      stages.append((f"{name} (online)", online))
+  for name, params in stages:
     start = time.perf_counter()
-    calls, batch_sizes[name] = stage_calls(stage_dir, FLAGS.batches, online)
+    calls, batch_sizes[name] = stage_calls(params, FLAGS.batches)
     for kind, fn in calls.items():
       fns[(name, kind)] = fn
     print(f"{name}: built in {time.perf_counter() - start:.0f} s")

@@ -250,6 +250,20 @@ def train(params: kc_config.ExperimentConfig, model_dir: str,
     return _train(session, verbose)
 
 
+def build_training_model(session: Session) -> keras.Model:
+  """The session's compiled model, with its online teachers when it reads them.
+
+  `task.distillation.target_source` 'online' loads the checked teachers
+  (`specialists.load_teacher_bank`) into the model; other sources need none.
+  """
+  bank = None
+  if session.params.task.distillation.target_source == "online":
+    with session.strategy.scope():
+      bank = specialists.load_teacher_bank(
+          session.params, session.model_dir, session.hierarchy)
+  return session.build_model(teacher_bank=bank)
+
+
 def train_dataset_fn(session: Session, skip_counter=None):
   """The training input of the session's model, as `TrainController` takes it.
 
@@ -292,13 +306,7 @@ def _train(session: Session, verbose: bool) -> controller_lib.TrainResult:
   """`train` in an open session."""
   params, model_dir = session.params, session.model_dir
   counter = session.skip_counter()
-  source = params.task.distillation.target_source
-  bank = None
-  if source == "online":
-    with session.strategy.scope():
-      bank = specialists.load_teacher_bank(params, model_dir,
-                                           session.hierarchy)
-  model = session.build_model(teacher_bank=bank)
+  model = build_training_model(session)
   dataset_fn = train_dataset_fn(session, counter)
 
   def extra_logs():
