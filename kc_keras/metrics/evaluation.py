@@ -6,36 +6,40 @@ from kc_keras.metrics import average_precision as ap_lib
 from kc_keras.utils import class_maps
 
 
-def top_k_hits(scores, label_sets, k):
-  """Whether any label of each row is among the row's k highest scores.
+def best_label_rank(scores, label_ids):
+  """The rank of each row's best-ranked label among all N classes (0 = first).
 
-  The top-k set is {j : s_j > t} plus, among the classes with s_j == t (t =
-  the k-th largest score), the lowest class ids until k are taken; so ties
-  go to the lower class id, as with argmax.
+  rank(l) = #{j : s_j > s_l} + #{j < l : s_j == s_l}, so ties go to the lower
+  class id, as with argmax; a label is in the top k exactly when its rank is
+  below k. Counting against the label's own score takes a few passes over
+  the row, where finding the k-th largest score takes a partition per k: the
+  difference that matters at 100K classes.
 
   Args:
-    scores: float [B, N].
-    label_sets: [B, N] bool multi-hot labels.
-    k: k >= 1.
+    scores: float [B, N], no NaN.
+    label_ids: int [B, L], padded with -1; every row has a label.
 
   Returns:
-    bool [B].
+    int [B]: min over the row's labels of rank(l).
   """
-  n = scores.shape[1]
-  k = min(k, n)
-  kth = -np.partition(-scores, k - 1, axis=1)[:, k - 1:k]
-  above = scores > kth
-  tied = scores == kth
-  needed = k - above.sum(axis=1, keepdims=True)
-  in_top = above | (tied & (np.cumsum(tied, axis=1) <= needed))
-  return np.any(in_top & label_sets, axis=1)
+  batch, n = scores.shape
+  columns = np.arange(n)
+  best = np.full(batch, n, np.int64)
+  for ids in label_ids.T:
+    valid = ids >= 0
+    own = scores[np.arange(batch), np.where(valid, ids, 0)][:, None]
+    rank = (np.count_nonzero(scores > own, axis=1) +
+            np.count_nonzero((scores == own) & (columns < ids[:, None]),
+                             axis=1))
+    best = np.where(valid, np.minimum(best, rank), best)
+  return best
 
 
 class Evaluator:
   """Accumulates scores batch by batch; `result()` gives the METHOD.md metrics.
 
   - top{k}: fraction of examples whose k best classes (over all N) contain
-    any of their labels (ties to the lower class id, see `top_k_hits`).
+    any of their labels (ties to the lower class id, see `best_label_rank`).
   - per_vertical_top1[v]: top-1 over all N classes restricted to the examples
     of vertical v (an example whose labels span several verticals counts in
     each of them).
@@ -112,6 +116,9 @@ class Evaluator:
       raise ValueError(
           f"Expected scores [B, {self.num_classes}] and label_ids [B, L], got "
           f"{scores.shape} and {label_ids.shape}.")
+    if np.isnan(scores).any():
+      raise ValueError("The scores contain NaN (a diverged model?); they "
+                       "cannot be ranked.")
     if np.any(label_ids >= self.num_classes):
       raise ValueError(
           f"label id {int(label_ids.max())} is outside "
@@ -128,12 +135,13 @@ class Evaluator:
     labels[rows[valid], label_ids[valid]] = True
 
     self._count += batch
+    rank = best_label_rank(scores, label_ids)
     for k in self.top_ks:
-      self._hits[k] += int(top_k_hits(scores, labels, k).sum())
-    top1 = top_k_hits(scores, labels, 1)
+      self._hits[k] += int(np.count_nonzero(rank < k))
+    top1 = rank < 1
     verticals = np.zeros((batch, self.num_verticals), bool)
     verticals[rows[valid], self.class_to_vertical[label_ids[valid]]] = True
-    # np.argmax keeps the lower class id on ties, as top_k_hits does.
+    # np.argmax keeps the lower class id on ties, as best_label_rank does.
     predicted_vertical = self.class_to_vertical[np.argmax(scores, axis=1)]
     for v in np.flatnonzero(verticals.any(axis=0)):
       members = verticals[:, v]

@@ -86,12 +86,30 @@ class EvaluatorTest(tf.test.TestCase):
     self.assertEqual(result["per_vertical_ap"], {0: 1.0, 1: 1.0})
 
   def test_top_k_ties_go_to_lower_class(self):
-    hits = evaluation.top_k_hits(np.ones([1, 3]),
-                                 np.array([[False, True, False]]), 1)
-    self.assertAllEqual(hits, [False])
-    hits = evaluation.top_k_hits(np.ones([1, 3]),
-                                 np.array([[False, True, False]]), 2)
-    self.assertAllEqual(hits, [True])
+    rank = evaluation.best_label_rank(np.ones([1, 3]), np.array([[1]]))
+    self.assertAllEqual(rank, [1])  # class 0 takes the tied first place
+    ev = evaluation.Evaluator([0, 0, 1])
+    ev.update(np.ones([1, 3]), [[1]])
+    self.assertEqual(ev.result()["top1"], 0.0)
+    ev = evaluation.Evaluator([0, 0, 1], top_ks=(2,))
+    ev.update(np.ones([1, 3]), [[1]])
+    self.assertEqual(ev.result()["top2"], 1.0)
+
+  def test_rank_matches_a_stable_sort(self):
+    # Position in the order (score descending, class id ascending), the
+    # argmax order, computed by sorting: the definition, not the fast count.
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 4, size=[50, 30]).astype(np.float32)
+    label_ids = rng.integers(0, 30, size=[50, 3])
+    label_ids[rng.random([50, 3]) < 0.4] = -1
+    label_ids[:, 0] = np.abs(label_ids[:, 0])
+    expected = []
+    for row, ids in zip(scores, label_ids):
+      order = np.lexsort((np.arange(30), -row))
+      position = np.argsort(order)
+      expected.append(min(position[i] for i in ids if i >= 0))
+    self.assertAllEqual(evaluation.best_label_rank(scores, label_ids),
+                        expected)
 
   def test_bad_input(self):
     ev = evaluation.Evaluator(C2V)
@@ -99,6 +117,8 @@ class EvaluatorTest(tf.test.TestCase):
       ev.update(SCORES, [[7]] * 5)
     with self.assertRaisesRegex(ValueError, r"\[B, 4\]"):
       ev.update(np.zeros([5, 3]), LABELS)
+    with self.assertRaisesRegex(ValueError, "NaN"):
+      ev.update(np.full([5, 4], np.nan), LABELS)
     with self.assertRaisesRegex(ValueError, "vertical_names has 1"):
       evaluation.Evaluator(C2V, ["bird"])
 
