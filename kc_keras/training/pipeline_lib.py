@@ -15,6 +15,7 @@ from kc_keras.training.stage import GENERALIST
 from kc_keras.training.stage import SPECIALISTS
 from kc_keras.training.stage import Stage
 from kc_keras.utils import files
+from kc_keras.utils import peak_memory
 from kc_keras.utils import records
 
 RESULTS_JSON = "results.json"
@@ -22,6 +23,7 @@ RESULTS_MD = "results.md"
 CHART_PNG = "per_vertical_mpvap.png"
 CONFUSION_PNG = "vertical_confusion.png"
 STAGE_TIMES_JSON = "stage_times.json"
+STAGE_MEMORY_JSON = "stage_peak_memory.json"
 DATA_JSON = "data.json"
 # Below this mpvap lead of the specialists over the generalist (a fraction:
 # 2 points) the report does not read the student as closing a gap.
@@ -87,6 +89,11 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   finished stages does not replace the time they took to train. A stage
   whose model_dir is gone is timed afresh.
 
+  Each stage's peak resident memory (`peak_memory`; the most any sitting of
+  it took, reruns included) is kept in `workdir/stage_peak_memory.json` as
+  {name: {"bytes": int, "stage_only": bool}}; `stage_only` is False where the
+  OS gives only the process's lifetime peak, an upper bound.
+
   Args:
     stages: the pipeline.
     workdir: root of every stage's model_dir.
@@ -102,6 +109,8 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   os.makedirs(workdir, exist_ok=True)
   times_path = os.path.join(workdir, STAGE_TIMES_JSON)
   first_times: Dict[str, float] = _load_json(times_path, {})
+  memory_path = os.path.join(workdir, STAGE_MEMORY_JSON)
+  peaks: Dict[str, Dict] = _load_json(memory_path, {})
   rerun_times: Dict[str, float] = {}
   row_stages: Dict[str, List[str]] = {}
   rows = []
@@ -121,10 +130,15 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
     if not os.path.exists(model_dir):
       # Deleted (or never run): this run trains it from the start.
       first_times.pop(stage.name, None)
+      peaks.pop(stage.name, None)
       stage_clock.forget(workdir, stage.name)
     start = time.time()
+    stage_only = peak_memory.reset_peak()
     if stage.name in first_times:
-      experiment_runner.run(params, stage.mode, model_dir)
+      try:
+        experiment_runner.run(params, stage.mode, model_dir)
+      finally:
+        _record_peak(peaks, memory_path, stage.name, stage_only)
       elapsed = time.time() - start
       rerun_times[stage.name] = elapsed
     else:
@@ -136,6 +150,8 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
         clock.tick()
         clock.stop()
         raise
+      finally:
+        _record_peak(peaks, memory_path, stage.name, stage_only)
       elapsed = clock.stop()
       first_times[stage.name] = elapsed
       files.atomic_write_json(times_path, first_times)
@@ -153,10 +169,23 @@ def run_pipeline(stages: Sequence[Stage], workdir: str,
   for row in rows:
     names = row_stages.get(row["name"], [])
     row["wall_seconds"] = sum(first_times.get(n, 0.0) for n in names)
+    recorded = [peaks[n] for n in names if n in peaks]
+    if recorded:
+      row["peak_memory_bytes"] = max(p["bytes"] for p in recorded)
+      row["peak_memory_stage_only"] = all(p["stage_only"] for p in recorded)
     if any(n in rerun_times for n in names):
       row["rerun_seconds"] = sum(rerun_times.get(n, 0.0) for n in names)
   write_report(rows, workdir)
   return rows
+
+
+def _record_peak(peaks: Dict[str, Dict], path: str, name: str,
+                 stage_only: bool) -> None:
+  """Keeps max(recorded, this sitting's) peak of stage `name` and writes `path`."""
+  previous = peaks.get(name, {"bytes": 0, "stage_only": True})
+  peaks[name] = {"bytes": max(previous["bytes"], peak_memory.peak_bytes()),
+                 "stage_only": previous["stage_only"] and stage_only}
+  files.atomic_write_json(path, peaks)
 
 
 def prepare(stages: Sequence[Stage], workdir: str, data_override: Optional[Dict],
@@ -279,17 +308,23 @@ TRUE_VERTICAL_FOOTNOTE = (
 
 
 def results_table(rows: Sequence[Dict]) -> str:
-  """A markdown table: row, mpvap, top-1, top-5, params, wall time.
+  """A markdown table: row, mpvap, top-1, top-5, params, wall time, peak memory.
 
   Top-k of rows that assume the true vertical (the specialists) carry a
   footnote mark; a `rerun (s)` column appears when this run resumed stages
-  that had finished before (their wall time is the run that trained them).
+  that had finished before (their wall time is the run that trained them);
+  the peak memory column appears when rows recorded it, marked `<=` where it
+  is the process's lifetime peak rather than the stage's own.
   """
   rerun = any("rerun_seconds" in r for r in rows)
+  memory = any("peak_memory_bytes" in r for r in rows)
   header = "| model | mpvap | top-1 | top-5 | params | wall time (s) |"
   rule = "|---|---|---|---|---|---|"
   if rerun:
     header += " rerun (s) |"
+    rule += "---|"
+  if memory:
+    header += " peak memory (GiB) |"
     rule += "---|"
   lines = [header, rule]
   for row in rows:
@@ -301,11 +336,19 @@ def results_table(rows: Sequence[Dict]) -> str:
     if rerun:
       line += (f" {row['rerun_seconds']:.0f} |" if "rerun_seconds" in row
                else " |")
+    if memory:
+      line += (f" {_peak_text(row)} |" if "peak_memory_bytes" in row
+               else " |")
     lines.append(line)
   text = "\n".join(lines) + "\n"
   if any(r.get("assumes_true_vertical") for r in rows):
     text += "\n" + TRUE_VERTICAL_FOOTNOTE + "\n"
   return text
+
+
+def _peak_text(row: Dict) -> str:
+  bound = "" if row["peak_memory_stage_only"] else "<= "
+  return f"{bound}{row['peak_memory_bytes'] / 2**30:.2f}"
 
 
 def gap_closed(generalist: float, student: float, specialists: float) -> float:

@@ -206,3 +206,51 @@ def test_stage_clock_counts_earlier_sittings(tmp_path):
   stage_clock.forget(str(tmp_path), "a")
   assert stage_clock.earlier_seconds(str(tmp_path), "a") == 0.0
   assert stage_clock.earlier_seconds(str(tmp_path), "b") == 5.0
+
+
+def test_peak_memory_is_the_most_any_sitting_took(fake_stages, tmp_path,
+                                                   monkeypatch):
+  stages = [Stage(stage_lib.GENERALIST, "kc_generalist_demo",
+                  "train_and_eval", "generalist", report=True)]
+  sitting = {"peak": 3 * 2**30, "stage_only": True}
+  monkeypatch.setattr(pipeline_lib.peak_memory, "reset_peak",
+                      lambda: sitting["stage_only"])
+  monkeypatch.setattr(pipeline_lib.peak_memory, "peak_bytes",
+                      lambda: sitting["peak"])
+  rows = pipeline_lib.run_pipeline(stages, str(tmp_path))
+  assert rows[0]["peak_memory_bytes"] == 3 * 2**30
+  sitting.update(peak=2**30, stage_only=False)  # a rerun that only evaluates
+  fake_stages["per_run"] = 2.0
+  rows = pipeline_lib.run_pipeline(stages, str(tmp_path))
+  assert rows[0]["peak_memory_bytes"] == 3 * 2**30
+  with open(tmp_path / "results.md") as f:
+    lines = f.read().splitlines()
+  assert lines[0].endswith("| rerun (s) | peak memory (GiB) |")
+  # The rerun only had the lifetime peak: the stage's figure is a bound now.
+  assert lines[2].endswith("| 100 | 2 | <= 3.00 |")
+  shutil.rmtree(tmp_path / "generalist")
+  sitting.update(peak=2**29, stage_only=True)
+  rows = pipeline_lib.run_pipeline(stages, str(tmp_path))
+  assert rows[0]["peak_memory_bytes"] == 2**29  # retrained: measured afresh
+  assert pipeline_lib.results_table(rows).splitlines()[2].endswith(
+      "| 2 | 0.50 |")
+
+
+def test_a_stopped_sitting_records_its_peak(fake_stages, tmp_path,
+                                            monkeypatch):
+  stages = [Stage(stage_lib.GENERALIST, "kc_generalist_demo",
+                  "train_and_eval", "generalist", report=True)]
+  monkeypatch.setattr(pipeline_lib.peak_memory, "reset_peak", lambda: True)
+  monkeypatch.setattr(pipeline_lib.peak_memory, "peak_bytes", lambda: 5 * 2**30)
+
+  def stopped(params, mode, model_dir):
+    del params, mode
+    os.makedirs(model_dir, exist_ok=True)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(pipeline_lib.experiment_runner, "run", stopped)
+  with pytest.raises(KeyboardInterrupt):
+    pipeline_lib.run_pipeline(stages, str(tmp_path))
+  with open(tmp_path / pipeline_lib.STAGE_MEMORY_JSON) as f:
+    assert json.load(f) == {stage_lib.GENERALIST: {"bytes": 5 * 2**30,
+                                                   "stage_only": True}}
