@@ -112,6 +112,7 @@ def build_dataset(source, split: str, data_config, *, training: bool,
                   vertical: Optional[int] = None,
                   negatives_fraction: float = 0.0,
                   start_batch: int = 0,
+                  start_record: int = 0,
                   skip_counter: Optional[data_errors.SkipCounter] = None
                   ) -> tf.data.Dataset:
   """Builds `(images float32 [b, H, W, C], features)` batches for one input pipeline.
@@ -123,7 +124,8 @@ def build_dataset(source, split: str, data_config, *, training: bool,
   With 'skip', resuming skips raw records, so a resumed run may see the
   records around the restored position shifted by the number of bad ones.
 
-  Order: raw -> zip `extra` -> vertical filter -> shard -> (decode + cache when
+  Order: raw -> zip `extra` -> vertical filter -> shard -> skip
+  `start_record` -> (decode + cache when
   `cache_decoded`) -> when training: repeat (elements tagged with their epoch) then
   seeded shuffle -> decode -> augment when training -> batch (per replica;
   drop_remainder when training) -> prefetch. `features` holds
@@ -146,6 +148,8 @@ def build_dataset(source, split: str, data_config, *, training: bool,
     negatives_fraction: fraction of other verticals' examples kept as negatives.
     start_batch: training only: batches (of this pipeline) already consumed,
       e.g. the restored global step when resuming from a checkpoint.
+    start_record: not training: raw records (of this pipeline, before
+      decoding) to pass over, e.g. those a resumed target cache has written.
     skip_counter: counts records dropped by `on_decode_error='skip'`.
 
   Returns:
@@ -174,6 +178,11 @@ def build_dataset(source, split: str, data_config, *, training: bool,
     raise ValueError("negatives_fraction needs a vertical")
   if input_context is not None and input_context.num_input_pipelines > 1:
     ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+  if start_record:
+    if training:
+      raise ValueError("start_record is for a single pass; a training "
+                       "pipeline resumes with start_batch")
+    ds = ds.skip(int(start_record))
 
   if training:
     count = int(ds.cardinality())

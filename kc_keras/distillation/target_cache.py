@@ -14,6 +14,11 @@ from kc_keras.utils import records
 from kc_keras.utils import run_lock
 
 MANIFEST_NAME = "manifest.json"
+# A write in progress: its finished shards, bound to the same fields as the
+# manifest, so that an interrupted write resumes after its last whole shard.
+PROGRESS_NAME = "progress.json"
+# The staging directory beside the cache; one name, so a later write finds it.
+STAGING_SUFFIX = ".tmp-staging"
 # 2: the manifest is sealed (`records.seal`); 1 (unsealed) is still read.
 FORMAT_VERSION = 2
 # Manifest fields that bind a cache to what produced it.
@@ -75,19 +80,32 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
                        shard_size=10000):
   """Writes an offline soft-target cache, atomically replacing `cache_dir`.
 
-  Records are written in the order given (the dataset's raw order) into
-  `shard-NNNNN.tfrecord` files of `shard_size` examples inside a temporary
-  sibling directory; `manifest.json` is written last, then the directory is
-  renamed to `cache_dir`. An existing cache at `cache_dir` is moved aside only
-  once the new one is complete and deleted after the rename. A directory with
-  no manifest is never read as a cache (see `load_target_cache`). The cache
-  is locked (`lock_path`) while written, and what an interrupted write left
-  is restored or removed first (`recover_interrupted_write`).
+  Records are written in the order given (the dataset's raw order: the
+  cache is read back by position) into `shard-NNNNN.tfrecord` files of `shard_size` examples
+  inside the staging directory `<cache_dir>.tmp-staging`; `manifest.json` is
+  written last, then the directory is renamed to `cache_dir`. An existing
+  cache at `cache_dir` is moved aside only once the new one is complete and
+  deleted after the rename. A directory with no manifest is never read as a
+  cache (see `load_target_cache`). The cache is locked (`lock_path`) while
+  written, and what an interrupted write left is restored or removed first
+  (`recover_interrupted_write`).
+
+  Resuming: with `batches` a function of the first example to write, each
+  finished shard is recorded in the staging directory's `progress.json`
+  (sealed, with the binding fields and `shard_size`). A later write with the
+  same fields and shard size checks every recorded shard's sha256, drops
+  anything else there (a shard cut short), and asks `batches(start)` only
+  for the records from position `start = shards * shard_size` on: the
+  result is the same bytes as one uninterrupted write. Different fields, a different shard size
+  or a changed shard start over from example 0 (logged). With `batches` an
+  iterable the write starts from example 0.
 
   Args:
     cache_dir: destination directory.
     batches: iterable of (example_id [b], target_ids [b, T*K],
-      target_probs [b, T*K]) (numpy or tensors).
+      target_probs [b, T*K]) (numpy or tensors) in the raw order; or a
+      function `start -> such an iterable` from the raw record at position
+      `start` on (resumable).
     manifest_fields: dict with every key of BINDING_FIELDS:
       dataset_fingerprint (str), hierarchy_fingerprint (str),
       teacher_fingerprints ({vertical id: str}), top_k (K),
@@ -111,69 +129,99 @@ def write_target_cache(cache_dir, batches, *, manifest_fields,
   if not isinstance(shard_size, int) or shard_size < 1:
     raise ValueError(f"shard_size must be an int >= 1, got {shard_size!r}.")
   fields = {f: _normalise(f, manifest_fields[f]) for f in BINDING_FIELDS}
-  width = fields["top_k"] * fields["max_teachers_per_example"]
 
   cache_dir = os.path.normpath(cache_dir)
   parent = os.path.dirname(cache_dir) or "."
   tf.io.gfile.makedirs(parent)
   with _lock(cache_dir, "writing the target cache"):
     recover_interrupted_write(cache_dir)
-    return _write_locked(cache_dir, batches, fields, width, shard_size)
+    return _write_locked(cache_dir, batches, fields, shard_size)
 
 
-def _write_locked(cache_dir, batches, fields, width, shard_size):
+def _fields_record(fields, shard_size):
+  teachers = sorted(fields["teacher_fingerprints"].items())
+  return {"format_version": FORMAT_VERSION, **fields,
+          "teacher_fingerprints": {str(v): fp for v, fp in teachers},
+          "shard_size": shard_size}
+
+
+def _resumable_shards(staging, record):
+  """The staged shards a write bound to `record` can keep (checked), else [].
+
+  Whatever is not kept is deleted, so the staging directory then holds
+  exactly the returned shards.
+  """
+  path = os.path.join(staging, PROGRESS_NAME)
+  kept, reason = [], None
+  if tf.io.gfile.exists(path):
+    try:
+      with tf.io.gfile.GFile(path, "r") as f:
+        progress = json.loads(f.read())
+      records.check_seal(progress, path, TargetCacheError)
+    except (ValueError, TargetCacheError) as e:
+      progress, reason = None, f"unreadable progress record ({e})"
+    if progress is not None:
+      shards = progress.pop("shards", [])
+      progress.pop(records.SEAL_KEY, None)
+      if progress != record:
+        changed = sorted(k for k in set(progress) | set(record)
+                         if progress.get(k) != record.get(k))
+        reason = f"written for other {', '.join(changed)}"
+      else:
+        for shard in shards:
+          shard_path = os.path.join(staging, shard["file"])
+          if (not tf.io.gfile.exists(shard_path) or
+              _sha256(shard_path) != shard["sha256"]):
+            reason = f"{shard['file']} changed since it was written"
+            break
+          kept.append(shard)
+  if reason:
+    logging.warning("Target cache: not resuming the write staged in %s: %s; "
+                    "starting from example 0.", staging, reason)
+    kept = []
+  names = {s["file"] for s in kept}
+  for name in tf.io.gfile.listdir(staging):
+    if name not in names:
+      tf.io.gfile.remove(os.path.join(staging, name))
+  return kept
+
+
+def _write_locked(cache_dir, batches, fields, shard_size):
   """`write_target_cache` once the cache is locked and its leftovers gone."""
-  token = uuid.uuid4().hex
-  tmp_dir = f"{cache_dir}.tmp-{token}"
-  tf.io.gfile.makedirs(tmp_dir)
+  width = fields["top_k"] * fields["max_teachers_per_example"]
+  record = _fields_record(fields, shard_size)
+  staging = cache_dir + STAGING_SUFFIX
+  resumable = callable(batches)
+  shards = []
+  if resumable and tf.io.gfile.isdir(staging):
+    shards = _resumable_shards(staging, record)
+  elif tf.io.gfile.exists(staging):
+    tf.io.gfile.rmtree(staging)
+  tf.io.gfile.makedirs(staging)
+  start = shard_size * len(shards)
+  if shards:
+    logging.info("Target cache: resuming at example %d (%d shards already "
+                  "written and checked).", start, len(shards))
   try:
-    shards = []
-    writer, shard_count = None, 0
-    num_examples = 0
-
-    def close_shard():
-      writer.close()
-      name = shards[-1]["file"]
-      shards[-1]["num_examples"] = shard_count
-      shards[-1]["sha256"] = _sha256(os.path.join(tmp_dir, name))
-
-    for batch_index, batch in enumerate(batches):
-      example_ids, ids, probs = (np.asarray(x) for x in batch)
-      b = example_ids.shape[0] if example_ids.ndim else -1
-      if (example_ids.ndim != 1 or ids.shape != (b, width) or
-          probs.shape != (b, width)):
-        raise ValueError(
-            f"Batch {batch_index}: expected example_id [b], target_ids and "
-            f"target_probs [b, {width}] (T*K), got {example_ids.shape}, "
-            f"{ids.shape}, {probs.shape}.")
-      for i in range(b):
-        if writer is None or shard_count == shard_size:
-          if writer is not None:
-            close_shard()
-          name = f"shard-{len(shards):05d}.tfrecord"
-          shards.append({"file": name})
-          writer = tf.io.TFRecordWriter(os.path.join(tmp_dir, name))
-          shard_count = 0
-        writer.write(_example(example_ids[i], ids[i], probs[i]))
-        shard_count += 1
-        num_examples += 1
-    if writer is not None:
-      close_shard()
-
-    teachers = sorted(fields["teacher_fingerprints"].items())
+    _write_shards(staging, batches(start) if resumable else batches, shards,
+                  width, shard_size,
+                  record if resumable else None)
     manifest = records.seal({
-        "format_version": FORMAT_VERSION, **fields,
-        "teacher_fingerprints": {str(v): fp for v, fp in teachers},
-        "num_examples": num_examples, "shards": shards})
-    with tf.io.gfile.GFile(os.path.join(tmp_dir, MANIFEST_NAME), "w") as f:
+        **{k: v for k, v in record.items() if k != "shard_size"},
+        "num_examples": sum(s["num_examples"] for s in shards),
+        "shards": shards})
+    progress = os.path.join(staging, PROGRESS_NAME)
+    if tf.io.gfile.exists(progress):
+      tf.io.gfile.remove(progress)
+    with tf.io.gfile.GFile(os.path.join(staging, MANIFEST_NAME), "w") as f:
       f.write(json.dumps(manifest, indent=2, sort_keys=True))
 
     old_dir = None
     if tf.io.gfile.exists(cache_dir):
-      old_dir = f"{cache_dir}.old-{token}"
+      old_dir = f"{cache_dir}.old-{uuid.uuid4().hex}"
       tf.io.gfile.rename(cache_dir, old_dir)
     try:
-      tf.io.gfile.rename(tmp_dir, cache_dir)
+      tf.io.gfile.rename(staging, cache_dir)
     except BaseException:
       # Put the previous cache back: a failed replace must not lose it.
       if old_dir is not None and not tf.io.gfile.exists(cache_dir):
@@ -182,13 +230,58 @@ def _write_locked(cache_dir, batches, fields, width, shard_size):
     if old_dir is not None:
       tf.io.gfile.rmtree(old_dir)
   except BaseException:
-    if tf.io.gfile.exists(tmp_dir):
-      tf.io.gfile.rmtree(tmp_dir)
+    # A resumable write keeps its finished shards for the next one.
+    if not resumable and tf.io.gfile.exists(staging):
+      tf.io.gfile.rmtree(staging)
     raise
   return manifest
 
 
-def fill_skipped(batches, num_examples, width):
+def _write_shards(staging, batches, shards, width, shard_size,
+                  progress_record):
+  """Appends the examples of `batches` to `shards`, `shard_size` per file.
+
+  With `progress_record`, `progress.json` lists the shards after each one
+  is closed.
+  """
+  writer, shard_count = None, 0
+
+  def close_shard():
+    writer.close()
+    name = shards[-1]["file"]
+    shards[-1]["num_examples"] = shard_count
+    shards[-1]["sha256"] = _sha256(os.path.join(staging, name))
+    if progress_record is not None:
+      path = os.path.join(staging, PROGRESS_NAME)
+      with tf.io.gfile.GFile(path + ".tmp", "w") as f:
+        f.write(json.dumps(records.seal({**progress_record, "shards": shards}),
+                           indent=2, sort_keys=True))
+      tf.io.gfile.rename(path + ".tmp", path, overwrite=True)
+
+  for batch_index, batch in enumerate(batches):
+    example_ids, ids, probs = (np.asarray(x) for x in batch)
+    b = example_ids.shape[0] if example_ids.ndim else -1
+    if (example_ids.ndim != 1 or ids.shape != (b, width) or
+        probs.shape != (b, width)):
+      raise ValueError(
+          f"Batch {batch_index}: expected example_id [b], target_ids and "
+          f"target_probs [b, {width}] (T*K), got {example_ids.shape}, "
+          f"{ids.shape}, {probs.shape}.")
+    for i in range(b):
+      if writer is None or shard_count == shard_size:
+        if writer is not None:
+          close_shard()
+        name = f"shard-{len(shards):05d}.tfrecord"
+        shards.append({"file": name})
+        writer = tf.io.TFRecordWriter(os.path.join(staging, name))
+        shard_count = 0
+      writer.write(_example(example_ids[i], ids[i], probs[i]))
+      shard_count += 1
+  if writer is not None:
+    close_shard()
+
+
+def fill_skipped(batches, num_examples, width, start=0):
   """Adds empty rows for the example ids a pipeline skipped (unreadable images).
 
   The cache is zipped with the raw records (before decoding) by position, so
@@ -201,18 +294,19 @@ def fill_skipped(batches, num_examples, width):
       [b, W]) with strictly increasing example ids.
     num_examples: examples in the split.
     width: W = T * K.
+    start: the first example id (a resumed write's `start`).
 
   Yields:
-    The same triples, gaps filled, ending at `num_examples - 1`.
+    The same triples, gaps filled, from `start` to `num_examples - 1`.
 
   Raises:
     TargetCacheError: example ids out of order or beyond `num_examples`.
   """
-  expected = 0
+  expected = int(start)
 
-  def empty(start, stop):
-    n = stop - start
-    return (np.arange(start, stop, dtype=np.int64),
+  def empty(first, stop):
+    n = stop - first
+    return (np.arange(first, stop, dtype=np.int64),
             np.full((n, width), -1, np.int32), np.zeros((n, width), np.float32))
 
   for batch in batches:
@@ -262,11 +356,13 @@ def recover_interrupted_write(cache_dir):
   """Restores a cache that a killed writer left beside `cache_dir`; cleans up.
 
   The writer renames the previous cache to `<cache_dir>.old-*` and then the
-  complete new one from `<cache_dir>.tmp-*` to `cache_dir`; a kill between
+  complete new one from `<cache_dir>.tmp-staging` to `cache_dir`; a kill between
   the two renames leaves no `cache_dir` but two complete copies. The newest
   complete copy (the new one first: its manifest is written last, so a
   `.tmp-*` with a manifest is complete) is renamed to `cache_dir`. Every
-  other leftover (incomplete staging, the previous copy) is then removed.
+  other leftover (the previous copy, staging of older versions) is then
+  removed, except an incomplete `.tmp-staging`: the next write resumes it or
+  removes it.
   Call it holding the cache's lock (`lock_path`).
 
   Args:
@@ -290,7 +386,10 @@ def recover_interrupted_write(cache_dir):
       logging.warning("Target cache %s restored from %s, left complete by an "
                       "interrupted write.", cache_dir, restored)
   for path in leftovers:
-    if path != restored:
+    # An unfinished staging directory is a resumable write: the next write
+    # checks it (`_resumable_shards`) and keeps or removes it.
+    resumable = path == cache_dir + STAGING_SUFFIX and not _is_complete(path)
+    if path != restored and not resumable:
       tf.io.gfile.rmtree(path)
   return restored
 

@@ -557,7 +557,10 @@ def cache_targets(params: kc_config.ExperimentConfig, model_dir: str,
   written with a manifest that binds them to the data, hierarchy, teachers
   and K (see `distillation.target_cache`). Records skipped as unreadable
   get empty rows (`target_cache.fill_skipped`), so that the cache stays
-  aligned with the raw records.
+  aligned with the raw records. An interrupted write resumes after its last
+  whole shard (`target_cache.write_target_cache`), the same bytes as one
+  uninterrupted write; a complete cache that matches all of this (every
+  shard's checksum included) is kept, not written again.
 
   Returns:
     The cache manifest.
@@ -567,24 +570,50 @@ def cache_targets(params: kc_config.ExperimentConfig, model_dir: str,
   distillation = params.task.distillation
   if not distillation.cache_dir:
     raise ValueError("task.distillation.cache_dir must be set to cache targets.")
+  binding = cache_binding(session, model_dir)
+  current = _current_cache(distillation.cache_dir, {
+      **binding, "num_examples": session.source.num_examples("train")})
+  if current is not None:
+    return current
   bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
-  dataset = pipeline.build_dataset(
-      session.source, "train", params.task.data, training=False,
-      global_batch_size=params.task.eval_batch_size, skip_counter=counter)
-  batches = teacher_bank_lib.soft_target_batches(bank, dataset)
-  if counter is not None:
-    batches = target_cache.fill_skipped(
-        batches, session.source.num_examples("train"),
-        distillation.top_k * distillation.max_teachers_per_example)
+  width = distillation.top_k * distillation.max_teachers_per_example
+
+  def batches_from(start_record):
+    dataset = pipeline.build_dataset(
+        session.source, "train", params.task.data, training=False,
+        global_batch_size=params.task.eval_batch_size,
+        start_record=start_record, skip_counter=counter)
+    batches = teacher_bank_lib.soft_target_batches(bank, dataset)
+    if counter is None:
+      return batches
+    return target_cache.fill_skipped(
+        batches, session.source.num_examples("train"), width,
+        start=start_record)
+
   with data_errors.named_data_errors("the training data (cache_targets)"):
     manifest = target_cache.write_target_cache(
-        distillation.cache_dir, batches,
-        manifest_fields=cache_binding(session, model_dir),
+        distillation.cache_dir, batches_from,
+        manifest_fields=binding,
         shard_size=distillation.cache_shard_size,
     )
   _skipped(counter, "training (cache_targets)")
   _log_alpha_found(session)
   return manifest
+
+
+def _current_cache(cache_dir: str, expected: Dict) -> Optional[Dict]:
+  """The manifest of a complete cache at `cache_dir` bound to `expected`, else None."""
+  if not tf.io.gfile.exists(os.path.join(cache_dir,
+                                         target_cache.MANIFEST_NAME)):
+    return None
+  try:
+    target_cache.load_target_cache(cache_dir, expected=expected)
+  except target_cache.TargetCacheError as e:
+    logging.info("Writing the target cache again: %s", e)
+    return None
+  logging.info("Target cache %s is complete and matches the data, hierarchy, "
+               "teachers, K, T and tau: kept.", cache_dir)
+  return target_cache.read_manifest(cache_dir)
 
 
 def evaluate_specialists(params: kc_config.ExperimentConfig,

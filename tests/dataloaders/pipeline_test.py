@@ -67,6 +67,20 @@ class PipelineTest(tf.test.TestCase):
                                          global_batch_size=6), 3)
     self.assertNotAllEqual(np.concatenate([b[1]["example_id"] for b in other]), ids[:18])
 
+  def test_start_record_passes_over_raw_records(self):
+    cfg = _config()
+    src = _source(cfg)
+    whole = _take(pipeline.build_dataset(src, "train", cfg, training=False,
+                                         global_batch_size=4), 10)
+    rest = _take(pipeline.build_dataset(src, "train", cfg, training=False,
+                                        global_batch_size=4, start_record=7), 10)
+    self.assertAllEqual(np.concatenate([f["example_id"] for _, f in rest]),
+                        np.arange(7, 18))
+    self.assertAllEqual(rest[0][0][0], whole[1][0][3])  # record 7, same image
+    with self.assertRaisesRegex(ValueError, "start_record is for a single"):
+      pipeline.build_dataset(src, "train", cfg, training=True,
+                             global_batch_size=4, start_record=7)
+
   def test_sharding_and_per_replica_batch(self):
     cfg = _config()
     src = _source(cfg)

@@ -23,8 +23,8 @@ FIELDS = {
 }
 
 
-def _batches(num_examples=7, batch=2, offset=0):
-  for start in range(0, num_examples, batch):
+def _batches(num_examples=7, batch=2, offset=0, first=0):
+  for start in range(first, num_examples, batch):
     ids = np.arange(start, min(start + batch, num_examples))
     yield (ids.astype(np.int64),
            np.stack([ids, -np.ones_like(ids)], axis=1).astype(np.int32),
@@ -230,6 +230,72 @@ class TargetCacheTest(tf.test.TestCase):
         tc.write_target_cache(self.cache_dir, _batches(),
                               manifest_fields=FIELDS)
     self.assertLen(os.listdir(os.path.dirname(self.cache_dir)), 3)
+
+  def _interrupted(self, fields=FIELDS, after=2):
+    """A resumable write of 7 examples in shards of 2, killed after `after` batches."""
+    def batches_from(start):
+      for i, batch in enumerate(_batches(first=start)):
+        if i == after:
+          raise KeyboardInterrupt
+        yield batch
+
+    with self.assertRaises(KeyboardInterrupt):
+      tc.write_target_cache(self.cache_dir, batches_from,
+                            manifest_fields=fields, shard_size=2)
+
+  def _resume(self, fields=FIELDS):
+    starts = []
+
+    def batches_from(start):
+      starts.append(start)
+      return _batches(first=start)
+
+    manifest = tc.write_target_cache(self.cache_dir, batches_from,
+                                     manifest_fields=fields, shard_size=2)
+    return starts, manifest
+
+  def test_a_resumed_write_equals_an_uninterrupted_one(self):
+    whole = tc.write_target_cache(self.cache_dir + "_whole", _batches(),
+                                  manifest_fields=FIELDS, shard_size=2)
+    self._interrupted(after=3)  # 6 examples: shards 0-1 recorded, 2 open
+    starts, manifest = self._resume()
+    self.assertEqual(starts, [4])
+    self.assertEqual(manifest, whole)
+    for shard in manifest["shards"]:
+      with open(os.path.join(self.cache_dir, shard["file"]), "rb") as a, \
+          open(os.path.join(self.cache_dir + "_whole", shard["file"]),
+               "rb") as b:
+        self.assertEqual(a.read(), b.read())
+    self.assertLen(_read(tc.load_target_cache(self.cache_dir,
+                                              expected=FIELDS)), 7)
+
+  def test_a_staged_write_for_other_fields_starts_over(self):
+    self._interrupted()
+    with self.assertLogs(level="WARNING") as logs:
+      starts, _ = self._resume({**FIELDS, "temperature": 2.0})
+    self.assertEqual(starts, [0])
+    self.assertIn("written for other temperature", "".join(logs.output))
+
+  def test_a_changed_staged_shard_starts_over(self):
+    self._interrupted()
+    with open(self.cache_dir + tc.STAGING_SUFFIX + "/shard-00000.tfrecord",
+              "ab") as f:
+      f.write(b"x")
+    with self.assertLogs(level="WARNING") as logs:
+      starts, _ = self._resume()
+    self.assertEqual(starts, [0])
+    self.assertIn("shard-00000.tfrecord changed", "".join(logs.output))
+
+  def test_a_staged_write_survives_a_load_and_an_iterable_write_drops_it(self):
+    self._interrupted()
+    staging = self.cache_dir + tc.STAGING_SUFFIX
+    with self.assertRaisesRegex(tc.TargetCacheError, "Incomplete cache"):
+      tc.load_target_cache(self.cache_dir, expected=FIELDS)
+    self.assertTrue(os.path.isdir(staging))  # kept for the next write
+    tc.write_target_cache(self.cache_dir, _batches(3), manifest_fields=FIELDS)
+    self.assertFalse(os.path.exists(staging))
+    self.assertLen(_read(tc.load_target_cache(self.cache_dir,
+                                              expected=FIELDS)), 3)
 
   def test_fill_skipped_adds_empty_rows(self):
     batches = [(np.array([1, 2]), np.array([[5, 6], [7, 8]]),

@@ -137,6 +137,73 @@ def test_cache_is_bound_to_teachers_and_k(trained):
     target_cache.load_target_cache(f"{trained.root}/cache", expected=expected)
 
 
+def _shard_bytes(cache_dir):
+  manifest = target_cache.read_manifest(cache_dir)
+  out = {}
+  for shard in manifest["shards"]:
+    with open(os.path.join(cache_dir, shard["file"]), "rb") as f:
+      out[shard["file"]] = f.read()
+  return manifest, out
+
+
+def test_an_interrupted_cache_resumes_to_the_same_bytes_and_is_then_kept(
+    trained, tmp_path, monkeypatch):
+  from kc_keras.distillation import teacher_bank  # pylint: disable=g-import-not-at-top
+  from kc_keras.dataloaders import pipeline  # pylint: disable=g-import-not-at-top
+
+  def params(cache):
+    # 400 examples in shards of 64, batches of 48: shard ends fall inside
+    # batches, so resuming mid-batch is what is tested.
+    return _params("kc_student_demo", trained.root,
+                   f"task.distillation.cache_dir={tmp_path / 'caches' / cache},"
+                   "task.distillation.cache_shard_size=64,"
+                   "task.eval_batch_size=48")
+
+  # Own model dirs: the fixture's specialists keep their params.yaml.
+  whole = modes.cache_targets(params("whole"), str(tmp_path / "whole"))
+  real_batches = teacher_bank.soft_target_batches
+  starts = []
+  real_build = pipeline.build_dataset
+
+  def build(*args, **kwargs):
+    starts.append(kwargs.get("start_record", 0))
+    return real_build(*args, **kwargs)
+
+  def killed_after_four_batches(bank, dataset):
+    for i, batch in enumerate(real_batches(bank, dataset)):
+      if i == 4:
+        raise KeyboardInterrupt  # 192 examples written: shards 0-1 whole
+      yield batch
+
+  monkeypatch.setattr(pipeline, "build_dataset", build)
+  monkeypatch.setattr(teacher_bank, "soft_target_batches",
+                      killed_after_four_batches)
+  with pytest.raises(KeyboardInterrupt):
+    modes.cache_targets(params("resumed"), str(tmp_path / "resumed"))
+  caches = tmp_path / "caches"
+  assert not os.path.exists(caches / "resumed")
+  staged = sorted(os.listdir(str(caches / "resumed") +
+                             target_cache.STAGING_SUFFIX))
+  # Two whole shards recorded; the third, cut short, is dropped on resuming.
+  assert staged == [target_cache.PROGRESS_NAME, "shard-00000.tfrecord",
+                    "shard-00001.tfrecord", "shard-00002.tfrecord"]
+  monkeypatch.setattr(teacher_bank, "soft_target_batches", real_batches)
+  resumed = modes.cache_targets(params("resumed"), str(tmp_path / "resumed"))
+  assert starts == [0, 128]  # after the two whole shards, mid-batch
+  assert resumed == whole
+  assert (_shard_bytes(caches / "resumed")[1] ==
+          _shard_bytes(caches / "whole")[1])
+  assert sorted(os.listdir(caches)) == ["resumed", "whole"]
+
+  def never(bank, dataset):
+    raise AssertionError("a current cache was written again")
+    yield  # pylint: disable=unreachable
+
+  monkeypatch.setattr(teacher_bank, "soft_target_batches", never)
+  assert modes.cache_targets(params("resumed"),
+                             str(tmp_path / "resumed")) == whole
+
+
 def test_student_trains_on_cached_targets_and_is_evaluated(trained):
   logs = trained.result.logs
   assert trained.result.step == trained.params.trainer.train_steps
