@@ -166,6 +166,23 @@ class TFRecordSourceTest(tf.test.TestCase):
     self.assertAllClose(images[:, 0, 0, 0], np.array([10, 20, 30, 40]) / 255.0)
     self.assertEqual(images.shape, (4, 6, 6, 1))
 
+  def test_record_count_spans_batches_and_follows_a_rewritten_file(self):
+    root = self.get_temp_dir()
+    path = os.path.join(root, "many.tfrecord")
+    # More records than one counting batch, and not a multiple of it.
+    n = tfrecord._COUNT_BATCH + 3  # pylint: disable=protected-access
+    tfrecord.write_tfrecord(path, [(b"x", 0)] * n)
+    self.assertEqual(tfrecord.count_records([path, path]), 2 * n)
+    tfrecord.write_tfrecord(path, [(b"yy", 1)] * 5)  # other size: recounted
+    self.assertEqual(tfrecord.count_records([path]), 5)
+    with open(path, "r+b") as f:
+      f.truncate(os.path.getsize(path) - 2)  # the last record cut short
+    with self.assertRaisesRegex(ValueError, "many.tfrecord is not a readable "
+                                r"TFRecord file \(truncated or corrupt\): "
+                                r"truncated record at \d+\S* failed with "
+                                "Read less bytes than requested$"):
+      tfrecord.count_records([path])
+
   def test_label_outside_hierarchy(self):
     root, hfile = self._setup([(0, 2), (1, 7), (2, 0), (3, 0)])
     src = tfrecord.TFRecordSource(TFRecordConfig(
