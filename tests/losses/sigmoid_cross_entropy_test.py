@@ -34,6 +34,24 @@ class SigmoidCrossEntropyTest(tf.test.TestCase):
     self.assertAllClose(fn(0.3 * a + 0.7 * b), 0.3 * fn(a) + 0.7 * fn(b),
                         atol=1e-5)
 
+  def test_gradient_is_sigmoid_minus_target_including_at_zero(self):
+    # dl/dx = s(x) - z, as for tf.nn.sigmoid_cross_entropy_with_logits: at
+    # x = 0 that is 1/2 - z (a relu/abs form would give -z there).
+    logits = tf.constant([[0.0, 0.0, 2.0, -3.0, 40.0, -40.0]])
+    targets = tf.constant([[0.0, 1.0, 0.25, 0.5, 1.0, 0.0]])
+    with tf.GradientTape() as tape:
+      tape.watch(logits)
+      loss = ce_lib.per_example_cross_entropy(targets, logits, "sigmoid")
+    self.assertAllClose(tape.gradient(loss, logits),
+                        tf.sigmoid(logits) - targets, atol=1e-7)
+    reference = tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(
+        labels=targets, logits=logits), axis=-1)
+    self.assertAllClose(loss, reference, rtol=1e-6)
+    # F is the loss against an all-zero target.
+    self.assertAllClose(ce_lib.sigmoid_target_free_term(logits),
+                        ce_lib.per_example_cross_entropy(
+                            tf.zeros_like(targets), logits), rtol=1e-6)
+
   def test_hand_computed_softmax_renormalises(self):
     # Target [1, 1] -> q = [.5, .5]; log softmax([0, ln3]) = [-ln4, ln3 - ln4].
     # CE = ln4 - 0.5 ln3. An all-zero target row gives 0.
