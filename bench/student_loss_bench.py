@@ -3,8 +3,8 @@
 A student scores one logit row [B, N] against its hard labels and its soft
 targets. Written as two `tf.nn.sigmoid_cross_entropy_with_logits` sums, every
 transcendental op runs twice over the N classes; written as
-l(z) = F(x) - x . z (`sigmoid_cross_entropy.sigmoid_target_free_term`, what
-the distiller's train step uses), F runs once. Both forms are timed forward
+l(z) = F(x) - x . z (`sigmoid_cross_entropy.per_example_cross_entropies`, what
+the distiller's train step calls), F runs once. Both forms are timed forward
 and backward (the gradient with respect to the logits) in one tf.function, in
 interleaved rounds; the result is the per-round ratio shared / two with its
 quartiles, per N. Both forms' gradients are checked equal first.
@@ -58,9 +58,8 @@ def _steps(logits, hard, soft, alpha):
   @tf.function
   def shared_part():
     with tf.GradientTape() as tape:
-      free = sigmoid_cross_entropy.sigmoid_target_free_term(logits)
-      hard_loss = free - tf.reduce_sum(logits * hard, axis=-1)
-      soft_loss = free - tf.reduce_sum(logits * soft, axis=-1)
+      hard_loss, soft_loss = sigmoid_cross_entropy.per_example_cross_entropies(
+          [hard, soft], logits)
       loss = blended(hard_loss, soft_loss)
     return tape.gradient(loss, logits), hard_loss, soft_loss
 

@@ -96,22 +96,47 @@ def per_example_cross_entropy(targets, logits, loss_type="sigmoid"):
   Raises:
     ValueError: on an unknown `loss_type` or mismatched static shapes.
   """
+  return per_example_cross_entropies([targets], logits, loss_type)[0]
+
+
+def per_example_cross_entropies(targets_list, logits, loss_type="sigmoid"):
+  """The per-example cross-entropy of one logit row against several targets.
+
+  For 'sigmoid' the target-free part F (`sigmoid_target_free_term`) is
+  computed once: l(z) = F(x) - x . z for each target z.
+
+  Args:
+    targets_list: dense targets, each [B, N].
+    logits: logits [B, N], any float dtype.
+    loss_type: as in `per_example_cross_entropy`.
+
+  Returns:
+    A list of float32 [B], one per target.
+
+  Raises:
+    ValueError: on an unknown `loss_type` or mismatched static shapes.
+  """
   if loss_type not in LOSS_TYPES:
     raise ValueError(
         f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}.")
   logits = tf.cast(logits, tf.float32)
-  targets = tf.cast(targets, tf.float32)
-  if not targets.shape.is_compatible_with(logits.shape):
-    raise ValueError(
-        f"targets shape {targets.shape} does not match logits shape "
-        f"{logits.shape}.")
+  targets_list = [tf.cast(t, tf.float32) for t in targets_list]
+  for targets in targets_list:
+    if not targets.shape.is_compatible_with(logits.shape):
+      raise ValueError(
+          f"targets shape {targets.shape} does not match logits shape "
+          f"{logits.shape}.")
   if loss_type == "sigmoid":
-    return sigmoid_target_free_term(logits) - tf.reduce_sum(
-        logits * targets, axis=-1)
-  row_sum = tf.reduce_sum(targets, axis=-1, keepdims=True)
-  normalised = tf.math.divide_no_nan(targets, row_sum)
-  return tf.nn.softmax_cross_entropy_with_logits(
-      labels=normalised, logits=logits)
+    free = sigmoid_target_free_term(logits)
+    return [free - tf.reduce_sum(logits * targets, axis=-1)
+            for targets in targets_list]
+  losses = []
+  for targets in targets_list:
+    row_sum = tf.reduce_sum(targets, axis=-1, keepdims=True)
+    normalised = tf.math.divide_no_nan(targets, row_sum)
+    losses.append(tf.nn.softmax_cross_entropy_with_logits(
+        labels=normalised, logits=logits))
+  return losses
 
 
 def sigmoid_target_free_term(logits):

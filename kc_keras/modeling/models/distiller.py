@@ -164,19 +164,6 @@ class KnowledgeConcentrationModel(keras.Model):
     best = tf.argmax(logits, axis=-1, output_type=tf.int32)
     return tf.gather(hard, best, axis=1, batch_dims=1)
 
-  def _two_losses(self, hard, soft, logits):
-    """Per-example losses [B] of one logit row against the hard and soft targets.
-
-    The sigmoid loss is F(x) - x . z (`sigmoid_target_free_term`): F, all of
-    its transcendental work over the N classes, is computed once for both.
-    """
-    if self.loss_type != "sigmoid":
-      return (self.cross_entropy(hard, logits),
-              self.cross_entropy(soft, logits))
-    free = sigmoid_cross_entropy.sigmoid_target_free_term(logits)
-    return (free - tf.reduce_sum(logits * hard, axis=-1),
-            free - tf.reduce_sum(logits * soft, axis=-1))
-
   def _regularization(self):
     if not self.losses:
       return tf.constant(0.0, tf.float32)
@@ -208,7 +195,10 @@ class KnowledgeConcentrationModel(keras.Model):
         soft_loss = tf.zeros_like(hard_loss)
         per_example = hard_loss
       else:
-        hard_loss, soft_loss = self._two_losses(hard, soft, logits)
+        # One call: the sigmoid loss's target-free part is shared.
+        hard_loss, soft_loss = (
+            sigmoid_cross_entropy.per_example_cross_entropies(
+                [hard, soft], logits, self.loss_type))
         # alpha = 1 (the paper) keeps the hard loss out of the gradient: a
         # 0 * hard_loss term would still run its [B, N] backward pass.
         per_example = (soft_loss if self.alpha == 1.0 else
