@@ -233,13 +233,19 @@ def _is_non_finite(value: Any) -> bool:
   return False
 
 
-def _flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> Dict[str, Any]:
+  """{"a.b.c": leaf} of a nested config dict (tuples as lists)."""
   if not isinstance(tree, dict):
     return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
   out = {}
   for key, value in tree.items():
-    out.update(_flatten(value, f"{prefix}{key}."))
+    out.update(flatten(value, f"{prefix}{key}."))
   return out
+
+
+def is_ignored(key: str, ignore: Sequence[str]) -> bool:
+  """Whether key path `key` is one of `ignore` or under a prefix ending in '.'."""
+  return any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore)
 
 
 def differing_keys(old: Dict, new: Dict,
@@ -259,11 +265,11 @@ def differing_keys(old: Dict, new: Dict,
   Returns:
     Sorted by key path.
   """
-  a, b = _flatten(old), _flatten(new)
-  d = _flatten(defaults) if defaults else {}
+  a, b = flatten(old), flatten(new)
+  d = flatten(defaults) if defaults else {}
   out = []
   for key in sorted(set(a) | set(b)):
-    if any(key == i or (i.endswith(".") and key.startswith(i)) for i in ignore):
+    if is_ignored(key, ignore):
       continue
     if key not in a and key in d and b.get(key) == d[key]:
       continue

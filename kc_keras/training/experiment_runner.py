@@ -97,12 +97,15 @@ def run(params: kc_config.ExperimentConfig, mode: str, model_dir: str,
                           output_path=eval_output or None, **allow)
   if mode == "train_and_eval":
     result = modes.train(params, model_dir, **allow)
-    return result, modes.evaluate(params, model_dir, checkpoint_path, **allow)
+    # A rerun of a finished stage keeps metrics bound to the same weights.
+    return result, modes.evaluate(params, model_dir, checkpoint_path,
+                                  keep_bound=True, **allow)
   if mode == "train_specialists":
     return modes.train_specialists(params, model_dir, verticals=verticals,
                                    **allow)
   if mode == "cache_targets":
     return modes.cache_targets(params, model_dir, **allow)
   if mode == "eval_specialists":
-    return modes.evaluate_specialists(params, model_dir, **allow)
+    return modes.evaluate_specialists(params, model_dir, keep_bound=True,
+                                      **allow)
   raise ValueError(f"Unknown mode {mode!r}.")

@@ -20,6 +20,7 @@ from kc_keras.dataloaders.sources import folder as folder_source
 from kc_keras.distillation import target_cache
 from kc_keras.distillation import teacher_bank as teacher_bank_lib
 from kc_keras.training import controller as controller_lib
+from kc_keras.training import eval_binding
 from kc_keras.training import evaluate as evaluate_lib
 from kc_keras.training import model_builder
 from kc_keras.training import multi_worker
@@ -414,7 +415,8 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
              checkpoint_path: Optional[str] = None,
              allow_config_change: bool = False,
              eval_data: Optional[str] = None,
-             output_path: Optional[str] = None) -> Dict:
+             output_path: Optional[str] = None,
+             keep_bound: bool = False) -> Dict:
   """Evaluates the latest (or the given) checkpoint on the eval split or `eval_data`.
 
   On the run's own eval split: writes `eval_metrics.json` (atomically) and
@@ -433,16 +435,29 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
     allow_config_change: see `check_params_change`.
     eval_data: `folder:DIR`, data to evaluate instead of the eval split.
     output_path: where to write the metrics JSON instead of the default.
+    keep_bound: on the run's own eval split and newest checkpoint, keep an
+      `eval_metrics.json` bound to the same checkpoint, eval data, hierarchy
+      and config instead of evaluating again (`eval_binding`).
 
   Returns:
     The metrics dict (top1, top5, mpvap, per-vertical results, parameters,
-    `skipped_examples`: eval records dropped as unreadable; with
-    `eval_data` also `eval_data` and `classes_present`).
+    `skipped_examples`: eval records dropped as unreadable; `binding`: what
+    they were measured on, on the run's own eval split; with `eval_data`
+    also `eval_data` and `classes_present`).
   """
   source = (eval_data_source(params, model_dir, eval_data)
             if eval_data is not None else None)
+  unread = keys_a_network_never_reads(params)
   session = Session(params, model_dir, allow_config_change, source=source,
-                    unread=keys_a_network_never_reads(params))
+                    unread=unread)
+  own_split = source is None
+  if keep_bound and own_split and not checkpoint_path and not output_path:
+    newest = eval_binding.newest_checkpoint(model_dir)
+    kept = newest and eval_binding.kept_metrics(
+        os.path.join(model_dir, EVAL_METRICS_FILE),
+        eval_binding.binding(params, session.source, newest, unread))
+    if kept:
+      return kept
   if checkpoint_path:
     restore_lib.check_recorded_hierarchy(
         restore_lib.run_dir_of(checkpoint_path), session.hierarchy)
@@ -470,6 +485,10 @@ def evaluate(params: kc_config.ExperimentConfig, model_dir: str,
   metrics["checkpoint"] = restored
   metrics["step"] = restore_lib.checkpoint_step(restored)
   metrics["params"] = model_builder.parameter_report(model)
+  if own_split:
+    metrics[eval_binding.BINDING_KEY] = eval_binding.binding(
+        params, session.source, eval_binding.checkpoint_identity(restored),
+        unread)
   if source is not None:
     metrics["eval_data"] = eval_data
     metrics["classes_present"] = len({c for _, c in source.files("eval")})
@@ -618,7 +637,8 @@ def _current_cache(cache_dir: str, expected: Dict) -> Optional[Dict]:
 
 def evaluate_specialists(params: kc_config.ExperimentConfig,
                          model_dir: str,
-                         allow_config_change: bool = False) -> Dict:
+                         allow_config_change: bool = False,
+                         keep_bound: bool = False) -> Dict:
   """Evaluates the specialists as a set (the paper's upper bound).
 
   Each eval image is scored only by the teacher of its own vertical (scores
@@ -626,10 +646,28 @@ def evaluate_specialists(params: kc_config.ExperimentConfig,
   top-1 given the true vertical, and mpvap is directly comparable with the
   student's, since AP_v only ranks the classes of vertical v.
 
+  Args:
+    params: the run's config.
+    model_dir: the specialists' run directory.
+    allow_config_change: see `check_params_change`.
+    keep_bound: keep an `eval_specialists_metrics.json` bound to the same
+      teachers (their checked fingerprints), eval data, hierarchy and config
+      instead of evaluating again (`eval_binding`).
+
   Returns:
-    The metrics dict, also written to `eval_specialists_metrics.json`.
+    The metrics dict (with its `binding`), also written to
+    `eval_specialists_metrics.json`.
   """
   session = Session(params, model_dir, allow_config_change)
+  path = os.path.join(model_dir, SPECIALISTS_METRICS_FILE)
+  expected = eval_binding.binding(
+      params, session.source,
+      specialists.teacher_fingerprints(
+          specialists.teachers_dir_of(params, model_dir), session.hierarchy))
+  if keep_bound:
+    kept = eval_binding.kept_metrics(path, expected)
+    if kept:
+      return kept
   counter = session.skip_counter()
   bank = specialists.load_teacher_bank(params, model_dir, session.hierarchy)
   score_fn = tf.function(
@@ -645,6 +683,6 @@ def evaluate_specialists(params: kc_config.ExperimentConfig,
       "total": int(sum(t.count_params() for t in bank.teachers.values())),
       "num_teachers": len(bank.teachers),
   }
-  files.atomic_write_json(os.path.join(model_dir, SPECIALISTS_METRICS_FILE),
-                          metrics)
+  metrics[eval_binding.BINDING_KEY] = expected
+  files.atomic_write_json(path, metrics)
   return metrics

@@ -272,3 +272,31 @@ def test_per_vertical_chart_is_a_png(tmp_path):
   assert os.listdir(tmp_path) == ["chart.png"]  # no temporary file left
   with pytest.raises(ValueError, match="None of"):
     pipeline_lib.plot_per_vertical(rows, ["nope"], str(tmp_path / "x.png"))
+
+
+def test_eval_specialists_rerun_keeps_metrics_bound_to_the_same_teachers(
+    trained, tmp_path, monkeypatch):
+  from kc_keras.training import eval_binding  # pylint: disable=g-import-not-at-top
+  from kc_keras.training import evaluate as evaluate_lib  # pylint: disable=g-import-not-at-top
+  model_dir = f"{trained.root}/specialists"
+  first = experiment_runner.run(trained.params, "eval_specialists", model_dir)
+  fingerprints = {str(v): t["fingerprint"]
+                  for v, t in trained.manifest["teachers"].items()}
+  assert first["binding"]["weights"] == fingerprints
+
+  def no_evaluation(*args, **kwargs):
+    raise AssertionError("evaluated again")
+
+  monkeypatch.setattr(evaluate_lib, "evaluate_scores", no_evaluation)
+  kept = experiment_runner.run(trained.params, "eval_specialists", model_dir)
+  assert kept["mpvap"] == first["mpvap"]
+  # A retrained teacher (another fingerprint) is measured again.
+  path = os.path.join(model_dir, modes.SPECIALISTS_METRICS_FILE)
+  with open(path) as f:
+    record = json.load(f)
+  record["binding"]["weights"]["3"] = "0" * 64
+  with open(path, "w") as f:
+    json.dump(record, f)
+  assert eval_binding.kept_metrics(path, first["binding"]) is None
+  with pytest.raises(AssertionError, match="evaluated again"):
+    experiment_runner.run(trained.params, "eval_specialists", model_dir)
