@@ -7,7 +7,7 @@ median of `--repeats`), side by side in one process:
   depthwise:    the classifier's integer-friendly form below the limit
                 (`quantization.integer_forms`): one DEPTHWISE_CONV_2D, a
                 1 x s2 filter per class;
-  batch_matmul: `call`'s chunked einsum: one BATCH_MATMUL and a bias ADD.
+  batch_matmul: `chunked_logits`' einsum: one BATCH_MATMUL and a bias ADD.
 The ratio depthwise / batch_matmul per s2 is what sets
 `integer_forms.DEPTHWISE_MAX_UNITS` (docs/BENCHMARKS.md).
 
@@ -47,7 +47,7 @@ def _int8_file(layer, form, units, rng):
     forward = lambda h: integer_forms.depthwise_logits(  # noqa: E731
         layer, h, tf.transpose(layer.kernel), layer.bias, order)
   else:
-    forward = layer.call
+    forward = layer.chunked_logits
   module = tf.Module()
   module.layer = layer
   module.forward = tf.function(forward, input_signature=[spec])

@@ -3,8 +3,11 @@
 # Times one forward + backward pass (dense gradients of the kernel and of h,
 # as an optimizer needs them) of the SC classifier, logit_c = h[v(c)] . W[c],
 # several ways, side by side in one process (interleaved rounds):
-#   chunked:        `StructurallyConnectedClassifier` (one padded batched
-#                   contraction, dense-gather gradients);
+#   contiguous:     `StructurallyConnectedClassifier` as it trains when each
+#                   vertical's classes are consecutive ids (the kernel split
+#                   into the verticals' row blocks, one matmul per vertical);
+#   chunked:        its `chunked_logits`, the form for any class order (one
+#                   padded batched contraction, dense-gather gradients);
 #   chunked_sparse: the same contraction with TF's own gather gradients (the
 #                   implementation before the profiling fix: IndexedSlices
 #                   densified by UnsortedSegmentSum);
@@ -31,13 +34,17 @@ flags.DEFINE_integer("chunk_size", None, "SC chunk size C (None: automatic).")
 flags.DEFINE_integer("repeats", 10, "Timed repetitions (median reported).")
 flags.DEFINE_integer("masked_repeats", 2,
                      "Timed repetitions of 'masked' (~12 GB, slow at 100K).")
-flags.DEFINE_list("methods", ["chunked", "chunked_sparse", "masked", "loop"],
+flags.DEFINE_list("methods",
+                  ["contiguous", "chunked", "chunked_sparse", "masked", "loop"],
                   "What to time.")
 FLAGS = flags.FLAGS
 
 
 def build_methods(c2v, units, batch_size, chunk_size=None):
   """The SC classifier forward+backward functions, keyed by method name.
+
+  Every method computes the same logits for the classes numbered vertical
+  by vertical (c2v sorted), so that `contiguous` applies.
 
   Args:
     c2v: int array [N], class -> vertical.
@@ -48,6 +55,7 @@ def build_methods(c2v, units, batch_size, chunk_size=None):
   Returns:
     (dict name -> tf.function returning the gradients, the layer).
   """
+  c2v = np.sort(c2v)
   n = c2v.size
   m = int(c2v.max()) + 1
   layer = structurally_connected.StructurallyConnectedClassifier(
@@ -65,8 +73,12 @@ def build_methods(c2v, units, batch_size, chunk_size=None):
     return dh, tf.convert_to_tensor(dw)
 
   @tf.function
-  def chunked():
+  def contiguous():
     return grads(lambda: tf.reduce_sum(tf.square(layer(h))))
+
+  @tf.function
+  def chunked():
+    return grads(lambda: tf.reduce_sum(tf.square(layer.chunked_logits(h))))
 
   @tf.function
   def chunked_sparse():
@@ -102,7 +114,8 @@ def build_methods(c2v, units, batch_size, chunk_size=None):
       return tf.add_n([tf.reduce_sum(tf.square(p)) for p in parts])
     return grads(loss_fn)
 
-  methods = {"chunked": chunked, "chunked_sparse": chunked_sparse,
+  methods = {"contiguous": contiguous, "chunked": chunked,
+             "chunked_sparse": chunked_sparse,
              "masked": masked, "loop": loop}
   return methods, layer
 

@@ -229,14 +229,16 @@ def _structurally_connected_classifier(layer, inputs):
     logit[b, c] = sum_s image[b, 0, s, c] W[c, s] + bias[c]
   (a VALID 1 x s2 depthwise filter W^T). TFLite converts it to one
   DEPTHWISE_CONV_2D with the bias fused and one int8 scale per class;
-  `call`'s einsum converts to a BATCH_MATMUL with one scale for the whole
+  `chunked_logits`' einsum converts to a BATCH_MATMUL with one scale for the whole
   kernel whose output is rounded to int8 before a separate bias ADD is
   rounded again (docs/BENCHMARKS.md, "The graph converted for int8").
-  Wider blocks run `call`: XNNPACK runs depthwise filters of more than 25
+  Wider blocks run `chunked_logits` (`call`'s training form splits the
+  kernel per vertical; the chunked form is the one whose converted ops the
+  quantization package models): XNNPACK runs depthwise filters of more than 25
   taps 27-43x slower than the BATCH_MATMUL.
   """
   if not has_depthwise_form(layer):
-    return layer.call(inputs)
+    return layer.chunked_logits(inputs)
   return depthwise_logits(
       layer, inputs, ops.transpose(layer.kernel),
       layer.bias if layer.use_bias else None,
@@ -256,7 +258,7 @@ def shifted_logits(layer, hidden, shift: float, factors=None):
   full range.
     SC classifier with a depthwise form: the depthwise convolution, kernel
       rows times k_c, biases k_c b_c + shift.
-    SC classifier without it: from `call`'s logits (no precision gained).
+    SC classifier without it: from `chunked_logits` (no precision gained).
     Dense classifier: relu(h (W k) + k b + shift) - shift.
 
   Args:
@@ -277,7 +279,7 @@ def shifted_logits(layer, hidden, shift: float, factors=None):
   reverse = np.arange(num_classes - 1, -1, -1, dtype=np.int32)
   if isinstance(layer, structurally_connected.StructurallyConnectedClassifier):
     if not has_depthwise_form(layer):
-      logits = ops.cast(layer.call(hidden), "float32")
+      logits = ops.cast(layer.chunked_logits(hidden), "float32")
       if factors is not None:
         logits = logits * factors
       return ops.relu(logits + shift) - shift

@@ -17,8 +17,8 @@ from kc_keras.quantization import layer_walk
 # kernel's last axis: CONV_2D and FULLY_CONNECTED, in `dynamic` and `int8`).
 PER_CHANNEL_LAYERS = (keras.layers.Conv2D, keras.layers.Dense)
 # The structurally connected layers' weights are BATCH_MATMUL operands and
-# ADD constants when they run `call` (a block layer on [B, M, D] inputs, a
-# classifier wider than `integer_forms.DEPTHWISE_MAX_UNITS`), which the
+# ADD constants when they run `call` / `chunked_logits` (a block layer on
+# [B, M, D] inputs, a classifier wider than `integer_forms.DEPTHWISE_MAX_UNITS`), which the
 # converter quantizes per tensor (measured on the converter's output,
 # tests/quantization/kernels_test.py): `dynamic` stores their kernels
 # symmetric (biases stay float); `int8` stores kernels and biases

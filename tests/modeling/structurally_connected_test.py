@@ -54,22 +54,52 @@ class ChunkLayoutTest(tf.test.TestCase, parameterized.TestCase):
       sc.chunk_layout([0, 1], 0)
 
 
+# Each vertical's classes consecutive (the contiguous form): in vertical
+# order, in another order, one vertical, a vertical without classes.
+CONTIGUOUS = {
+    "sorted": [0, 0, 1, 1, 1, 2],
+    "runs_out_of_order": [2, 2, 0, 1, 1, 1, 1],
+    "one_vertical": [0, 0, 0],
+    "empty_vertical": [0, 0, 2, 2, 2],
+}
+
+
+class VerticalRunsTest(tf.test.TestCase):
+
+  def test_hand_computed_runs(self):
+    self.assertEqual(sc.vertical_runs([2, 2, 0, 1, 1, 1, 1]),
+                     [(2, 2), (0, 1), (1, 4)])
+    self.assertEqual(sc.vertical_runs([0]), [(0, 1)])
+    self.assertEqual(sc.vertical_runs(UNEVEN)[:3], [(2, 1), (0, 1), (2, 1)])
+
+  def test_contiguous_only_when_no_vertical_repeats(self):
+    for c2v in CONTIGUOUS.values():
+      self.assertTrue(sc.StructurallyConnectedClassifier(c2v).contiguous, c2v)
+    for c2v in (UNEVEN, [0, 1, 0], [0, 3, 3, 0, 1]):
+      self.assertFalse(sc.StructurallyConnectedClassifier(c2v).contiguous, c2v)
+
+
 class StructurallyConnectedClassifierTest(kc_test_case.TestCase):
 
   # The harness checks the integer-friendly form too: the depthwise one up
-  # to its width limit, `call` beyond it.
+  # to its width limit, the chunked one beyond it (for a contiguous map
+  # `call` splits the kernel per vertical instead: the harness compares
+  # the two forms).
   @parameterized.named_parameters(
       ("batch_matmul", 5, True), ("depthwise_no_bias", 3, False),
-      ("wide", integer_forms.DEPTHWISE_MAX_UNITS + 1, True))
-  def test_layer_harness(self, units, use_bias):
-    h = np.random.default_rng(5).normal(size=(2, 3, units)).astype(np.float32)
+      ("wide", integer_forms.DEPTHWISE_MAX_UNITS + 1, True),
+      ("wide_contiguous", integer_forms.DEPTHWISE_MAX_UNITS + 1, True,
+       CONTIGUOUS["runs_out_of_order"]),
+      ("depthwise_contiguous", 4, True, CONTIGUOUS["sorted"]))
+  def test_layer_harness(self, units, use_bias, c2v=UNEVEN):
+    h = np.random.default_rng(5).normal(
+        size=(2, max(c2v) + 1, units)).astype(np.float32)
     layer, _ = self.run_layer_test(
         sc.StructurallyConnectedClassifier,
-        dict(class_to_vertical=UNEVEN, chunk_size=3, use_bias=use_bias,
+        dict(class_to_vertical=c2v, chunk_size=3, use_bias=use_bias,
              bias_initializer="random_normal"),
-        h, (2, len(UNEVEN)))
-    self.assertEqual(layer.count_params(),
-                     (units + use_bias) * len(UNEVEN))
+        h, (2, len(c2v)))
+    self.assertEqual(layer.count_params(), (units + use_bias) * len(c2v))
 
   @parameterized.named_parameters(
       ("auto", UNEVEN, None),
@@ -123,6 +153,41 @@ class StructurallyConnectedClassifierTest(kc_test_case.TestCase):
     for c, v in enumerate(UNEVEN):
       expected[:, v] += r[:, c:c + 1] * kernel[c]
     self.assertAllClose(grad, expected, atol=1e-5)
+
+  @parameterized.named_parameters(*CONTIGUOUS.items())
+  def test_contiguous_form_matches_the_chunked_form_and_the_loop(self, c2v):
+    """Logits, kernel, bias and input gradients of `call` (split per vertical)."""
+    rng = np.random.default_rng(3)
+    num_verticals, units, batch = max(c2v) + 1, 6, 3
+    layer = sc.StructurallyConnectedClassifier(
+        c2v, chunk_size=2, bias_initializer="random_normal")
+    h = tf.constant(rng.normal(size=(batch, num_verticals, units)),
+                    tf.float32)
+    r = tf.constant(rng.normal(size=(batch, len(c2v))), tf.float32)
+    layer.build(h.shape)
+    self.assertTrue(layer.contiguous)
+    results = {}
+    for name, form in (("call", layer), ("chunked", layer.chunked_logits)):
+      with tf.GradientTape() as tape:
+        tape.watch(h)
+        logits = form(h)
+        loss = tf.reduce_sum(logits * r)
+      grads = tape.gradient(loss, [h, layer.kernel, layer.bias])
+      results[name] = [logits] + [tf.convert_to_tensor(g) for g in grads]
+    kernel, bias = layer.kernel.numpy(), layer.bias.numpy()
+    self.assertAllClose(results["call"][0],
+                        loop_reference(h.numpy(), kernel, bias, c2v),
+                        atol=1e-5)
+    # dW[c] = sum_b r[b, c] h[b, v(c)]; dh[b, v] = sum_{c in v} r[b, c] W[c].
+    self.assertAllClose(results["call"][2],
+                        np.einsum("bc,bcs->cs", r, h.numpy()[:, c2v, :]),
+                        atol=1e-5)
+    expected_dh = np.zeros((batch, num_verticals, units), np.float32)
+    for c, v in enumerate(c2v):
+      expected_dh[:, v] += r.numpy()[:, c:c + 1] * kernel[c]
+    self.assertAllClose(results["call"][1], expected_dh, atol=1e-5)
+    for a, b in zip(results["call"], results["chunked"]):
+      self.assertAllClose(a, b, atol=1e-5)
 
   def test_bad_input_rank(self):
     layer = sc.StructurallyConnectedClassifier([0, 1, 1])

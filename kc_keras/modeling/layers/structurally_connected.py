@@ -94,6 +94,25 @@ def chunk_layout(class_to_vertical, chunk_size: int):
   )
 
 
+def vertical_runs(class_to_vertical):
+  """The class ids as runs of one vertical each, in class-id order.
+
+  Args:
+    class_to_vertical: sequence of N ints (the class -> vertical map).
+
+  Returns:
+    A list of `(vertical, size)`: classes [0, size_0) are in vertical_0,
+    the next size_1 in vertical_1, and so on.
+
+  Raises:
+    ValueError: if the map is invalid.
+  """
+  c2v = class_maps.validate_class_to_vertical(class_to_vertical)
+  starts = np.flatnonzero(np.diff(c2v)) + 1
+  bounds = np.concatenate([[0], starts, [c2v.size]])
+  return [(int(c2v[a]), int(b - a)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 def gather_with_dense_gradient(params, index, grad_index, axis=0):
   """`tf.gather(params, index, axis)` whose gradient is a dense gather.
 
@@ -294,17 +313,32 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
   """Classifier where class c sees only its vertical's block.
 
   logit[b, c] = h[b, v(c), :] . W[c] + bias[c], W: [N, s2] in class-id order
-  (exactly s2*N kernel weights). Computed as one padded batched matmul:
-    W_chunks = gather(W, gather_index)            -> [K, C, s2]
-    h_chunks = gather(h, chunk_vertical, axis=1)  -> [B, K, s2]
-    flat     = einsum('bks,kcs->bkc')             -> [B, K*C]
-    logits   = gather(flat, class_position) + bias -> [B, N]
-  No loop over verticals and no N x (M*s2) matrix; cost B*K*C*s2 multiply-adds
-  with K*C = N plus per-vertical padding (< C per vertical).
+  (exactly s2*N kernel weights), computed in one of two ways:
+
+  - **contiguous** (each vertical's classes are consecutive ids, as the data
+    sources number them): W is split by rows into the verticals' blocks
+    (views of the variable, no copy) and
+      logits = concat_v(h[:, v, :] @ W_v^T) + bias   -> [B, N]
+    one matmul per vertical; the kernel's gradient is the blocks'
+    gradients concatenated once. No padding and no gather of W.
+  - **chunked** (`chunked_logits`, any class order): one padded batched
+    matmul,
+      W_chunks = gather(W, gather_index)            -> [K, C, s2]
+      h_chunks = gather(h, chunk_vertical, axis=1)  -> [B, K, s2]
+      flat     = einsum('bks,kcs->bkc')             -> [B, K*C]
+      logits   = gather(flat, class_position) + bias -> [B, N]
+    no loop over verticals and no N x (M*s2) matrix; cost B*K*C*s2
+    multiply-adds with K*C = N plus per-vertical padding (< C per
+    vertical), and a copy of W into the chunk layout each pass. Export
+    converts this form (`quantization.integer_forms`), whose TFLite ops the
+    quantization package models.
+
+  Both give the same logits up to float summation order.
 
   Args:
     class_to_vertical: sequence of N ints, the vertical of each class.
-    chunk_size: C, classes per chunk; None picks `auto_chunk_size`.
+    chunk_size: C, classes per chunk of the chunked form; None picks
+      `auto_chunk_size`.
     use_bias: whether to add a per-class bias.
     kernel_initializer: initializer of W.
     bias_initializer: initializer of the bias.
@@ -348,6 +382,12 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
         self.num_chunks * self.resolved_chunk_size, self.num_classes,
         np.int32)
     self._slot_class[self._class_position] = np.arange(self.num_classes)
+    runs = vertical_runs(c2v)
+    # No vertical in two runs: the contiguous form applies (a vertical
+    # without classes has no run).
+    self.contiguous = len({v for v, _ in runs}) == len(runs)
+    self._run_verticals = [v for v, _ in runs]
+    self._run_sizes = [n for _, n in runs]
 
   def build(self, input_shape):
     if len(input_shape) != 3 or input_shape[1] != self.num_verticals:
@@ -370,6 +410,27 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
       )
 
   def call(self, inputs):
+    if not self.contiguous:
+      return self.chunked_logits(inputs)
+    # Row blocks of the kernel along its first axis: TensorFlow's split
+    # returns views of the variable's buffer there, and its gradient is one
+    # concat of the blocks' gradients. Unstack (not slicing) gives the input
+    # gradient as one stack instead of a zero-padded tensor per vertical.
+    if len(self._run_sizes) == 1:
+      blocks = [self.kernel]
+    else:
+      blocks = tf.split(self.kernel, self._run_sizes, axis=0)
+    per_vertical = tf.unstack(inputs, num=self.num_verticals, axis=1)
+    logits = tf.concat([
+        tf.matmul(per_vertical[v], block, transpose_b=True)
+        for v, block in zip(self._run_verticals, blocks)
+    ], axis=1)
+    if self.use_bias:
+      logits = logits + self.bias
+    return logits
+
+  def chunked_logits(self, inputs):
+    """The logits by the chunked form (any class order; see the class docstring)."""
     units = inputs.shape[-1]
     # Both gathers get dense-gather gradients: a padding slot's kernel row
     # and logit never reach the output, so each kernel row's gradient is the
