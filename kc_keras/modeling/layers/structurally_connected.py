@@ -315,8 +315,9 @@ class StructurallyConnectedClassifier(keras.layers.Layer):
   logit[b, c] = h[b, v(c), :] . W[c] + bias[c], W: [N, s2] in class-id order
   (exactly s2*N kernel weights), computed in one of two ways:
 
-  - **contiguous** (each vertical's classes are consecutive ids, as the data
-    sources number them): W is split by rows into the verticals' blocks
+  - **contiguous** (each vertical's classes are consecutive ids, as folder
+    trees, the registered datasets and the glyph builder number them): W is
+    split by rows into the verticals' blocks
     (views of the variable, no copy) and
       logits = concat_v(h[:, v, :] @ W_v^T) + bias   -> [B, N]
     one matmul per vertical; the kernel's gradient is the blocks'
