@@ -61,12 +61,13 @@ def main(_):
         logit_floor=FLAGS.logit_floor, float_head=float_head)
     floors[variant] = result["logit_floor"]
     paths[variant] = path
-  images = parity_lib.eval_images(params, FLAGS.max_examples, _EVAL_BATCH)
+  images, label_ids = parity_lib.eval_images_and_labels(
+      params, FLAGS.max_examples, _EVAL_BATCH)
   load_before = os.getloadavg()
   rows = parity_lib.measure(network, images, FLAGS.saved_model_dir, paths,
                             FLAGS.latency_images, FLAGS.throughput_batch,
                             FLAGS.throughput_repeats,
-                            logit_floors=floors)
+                            logit_floors=floors, label_ids=label_ids)
   print(f"{len(images)} eval images; load average (1/5/15 min) before "
         f"{load_before}, after {os.getloadavg()}")
   print(parity_lib.markdown_table(rows, FLAGS.throughput_batch))

@@ -3,7 +3,7 @@
 import dataclasses
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -36,6 +36,8 @@ class ParityRow:
   file_bytes: int
   latency_ms: float
   throughput: float = 0.0
+  # Top-1 against the images' labels; None where no labels were given.
+  top1_accuracy: Optional[float] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,19 +117,35 @@ def time_variant(fn: Callable[[np.ndarray], object], images: np.ndarray,
                 throughput=batch_size * _MS_PER_S / batch_ms)
 
 
-def eval_images(params, max_examples: int, batch_size: int) -> np.ndarray:
-  """The first `max_examples` eval-split images, float32 `[E, H, W, C]`."""
+def eval_images_and_labels(params, max_examples: int, batch_size: int
+                           ) -> Tuple[np.ndarray, np.ndarray]:
+  """The first `max_examples` eval-split images and their labels.
+
+  Returns:
+    images float32 `[E, H, W, C]` and label_ids int32 `[E, L]` (an image's
+    classes, padded with -1).
+  """
   source = factory.build_source(params.task.data)
   dataset = pipeline.build_dataset(source, "eval", params.task.data,
                                    training=False,
                                    global_batch_size=batch_size)
-  batches, count = [], 0
-  for images, _ in dataset:
-    batches.append(images.numpy())
-    count += len(batches[-1])
+  images, labels, count = [], [], 0
+  for batch_images, features in dataset:
+    images.append(batch_images.numpy())
+    labels.append(features["label_ids"].numpy())
+    count += len(images[-1])
     if count >= max_examples:
       break
-  return np.concatenate(batches)[:max_examples]
+  width = max(l.shape[1] for l in labels)
+  labels = [np.pad(l, ((0, 0), (0, width - l.shape[1])), constant_values=-1)
+            for l in labels]
+  return (np.concatenate(images)[:max_examples],
+          np.concatenate(labels)[:max_examples])
+
+
+def eval_images(params, max_examples: int, batch_size: int) -> np.ndarray:
+  """The first `max_examples` eval-split images, float32 `[E, H, W, C]`."""
+  return eval_images_and_labels(params, max_examples, batch_size)[0]
 
 
 def _dir_bytes(path: str) -> int:
@@ -156,17 +174,24 @@ def floored_reference(network, images: np.ndarray, reference: np.ndarray,
 def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
             file_bytes: int, latency_ms: float,
             throughput: float = 0.0,
-            meant: Optional[np.ndarray] = None) -> ParityRow:
+            meant: Optional[np.ndarray] = None,
+            label_ids: Optional[np.ndarray] = None) -> ParityRow:
   """One row: `logits` `[E, N]` of a variant against the Keras `reference`.
 
   top1_agreement = mean_i [argmax logits_i == argmax reference_i];
   top1_in_top2 = mean_i [argmax reference_i in the 2 largest logits_i];
   max_logit_diff = max_ij |logits_ij - meant_ij|, `meant` the logits the
   variant is meant to output (default `reference`; a floored file's:
-  `floored_reference`).
+  `floored_reference`); with `label_ids` `[E, L]` (padded with -1),
+  top1_accuracy = mean_i [argmax logits_i in label_ids_i], what the file
+  itself scores, so that a quantization's cost reads in accuracy too.
   """
   top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
   target = reference.argmax(1)
+  accuracy = None
+  if label_ids is not None:
+    accuracy = float(np.mean(np.any(
+        np.asarray(label_ids) == logits.argmax(1)[:, None], axis=1)))
   return ParityRow(
       variant=variant,
       top1_agreement=float(np.mean(logits.argmax(1) == target)),
@@ -174,7 +199,7 @@ def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
       max_logit_diff=float(np.abs(logits - (
           reference if meant is None else meant)).max()),
       file_bytes=int(file_bytes), latency_ms=float(latency_ms),
-      throughput=float(throughput))
+      throughput=float(throughput), top1_accuracy=accuracy)
 
 
 def measure(network, images: np.ndarray, saved_model_dir: str,
@@ -182,7 +207,8 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
             batch_size: int = THROUGHPUT_BATCH,
             repeats: int = THROUGHPUT_REPEATS,
             warmup: int = WARMUP_CALLS,
-            logit_floors: Optional[Dict[str, Optional[float]]] = None
+            logit_floors: Optional[Dict[str, Optional[float]]] = None,
+            label_ids: Optional[np.ndarray] = None
             ) -> List[ParityRow]:
   """Keras vs `serve_image` vs each TFLite file, on `images`.
 
@@ -203,6 +229,8 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
       with (missing or None: none). A floored row compares top-1 with the
       Keras logits as they are and the logit difference with
       max(Keras logits, floor), the function the file is meant to compute.
+    label_ids: int `[E, L]` labels of `images` (padded with -1): each row
+      then also has its top-1 accuracy.
 
   Returns:
     One `ParityRow` per variant, Keras first (agreement 1, diff 0).
@@ -215,14 +243,14 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
 
   t = timed(lambda x: network(x, training=False))
   rows = [compare("keras", reference, reference, 0, t.latency_ms,
-                  t.throughput)]
+                  t.throughput, label_ids=label_ids)]
   serve = tf.saved_model.load(saved_model_dir).signatures[
       export_saved_model_lib.SERVE_IMAGE]
   logits = serve(images=tf.constant(images))["logits"].numpy()
   t = timed(lambda x: serve(images=tf.constant(x)))
   rows.append(compare("savedmodel serve_image", logits, reference,
                       _dir_bytes(saved_model_dir), t.latency_ms,
-                      t.throughput))
+                      t.throughput, label_ids=label_ids))
   for variant, path in tflite_paths.items():
     classifier = tflite_demo_lib.TFLiteClassifier(path)
     logits = classifier.logits(images)
@@ -235,7 +263,7 @@ def measure(network, images: np.ndarray, saved_model_dir: str,
         name, logits, reference, os.path.getsize(path), t.latency_ms,
         t.throughput,
         None if logit_floor is None else floored_reference(
-            network, images, reference, logit_floor)))
+            network, images, reference, logit_floor), label_ids))
   return rows
 
 
@@ -244,20 +272,28 @@ def markdown_table(rows: Sequence[ParityRow],
   """The rows as a GitHub markdown table.
 
   The size ratio column divides by the `tflite none` (fp32) row's file
-  (with or without a logit floor), "-" when there is none.
+  (with or without a logit floor), "-" when there is none. A "top-1 (labels)"
+  column follows the variant when any row has its accuracy.
   """
+  with_accuracy = any(r.top1_accuracy is not None for r in rows)
   fp32 = next((r.file_bytes for r in rows
                if r.variant == FP32_VARIANT
                or r.variant.startswith(FP32_VARIANT + " (")), 0)
-  lines = ["| variant | top-1 agreement | Keras top-1 in top-2 | "
+  accuracy_head = "top-1 (labels) | " if with_accuracy else ""
+  lines = [f"| variant | {accuracy_head}top-1 agreement | "
+           "Keras top-1 in top-2 | "
            "max logit diff | file size | size / fp32 tflite | "
            "latency / image (batch 1) | throughput (batch "
            f"{batch_size}) |",
-           "|---|---|---|---|---|---|---|---|"]
+           "|---" * (8 + with_accuracy) + "|"]
   for r in rows:
     size = f"{r.file_bytes / 1024:.1f} KiB" if r.file_bytes else "-"
     ratio = f"{r.file_bytes / fp32:.3f}x" if r.file_bytes and fp32 else "-"
-    lines.append(f"| {r.variant} | {100 * r.top1_agreement:.2f}% | "
+    accuracy = ""
+    if with_accuracy:
+      accuracy = ("-" if r.top1_accuracy is None
+                  else f"{100 * r.top1_accuracy:.2f}%") + " | "
+    lines.append(f"| {r.variant} | {accuracy}{100 * r.top1_agreement:.2f}% | "
                  f"{100 * r.top1_in_top2:.2f}% | {r.max_logit_diff:.2e} | "
                  f"{size} | {ratio} | {r.latency_ms:.3f} ms | "
                  f"{r.throughput:.0f} img/s |")

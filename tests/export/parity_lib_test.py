@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
+import export_test_utils
 from export import parity_lib
+from kc_keras.dataloaders import factory
 
 
 def test_compare_hand_computed():
@@ -27,6 +29,42 @@ def test_compare_hand_computed():
   assert table[3] == (
       "| x | 25.00% | 75.00% | 2.00e+00 | 2.0 KiB | 0.250x | 1.500 ms | "
       "640 img/s |")
+
+
+def test_top1_accuracy_against_labels_hand_computed():
+  reference = np.eye(3, dtype=np.float32)[[0, 1, 2, 0]]
+  logits = np.array([[2.0, 1.0, 0.0],    # top-1 0, label 0: right
+                     [0.0, 1.0, 2.0],    # top-1 2, labels {1, 2}: right
+                     [0.0, 2.0, 1.0],    # top-1 1, label 2: wrong
+                     [0.0, 1.0, 2.0]],   # top-1 2, label 0: wrong
+                    np.float32)
+  label_ids = np.array([[0, -1], [1, 2], [2, -1], [0, -1]], np.int32)
+  row = parity_lib.compare("x", logits, reference, 10, 1.0, 1.0,
+                           label_ids=label_ids)
+  assert row.top1_accuracy == 0.5
+  assert parity_lib.compare("x", logits, reference, 10, 1.0,
+                            1.0).top1_accuracy is None
+  unlabeled = parity_lib.compare("y", reference, reference, 10, 1.0, 1.0)
+  table = parity_lib.markdown_table([row, unlabeled]).splitlines()
+  assert table[0].startswith("| variant | top-1 (labels) | top-1 agreement |")
+  assert table[1] == "|---" * 9 + "|"
+  assert table[2].startswith("| x | 50.00% | 25.00% |")
+  assert table[3].startswith("| y | - | 100.00% |")
+  # Without labels the table keeps its eight columns.
+  assert "labels" not in parity_lib.markdown_table([unlabeled])
+
+
+def test_eval_labels_follow_their_images_across_batches():
+  params = export_test_utils.smoke_params()
+  images, labels = parity_lib.eval_images_and_labels(params, 5, 2)
+  whole, whole_labels = parity_lib.eval_images_and_labels(params, 5, 5)
+  assert images.shape[0] == 5 and labels.shape[0] == 5
+  np.testing.assert_array_equal(images, whole)
+  np.testing.assert_array_equal(labels, whole_labels)
+  np.testing.assert_array_equal(parity_lib.eval_images(params, 5, 2), images)
+  num_classes = factory.build_source(params.task.data).hierarchy.num_classes
+  assert ((labels >= 0) & (labels < num_classes) | (labels == -1)).all()
+  assert (labels[:, 0] >= 0).all()
 
 
 def test_size_ratio_without_fp32_row():
