@@ -12,6 +12,7 @@ from export import export_saved_model_lib
 from export import tflite_demo_lib
 from kc_keras.dataloaders import factory
 from kc_keras.dataloaders import pipeline
+from kc_keras.metrics import evaluation
 from kc_keras.quantization import floor
 
 
@@ -123,7 +124,8 @@ def eval_images_and_labels(params, max_examples: int, batch_size: int
 
   Returns:
     images float32 `[E, H, W, C]` and label_ids int32 `[E, L]` (an image's
-    classes, padded with -1).
+    classes, padded with -1; L = `max_labels_per_example`, as every source
+    gives them).
   """
   source = factory.build_source(params.task.data)
   dataset = pipeline.build_dataset(source, "eval", params.task.data,
@@ -136,9 +138,6 @@ def eval_images_and_labels(params, max_examples: int, batch_size: int
     count += len(images[-1])
     if count >= max_examples:
       break
-  width = max(l.shape[1] for l in labels)
-  labels = [np.pad(l, ((0, 0), (0, width - l.shape[1])), constant_values=-1)
-            for l in labels]
   return (np.concatenate(images)[:max_examples],
           np.concatenate(labels)[:max_examples])
 
@@ -183,15 +182,16 @@ def compare(variant: str, logits: np.ndarray, reference: np.ndarray,
   max_logit_diff = max_ij |logits_ij - meant_ij|, `meant` the logits the
   variant is meant to output (default `reference`; a floored file's:
   `floored_reference`); with `label_ids` `[E, L]` (padded with -1),
-  top1_accuracy = mean_i [argmax logits_i in label_ids_i], what the file
-  itself scores, so that a quantization's cost reads in accuracy too.
+  top1_accuracy = mean_i [argmax logits_i in label_ids_i] (the evaluator's
+  top-1, `evaluation.best_label_rank` = 0), what the file itself scores, so
+  that a quantization's cost reads in accuracy too.
   """
   top2 = np.argsort(-logits, axis=1, kind="stable")[:, :2]
   target = reference.argmax(1)
   accuracy = None
   if label_ids is not None:
-    accuracy = float(np.mean(np.any(
-        np.asarray(label_ids) == logits.argmax(1)[:, None], axis=1)))
+    accuracy = float(np.mean(
+        evaluation.best_label_rank(logits, np.asarray(label_ids)) == 0))
   return ParityRow(
       variant=variant,
       top1_agreement=float(np.mean(logits.argmax(1) == target)),
