@@ -286,8 +286,19 @@ def composite(image: tf.Tensor, channels: int,
 
 
 def resize(image: tf.Tensor, image_size: int, channels: int) -> tf.Tensor:
-  """Antialiased bilinear resize to `[S, S, channels]`, clipped to [0, 1]."""
-  image = tf.image.resize(image, [image_size, image_size], antialias=True)
+  """Antialiased bilinear resize to `[S, S, channels]`, clipped to [0, 1].
+
+  An image that is already `S x S` skips the resize: at scale 1 the
+  antialiased bilinear kernel samples each pixel at its own centre with
+  weight 1, so the resize would return the same values, and it is the most
+  expensive op of decoding a dataset stored at the model's size.
+  """
+  shape = tf.shape(image)
+  same_size = tf.logical_and(tf.equal(shape[0], image_size),
+                             tf.equal(shape[1], image_size))
+  image = tf.cond(
+      same_size, lambda: image,
+      lambda: tf.image.resize(image, [image_size, image_size], antialias=True))
   return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0),
                          [image_size, image_size, channels])
 

@@ -181,6 +181,37 @@ class CompositeTest(parameterized.TestCase):
     expected = np.clip(tf.image.resize(full, [target, target], antialias=True), 0, 1)
     np.testing.assert_array_equal(out.numpy(), expected)
 
+  @parameterized.parameters((7, 3), (9, 1), (1, 3))
+  def test_image_at_the_model_size_skips_the_resize_with_the_same_values(
+      self, size, channels):
+    # The skip is only sound because the antialiased resize at scale 1 is the
+    # identity: the skipping decode, the formula with the resize and the
+    # image without it are compared on random pixels, in graphs with
+    # unknown shapes as tf.data runs them.
+    rng = np.random.RandomState(size)
+    pixels = rng.randint(0, 256, (size, size, 3)).astype(np.uint8)
+    data = tf.constant(_bytes(Image.fromarray(pixels), "PNG"))
+
+    def graph(fn):
+      return tf.function(fn, input_signature=[tf.TensorSpec([], tf.string)])
+
+    def composited(d):
+      return image_decoding.composite(image_decoding.decode_native(d), channels)
+
+    skipping = graph(lambda d: image_decoding.decode_and_resize(d, size, channels))
+    with_resize = graph(lambda d: tf.clip_by_value(tf.image.resize(
+        composited(d), [size, size], antialias=True), 0.0, 1.0))
+    without = graph(composited)
+    np.testing.assert_array_equal(with_resize(data).numpy(), without(data).numpy())
+    np.testing.assert_array_equal(skipping(data).numpy(), without(data).numpy())
+
+  def test_one_side_at_the_model_size_is_still_resized(self):
+    pixels = np.random.RandomState(0).randint(0, 256, (5, 8, 3)).astype(np.uint8)
+    data = _bytes(Image.fromarray(pixels), "PNG")
+    out = image_decoding.decode_and_resize(tf.constant(data), 8, 3)
+    expected = np.clip(tf.image.resize(_decode(data, 3), [8, 8], antialias=True), 0, 1)
+    np.testing.assert_array_equal(out.numpy(), expected)
+
   def test_unreadable_bytes_fail(self):
     truncated = _bytes(Image.new("RGB", (8, 8)), "PNG")[:30]
     for data in (b"not an image", truncated):
